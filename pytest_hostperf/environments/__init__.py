@@ -1,0 +1,1 @@
+"""Environment backends: one module per backend, all behind :mod:`.base`."""

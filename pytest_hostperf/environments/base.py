@@ -1,0 +1,228 @@
+"""What every environment backend provides, and the agent client they all share.
+
+A backend (native, docker, qemu, ssh) knows how to make a place where the agent can
+run and how to start the agent there; it hands back a :class:`Transport` (a byte pipe
+to the agent). :class:`AgentClient` speaks the protocol over any transport, so one code
+path measures every environment.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pytest_hostperf.agent import protocol
+
+
+class EnvironmentFailure(Exception):
+    """An environment could not be prepared or used; the message names it and the fix."""
+
+    def __init__(self, env: str, message: str, hint: str = "", log_tail: str = "") -> None:
+        self.env = env
+        self.hint = hint
+        self.log_tail = log_tail
+        text = f"environment {env!r}: {message}"
+        if hint:
+            text += f"\n  hint: {hint}"
+        if log_tail:
+            text += "\n  last output:\n" + "\n".join("    " + line for line in log_tail.splitlines()[-20:])
+        super().__init__(text)
+
+
+
+
+class AgentTimeout(Exception):
+    """The agent did not answer in time."""
+
+
+class AgentDied(Exception):
+    """The agent's channel closed (the process exited or the VM/container went away)."""
+
+
+class Transport(abc.ABC):
+    """A bidirectional byte stream to one agent process."""
+
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the agent's input."""
+
+    @abc.abstractmethod
+    def read_line(self, deadline: float) -> bytes:
+        """Return the next line (with its newline) from the agent's protocol channel.
+
+        ``deadline`` is a ``time.monotonic()`` value. Raises :class:`AgentTimeout` when it
+        passes and :class:`AgentDied` at end of stream.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the channel and make sure the agent process is gone. Idempotent."""
+
+    def log_tail(self) -> str:
+        """The last lines the agent (or its VM console) wrote besides protocol, for errors."""
+        return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentLaunch:
+    """How a backend should start the agent, in the environment's own paths."""
+
+    python: str            # interpreter inside the environment, e.g. "python3"
+    pythonpath: str        # directory that contains the pytest_hostperf package
+    project_dir: str       # the project (pytest rootdir) as seen inside the environment
+    test_files: tuple[str, ...]  # paths relative to project_dir to collect
+    pytest_args: tuple[str, ...]  # extra args: -c inifile, --benchmark-* options, ...
+    env: str               # environment name, e.g. "docker"
+
+    def argv(self) -> list[str]:
+        """The agent's command line (no shell involved anywhere)."""
+        return [
+            self.python, "-m", "pytest_hostperf.agent",
+            "--env", self.env, "--rootdir", self.project_dir, "--",
+            *self.pytest_args, *self.test_files,
+        ]
+
+    def environ(self) -> dict[str, str]:
+        """Variables the agent needs; backends add them to the environment they start."""
+        return {
+            "PYTHONPATH": self.pythonpath,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTEST_ADDOPTS": "",
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    """One place ``hostperf_dir`` can live in an environment."""
+
+    name: str               # "host", "bind", "volume", "tmpfs", "layer", "guest", "share"
+    path: str               # directory inside the environment
+    description: str = ""
+
+
+class Environment(abc.ABC):
+    """One backend instance for a session: prepares, starts the agent, cleans up."""
+
+    #: Environment name as the user writes it in ``--hostperf-envs`` (``ssh:HOST`` for ssh).
+    name: str
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise :class:`EnvironmentFailure` (with a fix hint) when this backend cannot work."""
+
+    @abc.abstractmethod
+    def mounts(self) -> Sequence[Mount]:
+        """The mounts offered for ``hostperf_dir``; the first is the default."""
+
+    @abc.abstractmethod
+    def start_agent(self, launch: AgentLaunch) -> Transport:
+        """Boot/create what is needed and start the agent; return its transport."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Remove everything this environment created. Idempotent, safe after errors."""
+
+    def describe(self) -> Mapping[str, Any]:
+        """What the controller can see of the environment from outside (engine, accel...)."""
+        return {}
+
+    def agent_start_timeout(self) -> float:
+        """Seconds to wait for the agent's ``ready`` message (a VM boot needs more)."""
+        return 60.0
+
+
+class AgentClient:
+    """Speaks the agent protocol over a transport: one request, one answer."""
+
+    def __init__(self, env: str, transport: Transport) -> None:
+        self.env = env
+        self.transport = transport
+        self.hello: dict[str, Any] = {}
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        self.hello = self._expect("ready", timeout, "starting the agent")
+        if self.hello.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise EnvironmentFailure(
+                self.env,
+                f"agent speaks protocol {self.hello.get('protocol')!r}, "
+                f"controller speaks {protocol.PROTOCOL_VERSION}",
+                hint="rebuild the environment's image (hostperf image build) so both sides match",
+            )
+        return self.hello
+
+    def request(self, message: dict[str, Any], expect: str, timeout: float, doing: str) -> dict[str, Any]:
+        self.transport.send(protocol.encode(message))
+        return self._expect(expect, timeout, doing)
+
+    def _expect(self, event: str, timeout: float, doing: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.transport.read_line(deadline)
+            message = protocol.decode(line)
+            if message is None:
+                continue
+            if message.get("event") == "fatal":
+                raise EnvironmentFailure(self.env, f"agent failed while {doing}: {message.get('message')}",
+                                        log_tail=self.transport.log_tail())
+            if message.get("event") == event:
+                return message
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        try:
+            self.transport.send(protocol.encode({"op": "shutdown"}))
+            self._expect("bye", timeout, "shutting down")
+        except Exception:  # noqa: BLE001 - best effort: close() below kills it anyway
+            pass
+        finally:
+            self.transport.close()
+
+
+class LineBuffer:
+    """Splits a byte stream into lines and remembers the non-protocol tail for errors."""
+
+    def __init__(self, keep: int = 200) -> None:
+        self._pending = b""
+        self._lines: deque[bytes] = deque()
+        self.tail: deque[str] = deque(maxlen=keep)
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        *complete, self._pending = self._pending.split(b"\n")
+        for line in complete:
+            if protocol.PREFIX in line:
+                self._lines.append(line + b"\n")
+            else:
+                self.tail.append(line.decode(errors="replace").rstrip("\r"))
+
+    def pop(self) -> bytes | None:
+        return self._lines.popleft() if self._lines else None
+
+    def tail_text(self) -> str:
+        return "\n".join(self.tail)
+
+
+def package_parent() -> Path:
+    """The directory holding the ``pytest_hostperf`` package, to ship to environments."""
+    return Path(__file__).resolve().parent.parent.parent
+
+
+def sweep_label() -> str:
+    """Label key put on every resource a session creates (containers, volumes, VMs)."""
+    return "io.hostperf.session"
+
+
+def session_alive(session_pid: int) -> bool:
+    """Whether the controller process that owns a labelled resource still runs."""
+    try:
+        os.kill(session_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
