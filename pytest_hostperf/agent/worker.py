@@ -1,0 +1,162 @@
+"""The pytest plugin that turns a pytest session into a hostperf agent.
+
+Like an xdist worker: pytest collects the test files once, then instead of running
+everything, ``pytest_runtestloop`` waits for requests and runs one item per request
+through the normal runtest protocol (fixtures, pytest-benchmark calibration, rounds and
+timer, all untouched). Reports travel back serialized, together with the raw samples
+that pytest-benchmark measured.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from pytest_hostperf.agent import protocol
+from pytest_hostperf.agent.channel import AgentChannel
+from pytest_hostperf.fixtures import CURRENT_ENV_KEY, HostperfEnv
+
+#: Cap on samples sent back per run: enough for any statistic we compute, bounded cost.
+MAX_SAMPLES = 5000
+
+
+class AgentWorker:
+    def __init__(self, channel: AgentChannel, env: str) -> None:
+        self.channel = channel
+        self.env = env
+        self.announced = False
+        self.collect_errors: list[str] = []
+        self._reports: list[Any] = []
+        self._measurement: dict[str, Any] | None = None
+        self._fingerprint: dict[str, Any] = {}
+
+    # -- pytest hooks -------------------------------------------------------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        # Shipped (not installed) into environments: register the fixtures ourselves
+        # unless the installed plugin already did.
+        import pytest_hostperf.fixtures as fixtures
+
+        if not config.pluginmanager.is_registered(fixtures) and not config.pluginmanager.has_plugin("hostperf"):
+            config.pluginmanager.register(fixtures, "hostperf-fixtures")
+            fixtures.pytest_configure(config)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid}: {report.longreprtext}")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._reports.append(report)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        try:
+            return (yield)
+        finally:
+            self._measurement = _benchmark_measurement(item)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        items = {item.nodeid: item for item in session.items}
+        self._fingerprint = _inside_fingerprint({})
+        self.channel.send({
+            "event": "ready",
+            "protocol": protocol.PROTOCOL_VERSION,
+            "env": self.env,
+            "fingerprint": self._fingerprint,
+            "collected": sorted(items),
+            "collect_errors": self.collect_errors,
+        })
+        self.announced = True
+        while True:
+            request = self.channel.receive()
+            if request is None or request.get("op") == "shutdown":
+                break
+            if request.get("op") == "ping":
+                self.channel.send({"event": "pong"})
+            elif request.get("op") == "run":
+                self.channel.send(self._run(session, items, request))
+            else:
+                self.channel.send({"event": "fatal", "message": f"unknown request {request!r}"})
+        session._setupstate.teardown_exact(None)  # higher-scoped fixtures kept warm until now
+        self.channel.send({"event": "bye"})
+        return True
+
+    # -- running one request ------------------------------------------------------------
+
+    def _run(self, session: pytest.Session, items: dict[str, pytest.Item], request: dict[str, Any]) -> dict[str, Any]:
+        nodeid = request["nodeid"]
+        item = items.get(nodeid)
+        if item is None:
+            return {"event": "result", "nodeid": nodeid, "outcome": "error", "reports": [],
+                    "message": f"test {nodeid!r} was not collected inside environment {self.env!r}"
+                               + (f"; collection errors: {self.collect_errors}" if self.collect_errors else "")}
+        mount_path = request.get("mount_path")
+        mounts = {request.get("mount", "host"): mount_path} if mount_path else {}
+        session.config.stash[CURRENT_ENV_KEY] = HostperfEnv(
+            self.env, request.get("mount", "host"), mount_path, self._fingerprint)
+        benchmark_session = getattr(session.config, "_benchmarksession", None)
+        saved_options = dict(benchmark_session.options) if benchmark_session else {}
+        if benchmark_session:
+            benchmark_session.options.update(request.get("benchmark_options") or {})
+        self._reports = []
+        self._measurement = None
+        started = time.perf_counter()
+        # Higher-scoped fixtures stay set up between requests: tear down only what the
+        # item's own chain does not need (another module's fixtures), and after the run
+        # only the function itself (nextitem is the item's parent node, not an item;
+        # pytest's SetupState only calls listchain() on it).
+        session._setupstate.teardown_exact(item.parent)  # type: ignore[arg-type]
+        try:
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=item.parent)
+        finally:
+            duration = time.perf_counter() - started
+            if benchmark_session:
+                benchmark_session.options.clear()
+                benchmark_session.options.update(saved_options)
+                benchmark_session.benchmarks.clear()  # we keep the samples; pytest-benchmark need not
+        reports = [session.config.hook.pytest_report_to_serializable(config=session.config, report=r)
+                   for r in self._reports]
+        outcome = "passed"
+        for report in self._reports:
+            if report.failed:
+                outcome = "failed"
+                break
+            if report.skipped:
+                outcome = "skipped"
+        result: dict[str, Any] = {"event": "result", "nodeid": nodeid, "outcome": outcome,
+                                  "reports": reports, "duration_s": duration}
+        result.update(self._measurement or {"samples": None, "iterations": None})
+        if mounts:
+            result["mount_info"] = _inside_fingerprint(mounts).get("mounts", {})
+        return result
+
+
+def _benchmark_measurement(item: pytest.Item) -> dict[str, Any] | None:
+    """Raw per-round timings (seconds per iteration) from pytest-benchmark's fixture."""
+    funcargs = getattr(item, "funcargs", None) or {}
+    fixture = funcargs.get("benchmark")
+    metadata = getattr(fixture, "stats", None)
+    stats = getattr(metadata, "stats", None)
+    data = list(getattr(stats, "data", None) or [])
+    if not data:
+        return None
+    if len(data) > MAX_SAMPLES:
+        step = len(data) / MAX_SAMPLES
+        data = [data[int(i * step)] for i in range(MAX_SAMPLES)]
+    return {"samples": data, "iterations": getattr(metadata, "iterations", 1),
+            "rounds": len(stats.data)}
+
+
+def _inside_fingerprint(mounts: dict[str, str]) -> dict[str, Any]:
+    try:
+        from pytest_hostperf.fingerprint import collect_inside
+    except ImportError:  # pragma: no cover - fingerprint module always ships with the agent
+        return {}
+    try:
+        return collect_inside(mounts)
+    except Exception as exc:  # noqa: BLE001 - a fingerprint problem must not stop measuring
+        return {"error": f"fingerprint failed: {exc!r}"}
