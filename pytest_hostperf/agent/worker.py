@@ -41,8 +41,7 @@ class AgentWorker:
         import pytest_hostperf.fixtures as fixtures
 
         if not config.pluginmanager.is_registered(fixtures) and not config.pluginmanager.has_plugin("hostperf"):
-            config.pluginmanager.register(fixtures, "hostperf-fixtures")
-            fixtures.pytest_configure(config)
+            config.pluginmanager.register(fixtures, "hostperf-fixtures")  # its pytest_configure runs now
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:

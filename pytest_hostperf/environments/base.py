@@ -132,6 +132,16 @@ class Environment(abc.ABC):
         """What the controller can see of the environment from outside (engine, accel...)."""
         return {}
 
+    def match_facts(self) -> Mapping[str, Any]:
+        """Outside facts that must match for a baseline to apply (engine kind, accelerator)."""
+        return {}
+
+    def launch_for(self, project_dir: Path, test_files: tuple[str, ...], pytest_args: tuple[str, ...]) -> AgentLaunch:
+        """The agent launch in this environment's own paths; the default is the host's."""
+        import sys
+
+        return AgentLaunch(sys.executable, str(package_parent()), str(project_dir), test_files, pytest_args, self.name)
+
     def agent_start_timeout(self) -> float:
         """Seconds to wait for the agent's ``ready`` message (a VM boot needs more)."""
         return 60.0

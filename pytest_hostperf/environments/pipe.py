@@ -1,0 +1,96 @@
+"""A transport over a child process's stdin/stdout (native agent, ssh)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from typing import IO
+
+from pytest_hostperf.environments.base import AgentDied, AgentTimeout, LineBuffer, Transport
+
+
+class PipeTransport(Transport):
+    """Protocol on the child's stdout; its stderr is drained into a bounded log tail."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: IO[str] | None = None) -> None:
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        self.process = process
+        self._buffer = LineBuffer()
+        self._stderr_tail: deque[str] = deque(maxlen=200)
+        self._log = log
+        # stderr must be drained concurrently or a chatty test blocks the agent on a full pipe.
+        self._drain = threading.Thread(target=self._drain_stderr, name="hostperf-agent-stderr", daemon=True)
+        self._drain.start()
+
+    def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in iter(self.process.stderr.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            self._stderr_tail.append(line)
+            if self._log is not None:
+                try:
+                    self._log.write(line + "\n")
+                    self._log.flush()
+                except ValueError:  # log closed during shutdown
+                    pass
+
+    def send(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise AgentDied(f"agent input closed ({exc})") from exc
+
+    def read_line(self, deadline: float) -> bytes:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        while True:
+            line = self._buffer.pop()
+            if line is not None:
+                return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AgentTimeout("no answer from the agent in time")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                code = self.process.wait(timeout=5) if self.process.poll() is None else self.process.returncode
+                self._drain.join(timeout=1)
+                raise AgentDied(f"agent exited with code {code}")
+            self._buffer.feed(chunk)
+
+    def log_tail(self) -> str:
+        return "\n".join(list(self._buffer.tail) + list(self._stderr_tail))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.process.kill()
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def spawn(argv: list[str], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group so the whole tree can be killed at once."""
+    return subprocess.Popen(  # noqa: S603 - argv list, never a shell
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, cwd=cwd, start_new_session=True, bufsize=0,
+    )

@@ -1,0 +1,42 @@
+"""Turns an environment name into its backend; backends are imported only when used."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pytest_hostperf.environments.base import Environment, EnvironmentFailure
+
+if TYPE_CHECKING:
+    from pytest_hostperf.session import HostperfSession
+
+
+def create_backend(name: str, session: "HostperfSession") -> Environment:
+    kind, _, target = name.partition(":")
+    settings = session.settings
+    if kind == "native":
+        from pytest_hostperf.environments.native import NativeEnvironment
+
+        return NativeEnvironment(session.work_dir)
+    if kind == "docker":
+        try:
+            from pytest_hostperf.environments.docker import DockerEnvironment
+        except ImportError as exc:
+            raise EnvironmentFailure(name, f"cannot load the docker backend ({exc})",
+                                     hint="pip install docker") from exc
+        return DockerEnvironment(
+            session_id=session.session_id, project_dir=settings.project_dir, work_dir=session.work_dir,
+            image=settings.image, network=settings.network, requirements=settings.requirements,
+            progress=session.progress)
+    if kind == "qemu":
+        from pytest_hostperf.environments.qemu import QemuEnvironment
+
+        return QemuEnvironment(
+            session_id=session.session_id, project_dir=settings.project_dir, work_dir=session.work_dir,
+            image=settings.image, vm_image=settings.vm_image, network=settings.network,
+            requirements=settings.requirements, progress=session.progress)
+    if kind == "ssh":
+        from pytest_hostperf.environments.ssh import SshEnvironment
+
+        return SshEnvironment(host=target, session_id=session.session_id, project_dir=settings.project_dir,
+                              work_dir=session.work_dir, progress=session.progress)
+    raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")

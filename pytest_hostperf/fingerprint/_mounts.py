@@ -1,0 +1,98 @@
+"""Which filesystem each mount under test really is, in words a person recognises."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, Mapping
+
+from pytest_hostperf.fingerprint import _files
+
+# Exact fstype -> label. Order does not matter; the special cases are in the function.
+_FSTYPE_LABELS: Final[Mapping[str, str]] = {
+    "fuse.osxfs": "Docker Desktop osxfs (macOS)",
+    "fuse.grpcfuse": "Docker Desktop gRPC FUSE",
+    # Docker Desktop's VirtioFS shares show up inside containers under this name.
+    "fakeowner": "Docker Desktop VirtioFS",
+    "virtiofs": "virtiofs host share",
+    "9p": "9p host share",
+    "drvfs": "WSL1 drvfs (Windows drive)",
+    "fuse.sshfs": "sshfs (network)",
+    "vboxsf": "VirtualBox shared folder",
+    "vmhgfs": "VMware shared folder",
+    "fuse.vmhgfs-fuse": "VMware shared folder",
+    "prl_fs": "Parallels shared folder",
+    "nfs": "NFS (network)",
+    "nfs4": "NFS (network)",
+    "cifs": "SMB/CIFS (network)",
+    "smb3": "SMB/CIFS (network)",
+    "overlay": "overlayfs (container layer)",
+    "fuse-overlayfs": "fuse-overlayfs (rootless container layer)",
+    "fuse.fuse-overlayfs": "fuse-overlayfs (rootless container layer)",
+    "aufs": "aufs (container layer)",
+    "tmpfs": "tmpfs (memory)",
+    "ramfs": "ramfs (memory)",
+    "squashfs": "squashfs (read-only image)",
+}
+
+# Filesystems that live on a block device of the machine (or of the VM) itself.
+_LOCAL_DISK: Final = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs",
+    "bcachefs", "apfs", "hfs", "hfsplus", "ntfs", "ntfs3", "vfat", "exfat",
+})
+
+# "C:\" or "C:/": the source of a Windows drive share, whatever transport carries it.
+_WINDOWS_DRIVE: Final = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def classify_filesystem(fstype: str, options: str = "", source: str = "") -> str:
+    """A human label for a mount: what kind of storage a benchmark on it really hits.
+
+    ``fstype``, ``options`` and ``source`` are the fields of a ``/proc/mounts`` line.
+    Unknown types come back unchanged, so the label is never less informative than the
+    raw type.
+    """
+    fstype = (fstype or "").strip()
+    if not fstype:
+        return "unknown"
+    # WSL2 mounts Windows drives over 9p (newer builds: virtiofs) with aname=drvfs; the
+    # Windows side makes them ~30x slower per call than the Linux side, so name them.
+    if fstype in ("9p", "virtiofs") and ("aname=drvfs" in options or _WINDOWS_DRIVE.match(source or "")):
+        return "WSL2 drvfs (Windows drive)"
+    label = _FSTYPE_LABELS.get(fstype)
+    if label is not None:
+        return label
+    if fstype in _LOCAL_DISK:
+        return f"local disk ({fstype})"
+    if fstype.startswith("fuse."):
+        return f"FUSE ({fstype[len('fuse.'):]})"
+    return fstype
+
+
+def collect_mounts(mount_paths: Mapping[str, str] | None, root: str = "/") -> dict[str, dict[str, Any]]:
+    """For each named path, the mount that holds it (longest mount-point prefix).
+
+    The path is resolved first (symlinks followed inside ``root``) because a benchmark
+    directory reached through a symlink is stored wherever the link points.
+    """
+    if not mount_paths:
+        return {}
+    table = _files.mount_table(root)
+    result: dict[str, dict[str, Any]] = {}
+    for name, path in mount_paths.items():
+        real = _files.resolve(root, str(path))
+        entry = _files.mount_for(real, table)
+        if entry is None:
+            result[str(name)] = {
+                "path": real, "mount_point": None, "fstype": None,
+                "source": None, "options": None, "kind": None,
+            }
+            continue
+        result[str(name)] = {
+            "path": real,
+            "mount_point": entry.mount_point,
+            "fstype": entry.fstype,
+            "source": entry.source,
+            "options": entry.options,
+            "kind": classify_filesystem(entry.fstype, entry.options, entry.source),
+        }
+    return result

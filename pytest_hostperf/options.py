@@ -1,0 +1,123 @@
+"""Parsing of option and marker values. Pure: raises ``argparse.ArgumentTypeError``.
+
+Kept free of pytest so the CLI and the plugin share one definition of every format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Final, Mapping
+
+#: Backends a user can name; ``ssh:HOST`` carries its target.
+ENV_KINDS: Final = ("native", "docker", "qemu", "ssh")
+
+#: Budgets for ratio to native when none is configured. A container shares the host
+#: kernel, so CPU work should cost ~1.0x and file sharing on Linux ~1.3x; a VM with
+#: hardware acceleration costs some percent on CPU work and more on I/O; a software
+#: emulated (TCG) VM runs Python ~10-15x slower on our machines, so its honest budget is
+#: an order of magnitude looser. Keys: "<env>", "<env>-<mount>", "qemu:<accelerator>".
+DEFAULT_MAX_OVERHEAD: Final[Mapping[str, float]] = {
+    "docker": 1.5,
+    "qemu:kvm": 2.0,
+    "qemu:hvf": 2.0,
+    "qemu:tcg": 40.0,
+}
+
+_HOST = re.compile(r"^[A-Za-z0-9_.@:-]+$")
+
+
+def parse_envs(text: str) -> tuple[str, ...]:
+    """``native,docker,qemu,ssh:HOST`` -> tuple of environment names, order kept."""
+    names: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        kind, _, target = name.partition(":")
+        if kind not in ENV_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"unknown environment {name!r}; expected a comma-separated list of "
+                f"native, docker, qemu or ssh:HOST (for example: --hostperf-envs=native,docker)")
+        if kind == "ssh" and not (target and _HOST.match(target)):
+            raise argparse.ArgumentTypeError(
+                f"environment {name!r} needs a host: ssh:HOST, where HOST is a name from your ssh config "
+                "(for example ssh:lima-default)")
+        if kind != "ssh" and target:
+            raise argparse.ArgumentTypeError(f"environment {name!r}: only ssh takes a ':' target")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise argparse.ArgumentTypeError("no environment given; for example --hostperf-envs=native,docker")
+    return tuple(names)
+
+
+def parse_fraction(text: str | float, what: str = "tolerance") -> float:
+    """``5%``, ``0.05`` or ``5 %`` -> 0.05; must lie in [0, 10)."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        raw = text.strip()
+        try:
+            value = float(raw[:-1].strip()) / 100 if raw.endswith("%") else float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} {text!r} is not a number; write a percentage like 5% or a fraction like 0.05") from None
+    if not 0 <= value < 10:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is out of range; expected something like 5% (0.05)")
+    return value
+
+
+def parse_alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"alpha {text!r} is not a number; for example --hostperf-alpha=0.01") from None
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"alpha {text!r} must be between 0 and 0.5 (for example 0.01)")
+    return value
+
+
+def parse_positive_int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{what} must be at least 1, got {value}")
+    return value
+
+
+def parse_seconds(text: str, what: str = "timeout") -> float:
+    try:
+        value = float(text.rstrip("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number of seconds (for example 300)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{what} must be positive, got {text!r}")
+    return value
+
+
+def parse_budgets(text: str | Mapping[str, object]) -> dict[str, float]:
+    """``docker=1.10,docker-bind=1.5,qemu:tcg=20`` (or a mapping) -> {key: ratio}."""
+    items = text.items() if isinstance(text, Mapping) else (
+        part.split("=", 1) if "=" in part else (part, "")
+        for part in (p.strip() for p in str(text).replace("\n", ",").split(",")) if part
+    )
+    budgets: dict[str, float] = {}
+    for key, raw in items:
+        key = str(key).strip()
+        kind = key.split("-", 1)[0].split(":", 1)[0]
+        if kind not in ENV_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"overhead budget {key!r}: unknown environment; keys look like docker, docker-bind, "
+                "qemu, qemu:tcg (for example docker=1.10,docker-bind=1.5)")
+        try:
+            value = float(str(raw).rstrip("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"overhead budget {key}={raw!r} is not a ratio; write it like {key}=1.25 (1.25x native)") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"overhead budget {key}={raw} is below 1.0x native; ratios start at 1")
+        budgets[key] = value
+    return budgets

@@ -1,0 +1,408 @@
+"""The controller's session: environments, agents, measurements, verdicts, baselines.
+
+No pytest import: the plugin feeds it plain data (node ids, targets, options) and turns
+its results back into reports. Environments start on first use and stay warm; a dead or
+hung agent fails the request that hit it and is restarted for the next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from pytest_hostperf import fingerprint as fp
+from pytest_hostperf.baselines import BaselineError, BaselineFile, BaselineStore, Measurement
+from pytest_hostperf.environments.base import (
+    AgentClient,
+    AgentDied,
+    AgentTimeout,
+    Environment,
+    EnvironmentFailure,
+)
+from pytest_hostperf.stats import RatioEstimate, SessionSummary, ratio_of_medians, summarize
+from pytest_hostperf.targets import Target, budget_for
+from pytest_hostperf.verdict import Judgement, Policy, Verdict, judge
+
+Progress = Callable[[str], None]
+
+#: pytest-benchmark options forwarded to every agent (plain values only).
+FORWARDED_BENCHMARK_OPTIONS = ("max_time", "min_rounds", "min_time", "calibration_precision",
+                               "disable_gc", "warmup", "warmup_iterations")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the session needs from the command line and ini, already validated."""
+
+    project_dir: Path
+    envs: tuple[str, ...]
+    baselines_dir: Path
+    save: bool
+    tolerance: float
+    alpha: float
+    require: tuple[str, ...]
+    max_overhead: Mapping[str, float]
+    timeout_s: float
+    history: int
+    session_noise: float
+    blocks: int
+    image: str | None = None
+    vm_image: str | None = None
+    network: bool = False
+    requirements: tuple[str, ...] = ()
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+
+
+@dataclasses.dataclass
+class Request:
+    """One item to measure: a test (as the agent knows it) on one target."""
+
+    item_id: str
+    test: str
+    target: Target
+    tolerance: float | None = None
+    max_overhead: Mapping[str, float] | None = None
+
+
+@dataclasses.dataclass
+class Result:
+    """What one item produced; the plugin turns it into reports, the reporters into rows."""
+
+    request: Request
+    outcome: str = "pending"          # passed / failed / skipped / error
+    reports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    message: str = ""                 # why it failed or was skipped (environment level)
+    samples: list[float] = dataclasses.field(default_factory=list)
+    iterations: int = 1
+    summary: SessionSummary | None = None
+    judgement: Judgement | None = None
+    orchestration_s: list[float] = dataclasses.field(default_factory=list)
+    mount_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env_fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fingerprint_id: str | None = None
+    baseline_path: str | None = None
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self.judgement.verdict if self.judgement else None
+
+
+class EnvRuntime:
+    """One environment for the whole session and the state of its agent."""
+
+    def __init__(self, backend: Environment) -> None:
+        self.backend = backend
+        self.client: AgentClient | None = None
+        self.failure: EnvironmentFailure | None = None
+        self.fingerprint: dict[str, Any] = {}
+        self.match: dict[str, Any] = {}
+        self.fingerprint_id: str | None = None
+        self.baseline: BaselineFile | None = None
+        self.baseline_error: BaselineError | None = None
+        self.startup_s: float | None = None
+
+
+class HostperfSession:
+    def __init__(self, settings: Settings, progress: Progress,
+                 backend_factory: Callable[[str, "HostperfSession"], Environment]) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.session_id = uuid.uuid4().hex[:12]
+        self.work_dir = Path(tempfile.mkdtemp(prefix=f"hostperf-{self.session_id}-"))
+        self.store = BaselineStore(settings.baselines_dir)
+        self._factory = backend_factory
+        self.runtimes: dict[str, EnvRuntime] = {}
+        self.results: dict[str, Result] = {}
+        self.comparisons = 1
+        self.test_files: tuple[str, ...] = ()
+        self.pytest_args: tuple[str, ...] = ()
+        self.benchmark_options: dict[str, Any] = {}
+        self.host_fingerprint: dict[str, Any] = {}
+        self.started = time.time()
+
+    # -- environments ---------------------------------------------------------------------
+
+    def runtime(self, env: str) -> EnvRuntime:
+        if env not in self.runtimes:
+            try:
+                backend = self._factory(env, self)
+            except EnvironmentFailure as exc:
+                runtime = EnvRuntime(_Unavailable(env))
+                runtime.failure = exc
+                self.runtimes[env] = runtime
+                return runtime
+            self.runtimes[env] = EnvRuntime(backend)
+        return self.runtimes[env]
+
+    def agent(self, env: str) -> AgentClient:
+        """The warm agent of ``env``, started on first use; raises EnvironmentFailure."""
+        runtime = self.runtime(env)
+        if runtime.failure is not None:
+            raise runtime.failure
+        if runtime.client is not None:
+            return runtime.client
+        backend = runtime.backend
+        started = time.monotonic()
+        try:
+            backend.check()
+            launch = backend.launch_for(self.settings.project_dir, self.test_files, self.pytest_args)
+            transport = backend.start_agent(launch)
+            client = AgentClient(env, transport)
+            try:
+                hello = client.wait_ready(backend.agent_start_timeout())
+            except AgentTimeout:
+                tail = transport.log_tail()
+                transport.close()
+                raise EnvironmentFailure(env, f"the agent did not report ready within "
+                                              f"{backend.agent_start_timeout():.0f} s",
+                                         hint="look at the last output below; a missing Python package "
+                                              "in the environment is the usual cause", log_tail=tail) from None
+            except AgentDied as exc:
+                tail = transport.log_tail()
+                transport.close()
+                raise EnvironmentFailure(env, f"the agent exited while starting ({exc})",
+                                         hint="the environment needs python3 with pytest and pytest-benchmark; "
+                                              "see the last output below", log_tail=tail) from None
+        except EnvironmentFailure as exc:
+            runtime.failure = exc
+            backend.stop()
+            raise
+        runtime.client = client
+        runtime.startup_s = time.monotonic() - started
+        if not runtime.fingerprint:
+            self._identify(runtime, hello)
+            self.progress(f"hostperf: {env} ready in {runtime.startup_s:.1f} s: {fp.summary(runtime.fingerprint)}")
+        return client
+
+    def _identify(self, runtime: EnvRuntime, hello: Mapping[str, Any]) -> None:
+        runtime.fingerprint = dict(hello.get("fingerprint") or {})
+        runtime.fingerprint["outside"] = dict(runtime.backend.describe())
+        runtime.match = fp.match_view(runtime.fingerprint, runtime.backend.match_facts())
+        runtime.fingerprint_id = fp.fingerprint_id(runtime.match)
+        try:
+            runtime.baseline = self.store.load(runtime.backend.name, runtime.fingerprint_id)
+        except BaselineError as exc:
+            runtime.baseline_error = exc
+
+    def _restart(self, env: str) -> None:
+        runtime = self.runtimes[env]
+        if runtime.client is not None:
+            runtime.client.transport.close()
+            runtime.client = None
+
+    def stop_all(self) -> None:
+        """Stop every environment; safe to call twice and from signal handlers."""
+        for runtime in list(self.runtimes.values()):
+            if runtime.client is not None:
+                runtime.client.shutdown(timeout=5)
+                runtime.client = None
+            try:
+                runtime.backend.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                self.progress(f"hostperf: stopping {runtime.backend.name} failed: {exc}")
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def run_group(self, requests: Sequence[Request]) -> None:
+        """Measure all targets of one test, interleaved in blocks so drift hits all alike."""
+        pending = [r for r in requests if r.item_id not in self.results]
+        if not pending:
+            return
+        for request in pending:
+            self.results[request.item_id] = Result(request)
+        blocks = self.settings.blocks if len({r.target.env for r in pending}) > 1 else 1
+        options = dict(self.benchmark_options)
+        if blocks > 1 and "max_time" in options:
+            options["max_time"] = float(options["max_time"]) / blocks
+        for _ in range(blocks):
+            for request in pending:
+                result = self.results[request.item_id]
+                if result.outcome in ("failed", "skipped", "error"):
+                    continue
+                self._run_once(request, result, options)
+        for request in pending:
+            self._judge(self.results[request.item_id])
+
+    def _run_once(self, request: Request, result: Result, options: Mapping[str, Any]) -> None:
+        env = request.target.env
+        try:
+            client = self.agent(env)
+        except EnvironmentFailure as exc:
+            result.outcome = "skipped" if env.split(":")[0] not in self._required_kinds() else "error"
+            result.message = str(exc)
+            return
+        runtime = self.runtimes[env]
+        mount = request.target.mount
+        mount_path = self._mount_path(runtime, mount)
+        message = {"op": "run", "nodeid": request.test, "mount": mount or "", "mount_path": mount_path,
+                   "benchmark_options": dict(options)}
+        started = time.perf_counter()
+        try:
+            answer = client.request(message, "result", self.settings.timeout_s, f"running {request.test}")
+        except AgentTimeout:
+            self._restart(env)
+            result.outcome = "failed"
+            result.message = (f"environment {env!r}: {request.test} did not finish within "
+                              f"{self.settings.timeout_s:.0f} s (--hostperf-timeout); the agent was "
+                              "stopped and will be restarted for the next test")
+            return
+        except (AgentDied, EnvironmentFailure) as exc:
+            tail = client.transport.log_tail()
+            self._restart(env)
+            result.outcome = "failed"
+            result.message = (f"environment {env!r}: the agent crashed while running {request.test} ({exc})"
+                              + ("\n  last output:\n" + "\n".join("    " + l for l in tail.splitlines()[-15:])
+                                 if tail else ""))
+            return
+        wall = time.perf_counter() - started
+        result.orchestration_s.append(max(0.0, wall - float(answer.get("duration_s") or 0.0)))
+        result.reports = list(answer.get("reports") or [])
+        result.env_fingerprint = runtime.fingerprint
+        result.fingerprint_id = runtime.fingerprint_id
+        if answer.get("mount_info"):
+            result.mount_info = dict(answer["mount_info"])
+        if answer.get("outcome") != "passed":
+            result.outcome = str(answer.get("outcome"))
+            result.message = str(answer.get("message") or "")
+            return
+        result.outcome = "passed"
+        if answer.get("samples"):
+            result.samples.extend(float(x) for x in answer["samples"])
+            result.iterations = int(answer.get("iterations") or 1)
+        else:
+            result.message = "the test ran but did not call the benchmark fixture; nothing was measured"
+
+    def _mount_path(self, runtime: EnvRuntime, mount: str | None) -> str | None:
+        if mount is None:
+            return None
+        for candidate in runtime.backend.mounts():
+            if candidate.name == mount:
+                return candidate.path
+        return None
+
+    def _required_kinds(self) -> set[str]:
+        return {e.split(":")[0] for e in self.settings.require}
+
+    # -- judging --------------------------------------------------------------------------
+
+    def _judge(self, result: Result) -> None:
+        if result.outcome != "passed" or not result.samples:
+            return
+        request = result.request
+        runtime = self.runtimes[request.target.env]
+        result.summary = summarize(result.samples)
+        tolerance = request.tolerance if request.tolerance is not None else self.settings.tolerance
+        accelerator = str(runtime.fingerprint.get("outside", {}).get("accelerator") or "") or None
+        budget = budget_for(request.target, accelerator, request.max_overhead, self.settings.max_overhead,
+                            _default_budgets())
+        policy = Policy(tolerance, self.settings.alpha, self.comparisons, self.settings.session_noise,
+                        budget if request.target.kind != "native" else None)
+        to_native = self._ratio_to_native(result, policy.confidence)
+        if runtime.baseline_error is not None:
+            result.judgement = Judgement(Verdict.NO_BASELINE, str(runtime.baseline_error), to_native=to_native)
+            return
+        mount_key = request.target.mount or "-"
+        history = runtime.baseline.history(request.test, mount_key) if runtime.baseline else []
+        if runtime.baseline is not None:
+            result.baseline_path = str(runtime.baseline.path)
+        note = self._mount_mismatch(result, history)
+        if note:
+            result.judgement = Judgement(Verdict.NO_BASELINE, note, to_native=to_native)
+            return
+        result.judgement = judge(result.summary, [h.summary() for h in history], policy, to_native,
+                                 baseline_name=_baseline_label(runtime))
+        if not history and runtime.fingerprint_id:
+            others = [p.name for p in self.store.files_for(request.target.env)
+                      if p != self.store.path_for(request.target.env, runtime.fingerprint_id)]
+            if others:
+                result.judgement = dataclasses.replace(
+                    result.judgement,
+                    reason=f"no baseline for fingerprint {runtime.fingerprint_id}; other machines' baselines: "
+                           f"{', '.join(others[:3])} (run `hostperf compare` to see what differs)")
+
+    def _mount_mismatch(self, result: Result, history: Sequence[Any]) -> str:
+        if not history or not result.mount_info:
+            return ""
+        now = next(iter(result.mount_info.values()), {}).get("fstype")
+        then = history[-1].context.get("fstype")
+        if now and then and now != then:
+            return (f"baseline was measured on a {then} mount, this run is on {now}; not comparable "
+                    "(save a new baseline with --hostperf-save if the change is intended)")
+        return ""
+
+    def _ratio_to_native(self, result: Result, confidence: float) -> RatioEstimate | None:
+        target = result.request.target
+        if target.kind == "native":
+            return None
+        native = next((r for r in self.results.values()
+                       if r.request.test == result.request.test and r.request.target.kind == "native"
+                       and r.samples and r.outcome == "passed"), None)
+        if native is None:
+            return None
+        return ratio_of_medians(result.samples, native.samples, confidence)
+
+    # -- after the run --------------------------------------------------------------------
+
+    def save_baselines(self) -> list[Path]:
+        """Append this session's measurements to each environment's baseline file."""
+        written: list[Path] = []
+        for env, runtime in self.runtimes.items():
+            if runtime.fingerprint_id is None:
+                continue
+            measurements = [
+                Measurement(r.request.test, r.request.target.mount or "-", r.summary, r.iterations, r.samples,
+                            {"fstype": next(iter(r.mount_info.values()), {}).get("fstype")} if r.mount_info else {})
+                for r in self.results.values()
+                if r.request.target.env == env and r.summary is not None
+            ]
+            if not measurements:
+                continue
+            written.append(self.store.save(runtime.backend.name, runtime.fingerprint_id, runtime.match,
+                                           runtime.fingerprint, measurements, self.session_id,
+                                           self.settings.history))
+        return written
+
+    def orchestration_median_ms(self, env: str | None = None) -> float | None:
+        values = [v for r in self.results.values() for v in r.orchestration_s
+                  if env is None or r.request.target.env == env]
+        return statistics.median(values) * 1000 if values else None
+
+
+def _baseline_label(runtime: EnvRuntime) -> str:
+    return f"{runtime.backend.name}-{runtime.fingerprint_id}"
+
+
+def _default_budgets() -> Mapping[str, float]:
+    from pytest_hostperf.options import DEFAULT_MAX_OVERHEAD
+
+    return DEFAULT_MAX_OVERHEAD
+
+
+class _Unavailable(Environment):
+    """Stands in for a backend that could not even be constructed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def check(self) -> None:
+        return None
+
+    def mounts(self) -> Sequence[Any]:
+        return ()
+
+    def start_agent(self, launch: Any) -> Any:  # pragma: no cover - never reached: failure is set
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        return None
+
+

@@ -1,0 +1,157 @@
+"""Statistics for performance comparisons. Pure: numpy/scipy only, no pytest.
+
+Two questions are asked of the data, with different noise models:
+
+* **Against the baseline** (is this session slower than the saved sessions?). Timings of
+  one session are not independent of the session: the machine, its clock, its neighbours
+  and the page cache shift every round of a session together. So the unit of analysis
+  is the *session*: each saved session contributes the log of its median, and the new
+  session's log median is compared with them through a prediction interval
+  (Student's t with K-1 degrees of freedom, K = saved sessions). Within-session noise is
+  already inside the between-session spread of medians; it sets a floor so that K
+  identical-looking sessions never yield a zero-width interval. With one saved session the
+  between-session noise cannot be estimated; a documented prior (``session_noise``) is
+  used instead and the verdict says so.
+
+* **Against native** (virtualization overhead). Both environments are measured in the
+  same session, in interleaved blocks, so slow drift hits both alike; the ratio of medians
+  gets a bootstrap confidence interval from the pooled samples of each side.
+
+All intervals are on the ratio scale (``new/old``); 1.10 means 10% slower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+#: IQR of a standard normal; turns an IQR into a robust standard-deviation estimate.
+_IQR_TO_SD = 1.3489795003921634
+#: Asymptotic efficiency factor of the median vs the mean for normal data (sqrt(pi/2)).
+_MEDIAN_SE_FACTOR = 1.2533141373155001
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSummary:
+    """What one session measured for one benchmark, as kept in a baseline."""
+
+    median_s: float
+    log_median_se: float    # standard error of log(median) from within-session spread
+    rounds: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RatioEstimate:
+    ratio: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    p_slower: float   # one-sided p-value of H0 "not slower" (ratio <= 1)
+    p_faster: float   # one-sided p-value of H0 "not faster" (ratio >= 1)
+    method: str
+
+
+def summarize(samples: Sequence[float]) -> SessionSummary:
+    """Median and the standard error of its log, robustly, from one session's rounds."""
+    data = np.asarray(samples, dtype=float)
+    if data.size == 0:
+        raise ValueError("no samples to summarize")
+    if np.any(data <= 0) or not np.all(np.isfinite(data)):
+        raise ValueError("timings must be positive finite numbers")
+    median = float(np.median(data))
+    q1, q3 = np.percentile(np.log(data), [25, 75])
+    # Rounds are autocorrelated and heavy-tailed; the IQR-based SE of the median on the
+    # log scale is robust to the outliers that dominate timing data.
+    se = _MEDIAN_SE_FACTOR * (q3 - q1) / _IQR_TO_SD / math.sqrt(data.size)
+    return SessionSummary(median, float(se), int(data.size))
+
+
+def between_session_sd(history: Sequence[SessionSummary]) -> float | None:
+    """Sample standard deviation of log medians across sessions (None for fewer than 2)."""
+    if len(history) < 2:
+        return None
+    return float(np.std(np.log([h.median_s for h in history]), ddof=1))
+
+
+def compare_to_history(
+    current: SessionSummary,
+    history: Sequence[SessionSummary],
+    confidence: float,
+    session_noise: float,
+) -> RatioEstimate:
+    """Ratio of the current median to the baseline's typical median, with a prediction CI.
+
+    ``confidence`` is two-sided (0.99 -> 0.5% in each tail). ``session_noise`` is the
+    prior between-session standard deviation (on the log scale, ~relative) used when the
+    history has a single session.
+    """
+    if not history:
+        raise ValueError("history is empty")
+    k = len(history)
+    logs = np.log([h.median_s for h in history])
+    diff = math.log(current.median_s) - float(np.mean(logs))
+    within = math.sqrt(current.log_median_se ** 2 + float(np.mean([h.log_median_se ** 2 for h in history])))
+    if k >= 2:
+        spread = max(float(np.std(logs, ddof=1)), within / math.sqrt(2))
+        se = spread * math.sqrt(1.0 + 1.0 / k)
+        dist = sps.t(df=k - 1)
+        method = f"prediction t-test over {k} baseline sessions"
+    else:
+        se = math.sqrt(within ** 2 + session_noise ** 2)
+        dist = sps.norm()
+        method = f"1 baseline session, assumed session noise {session_noise:.1%}"
+    se = max(se, 1e-12)
+    z = diff / se
+    half = float(dist.ppf(0.5 + confidence / 2)) * se
+    return RatioEstimate(
+        ratio=math.exp(diff),
+        ci_low=math.exp(diff - half),
+        ci_high=math.exp(diff + half),
+        confidence=confidence,
+        p_slower=float(dist.sf(z)),
+        p_faster=float(dist.cdf(z)),
+        method=method,
+    )
+
+
+def ratio_of_medians(
+    numerator: Sequence[float],
+    denominator: Sequence[float],
+    confidence: float,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    max_points: int = 2000,
+) -> RatioEstimate:
+    """Bootstrap CI of median(numerator)/median(denominator), same-session samples.
+
+    Large sample sets are thinned to ``max_points`` evenly spaced rounds first: the CI
+    barely changes and the cost stays bounded. The p-values come from the bootstrap
+    distribution of the log ratio (percentile method).
+    """
+    rng = np.random.default_rng(seed)
+    a = np.log(_thin(np.asarray(numerator, dtype=float), max_points))
+    b = np.log(_thin(np.asarray(denominator, dtype=float), max_points))
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both sides need samples")
+    estimate = float(np.median(a) - np.median(b))
+    boot_a = np.median(rng.choice(a, size=(n_resamples, a.size), replace=True), axis=1)
+    boot_b = np.median(rng.choice(b, size=(n_resamples, b.size), replace=True), axis=1)
+    boot = boot_a - boot_b
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(boot, [tail, 1 - tail])
+    # Share of resamples on the other side of 1, with the +1 correction of a Monte Carlo p.
+    p_slower = float((np.sum(boot <= 0) + 1) / (n_resamples + 1))
+    p_faster = float((np.sum(boot >= 0) + 1) / (n_resamples + 1))
+    return RatioEstimate(math.exp(estimate), math.exp(float(low)), math.exp(float(high)),
+                         confidence, p_slower, p_faster, f"bootstrap of medians ({n_resamples} resamples)")
+
+
+def _thin(data: np.ndarray, max_points: int) -> np.ndarray:
+    if data.size <= max_points:
+        return data
+    index = np.linspace(0, data.size - 1, max_points).round().astype(int)
+    return data[index]
