@@ -94,6 +94,7 @@ class VmDisk:
     share_fs: Optional[str] = None  # "9p", "virtiofs" or None: what the guest kernel can mount
     python: str = "/usr/bin/python3"
     size_mb: int = 0
+    env: dict = dataclasses.field(default_factory=dict)   # image environment (PATH of a venv, ...)
 
     @property
     def directory(self) -> Path:
@@ -218,6 +219,8 @@ def build_vm_disk(
     kernel: Optional[Path] = None,
     initrd: Optional[Path] = None,
     free_mb: int = 1024,
+    python: Optional[str] = None,
+    env: Optional[dict] = None,
 ) -> VmDisk:
     """Build (or reuse) the VM disk for ``rootfs``, cached under ``cache_dir/<digest>``.
 
@@ -225,6 +228,8 @@ def build_vm_disk(
     tar chunks. ``key`` identifies its content (an image id); when a disk for the same
     key, kernel and guest init exists, it is returned without reading ``rootfs``.
     ``free_mb`` is the free space left on the guest's own filesystem (the "guest" mount).
+    ``python`` names the interpreter that has pytest (default: the first python3 found);
+    ``env`` is the image's environment (e.g. a venv's PATH), applied to the agent.
     """
     say = progress or (lambda _msg: None)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -251,7 +256,7 @@ def build_vm_disk(
             return cached
         staging = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=cache_dir))
         try:
-            disk = _build(rootfs, staging, key, say, chosen, free_mb)
+            disk = _build(rootfs, staging, key, say, chosen, free_mb, python, env or {})
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging / "out", final)
@@ -261,7 +266,7 @@ def build_vm_disk(
 
 
 def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
-           chosen: Optional[KernelInfo], free_mb: int) -> VmDisk:
+           chosen: Optional[KernelInfo], free_mb: int, python: Optional[str], env: dict) -> VmDisk:
     tree = staging / "rootfs"
     out = staging / "out"
     out.mkdir()
@@ -276,7 +281,9 @@ def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
         tree.mkdir()
         _extract_tar(rootfs, tree)
 
-    python = _find_python(tree)
+    if python and not os.path.lexists(tree / python.lstrip("/")):
+        raise VmImageError(f"the root filesystem has no {python}")
+    python = python or _find_python(tree)
     kernel_info = chosen or _rootfs_kernel(tree) or find_host_kernel()
     modules = _install_modules(kernel_info, tree)
     builtin = _builtin_modules(kernel_info)
@@ -305,7 +312,7 @@ def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
          "writing the ext4 image", env={**os.environ, "E2FSPROGS_FAKE_TIME": "0"})
     disk = VmDisk(path=image, kernel=kernel_copy, initrd=initrd_copy, key=key,
                   kernel_version=kernel_info.version, root_device=root_device, share_fs=share_fs,
-                  python=python, size_mb=size_mb)
+                  python=python, size_mb=size_mb, env=dict(env))
     (out / "disk.json").write_text(json.dumps(disk.to_json(), indent=2) + "\n")
     return disk
 

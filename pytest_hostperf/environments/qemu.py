@@ -123,8 +123,9 @@ class QemuTransport(Transport):
     """The agent's virtio-serial port, seen through qemu's unix socket."""
 
     def __init__(self, sock: socket.socket, console_log: Path, on_close: Callable[[], None],
-                 pending: bytes = b"") -> None:
+                 pending: bytes = b"", on_ready: Optional[Callable[[], None]] = None) -> None:
         self._sock = sock
+        self._on_ready = on_ready
         self._console_log = console_log
         self._on_close = on_close
         self._buffer = LineBuffer()
@@ -144,6 +145,9 @@ class QemuTransport(Transport):
         while True:
             line = self._buffer.pop()
             if line is not None:
+                if self._on_ready is not None and b'"event":"ready"' in line:
+                    on_ready, self._on_ready = self._on_ready, None
+                    on_ready()
                 return line
             if self._closed:
                 raise AgentDied("the qemu transport is closed")
@@ -278,7 +282,7 @@ class QemuEnvironment(Environment):
         return 180.0
 
     def describe(self) -> Mapping[str, Any]:
-        return dict(self._info)
+        return {k: v for k, v in self._info.items() if not k.startswith("_")}
 
     def start_agent(self, launch: AgentLaunch) -> Transport:
         if self._transport is not None:
@@ -287,6 +291,7 @@ class QemuEnvironment(Environment):
         sweep_stale()
         disk = self.prepare()
         self._workdir = self._make_workdir()
+        self._info["_started"] = time.monotonic()
         self._shares = self._plan_shares()
         accels = self._accelerators()
         reasons = []
@@ -306,16 +311,23 @@ class QemuEnvironment(Environment):
             raise EnvironmentFailure(self.name, "no accelerator worked: " + "; ".join(reasons))
         assert self._workdir is not None
         console = self._workdir / "console.log"
-        self._transport = QemuTransport(sock, console, self._close_vm, pending)
+        self._transport = QemuTransport(sock, console, self._close_vm, pending, self._agent_ready)
         guest = self._guest_launch(launch, disk)
         message = {
             "argv": guest.argv(),
-            "environ": guest.environ(),
+            "environ": {**disk.env, **guest.environ()},
             "cwd": guest.project_dir,
             "mounts": self._guest_mounts(),
         }
         self._transport.send(LAUNCH_PREFIX + json.dumps(message).encode() + b"\n")
         return self._transport
+
+    def _agent_ready(self) -> None:
+        started = self._info.get("_started")
+        if started is not None:
+            self._info["agent_ready_s"] = round(time.monotonic() - started, 2)
+            self.progress(f"qemu: agent ready in {self._info['agent_ready_s']:.1f} s "
+                          f"(boot {self._info.get('boot_s', 0):.1f} s, {self._info.get('accelerator')})")
 
     def stop(self) -> None:
         try:
@@ -367,13 +379,16 @@ class QemuEnvironment(Environment):
                                      vmimage._explicit_kernel(self.kernel, None) if self.kernel else None)
         if cached is not None:
             return cached
+        image = client.images.get(ref.tag)
+        image_env = dict(item.split("=", 1) for item in (image.attrs.get("Config", {}).get("Env") or [])
+                         if "=" in item)
         container = client.containers.create(ref.tag, command=["true"],
                                              labels={sweep_label(): f"{os.getpid()}:{self.session_id}"})
         try:
-            size = client.images.get(ref.tag).attrs.get("Size", 0) // (1 << 20)
+            size = image.attrs.get("Size", 0) // (1 << 20)
             self.progress(f"qemu: building VM disk from image {ref.tag} ({size} MB)")
             return vmimage.build_vm_disk(container.export(), self._cache_dir, ref.id, self.progress,
-                                         kernel=self.kernel)
+                                         kernel=self.kernel, python=ref.python, env=image_env)
         finally:
             try:
                 container.remove(force=True)

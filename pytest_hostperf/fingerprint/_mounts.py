@@ -40,6 +40,10 @@ _LOCAL_DISK: Final = frozenset({
     "bcachefs", "apfs", "hfs", "hfsplus", "ntfs", "ntfs3", "vfat", "exfat",
 })
 
+# overlayfs options list host paths of every image layer: kilobytes that say nothing
+# inside the environment, so they are left out of the reported options.
+_NOISY_OPTIONS: Final = ("lowerdir=", "upperdir=", "workdir=", "redirect_dir=", "metacopy=")
+
 # "C:\" or "C:/": the source of a Windows drive share, whatever transport carries it.
 _WINDOWS_DRIVE: Final = re.compile(r"^[A-Za-z]:[\\/]")
 
@@ -92,7 +96,9 @@ def collect_mounts(mount_paths: Mapping[str, str] | None, root: str = "/") -> di
             "mount_point": entry.mount_point,
             "fstype": entry.fstype,
             "source": entry.source,
-            "options": entry.options,
+            "options": ",".join(
+                opt for opt in entry.options.split(",") if opt and not opt.startswith(_NOISY_OPTIONS)
+            ),
             "kind": classify_filesystem(entry.fstype, entry.options, entry.source),
         }
     return result

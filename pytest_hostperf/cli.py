@@ -1,0 +1,219 @@
+"""The ``hostperf`` command: doctor, compare, image, sweep.
+
+Thin: each subcommand parses its arguments and calls library code; only this module
+prints and chooses exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pytest_hostperf import __version__
+from pytest_hostperf.options import parse_alpha, parse_fraction
+
+OK, FAIL = "ok", "--"
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+def _check_native() -> tuple[bool, str]:
+    missing = []
+    for module in ("pytest", "pytest_benchmark", "scipy", "psutil"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        return False, f"missing Python packages: {', '.join(missing)} (pip install pytest-hostperf)"
+    from pytest_hostperf import fingerprint
+
+    return True, fingerprint.summary(fingerprint.collect_host())
+
+
+def _check_docker() -> tuple[bool, str]:
+    try:
+        import docker
+    except ImportError:
+        return False, "the docker Python package is missing (pip install docker)"
+    try:
+        from pytest_hostperf.environments.docker import docker_client
+
+        client = docker_client()
+        info = client.info()
+    except Exception as exc:  # noqa: BLE001 - doctor reports every failure as text
+        return False, str(exc).splitlines()[0] + " (start the engine: dockerd &, or set DOCKER_HOST)"
+    from pytest_hostperf.fingerprint import classify_engine
+
+    engine = classify_engine(info, client.version())
+    images = client.images.list(filters={"label": "io.hostperf.kind"})
+    tags = sorted(t for image in images for t in image.tags)
+    return True, (f"{engine.get('kind')} {engine.get('version')} ({engine.get('storage_driver')}, "
+                  f"{engine.get('cpus')} CPUs); hostperf images: {', '.join(tags) or 'none yet (hostperf image build)'}")
+
+
+def _check_qemu() -> tuple[bool, str]:
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        return False, "qemu-system-x86_64 not found (apt-get install qemu-system-x86 qemu-utils)"
+    kvm = "/dev/kvm present (hostperf tries KVM first, falls back to TCG if it fails)" if os.path.exists(
+        "/dev/kvm") else "no /dev/kvm: software emulation (TCG), CPU work ~10x slower"
+    try:
+        from pytest_hostperf.vmimage import find_host_kernel
+
+        kernel = find_host_kernel()
+        kernel_text = f"kernel {kernel.version}"
+    except Exception as exc:  # noqa: BLE001
+        return False, f"{binary}; {kvm}; no usable guest kernel: {exc}"
+    return True, f"{binary}; {kvm}; {kernel_text}"
+
+
+def _check_ssh() -> tuple[bool, str]:
+    binary = shutil.which("ssh")
+    if binary is None:
+        return False, "no ssh client (apt-get install openssh-client)"
+    return True, f"{binary}; use --hostperf-envs=ssh:HOST with a host from your ssh config"
+
+
+CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
+    "native": _check_native, "docker": _check_docker, "qemu": _check_qemu, "ssh": _check_ssh,
+}
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    failed = 0
+    for name, check in CHECKS.items():
+        try:
+            ok, text = check()
+        except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
+            ok, text = False, f"check crashed: {exc!r}"
+        failed += not ok
+        print(f"[{OK if ok else FAIL}] {name:<7} {text}")
+    print(f"\n{len(CHECKS) - failed} of {len(CHECKS)} environments usable here.")
+    return 0 if failed == 0 or not args.strict else 1
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pytest_hostperf.compare import CompareError, compare_files, render
+
+    try:
+        rows = compare_files(Path(args.current), Path(args.baseline), tolerance=args.tolerance, alpha=args.alpha)
+    except CompareError as exc:
+        print(f"hostperf compare: {exc}", file=sys.stderr)
+        return 2
+    for line in render(rows):
+        print(line)
+    return 1 if any(row.verdict.fails for row in rows) else 0
+
+
+# -- image ------------------------------------------------------------------------------------
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_image_base(args: argparse.Namespace) -> int:
+    from pytest_hostperf import images
+    from pytest_hostperf.environments.docker import docker_client
+
+    image_id = images.build_base_image(docker_client(), tag=args.tag, progress=_progress)
+    print(f"base image {args.tag}: {image_id}")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from pytest_hostperf import images
+    from pytest_hostperf.environments.docker import docker_client
+
+    project = Path(args.project).resolve()
+    ref = images.ensure_image(docker_client(), project, user_image=args.image, base=args.base,
+                              requirements=_project_requirements(project) + list(args.requirement or []),
+                              progress=_progress)
+    print(f"docker image: {ref.tag} ({ref.id[:19]})")
+    if args.vm:
+        from pytest_hostperf.environments.qemu import prepare_vm_disk
+
+        disk = prepare_vm_disk(ref, progress=_progress)
+        print(f"vm disk: {disk.path}")
+    return 0
+
+
+def _project_requirements(project: Path) -> list[str]:
+    """``hostperf_requirements`` from the project's ini, read the way pytest reads it."""
+    from pytest_hostperf.images import requirements_from_project
+
+    return requirements_from_project(project)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    removed: list[str] = []
+    try:
+        from pytest_hostperf.environments.docker import docker_client, sweep_stale
+
+        removed += sweep_stale(docker_client())
+    except Exception as exc:  # noqa: BLE001
+        print(f"docker: not swept ({str(exc).splitlines()[0]})")
+    try:
+        from pytest_hostperf.environments.qemu import sweep_stale as sweep_vms
+
+        removed += sweep_vms()
+    except Exception as exc:  # noqa: BLE001
+        print(f"qemu: not swept ({exc})")
+    for thing in removed:
+        print(f"removed {thing}")
+    print(f"{len(removed)} leftover resource(s) removed.")
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hostperf", description="pytest-hostperf companion command.")
+    parser.add_argument("--version", action="version", version=f"pytest-hostperf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    doctor = sub.add_parser("doctor", help="which environments work here, and why not")
+    doctor.add_argument("--strict", action="store_true", help="exit 1 when any environment is unusable")
+    doctor.set_defaults(func=cmd_doctor)
+
+    compare = sub.add_parser("compare", help="compare a JSON report or baseline file against a baseline, offline",
+                             description="Exit code 1 when any comparison is a regression. Example: "
+                                         "hostperf compare report.json baselines/native-1a2b3c4d5e6f.json")
+    compare.add_argument("current", help="a JSON report (--hostperf-json) or a baseline file")
+    compare.add_argument("baseline", help="a baseline file from baselines/")
+    compare.add_argument("--tolerance", type=parse_fraction, default=0.05, help="default 5%%")
+    compare.add_argument("--alpha", type=parse_alpha, default=0.01, help="default 0.01")
+    compare.set_defaults(func=cmd_compare)
+
+    image = sub.add_parser("image", help="prepare what the docker and qemu environments need (offline)")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    base = image_sub.add_parser("base", help="make the base image from Debian packages (debootstrap)")
+    base.add_argument("--tag", default="hostperf-base:bookworm")
+    base.set_defaults(func=cmd_image_base)
+    build = image_sub.add_parser("build", help="build (or reuse) the project image; --vm also the VM disk")
+    build.add_argument("--project", default=".", help="project directory (default: .)")
+    build.add_argument("--base", default="hostperf-base:bookworm", help="local base image (default: hostperf-base:bookworm)")
+    build.add_argument("--image", default=None, help="use this image as it is instead of building one")
+    build.add_argument("--requirement", "-r", action="append", help="extra pip requirement (repeatable)")
+    build.add_argument("--vm", action="store_true", help="also build the bootable VM disk from the image")
+    build.set_defaults(func=cmd_image_build)
+
+    sweep = sub.add_parser("sweep", help="remove containers, volumes and VMs left by killed sessions")
+    sweep.set_defaults(func=cmd_sweep)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: Any = args.func(args)
+    return int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

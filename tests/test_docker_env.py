@@ -1,0 +1,350 @@
+"""The docker backend against a real engine (no mocks).
+
+Docker tests skip only when no engine answers AND HOSTPERF_REQUIRE_DOCKER is unset; CI
+sets it, so there a missing engine fails instead of silently skipping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from pytest_hostperf import images
+from pytest_hostperf.agent import protocol
+from pytest_hostperf.environments import docker as docker_env
+from pytest_hostperf.environments.base import (
+    AgentClient,
+    AgentDied,
+    AgentLaunch,
+    AgentTimeout,
+    EnvironmentFailure,
+    sweep_label,
+)
+from pytest_hostperf.environments.docker import DockerEnvironment, docker_endpoint, sweep_stale
+
+TINY = Path(__file__).parent / "projects" / "tiny"
+
+#: A stdlib stand-in for the agent, to test the transport independently of the real one.
+STANDIN = r"""
+import json, sys
+P = b"@@hostperf@@ "
+out = sys.stdout.buffer
+def send(m):
+    out.write(P + json.dumps(m).encode() + b"\n"); out.flush()
+sys.stderr.write("stand-in agent starting\n"); sys.stderr.flush()
+out.write(b"noise on stdout\n"); out.flush()
+send({"event": "ready", "protocol": 1, "fingerprint": {}, "collected": [], "collect_errors": []})
+for line in sys.stdin.buffer:
+    m = json.loads(line[line.index(P) + len(P):])
+    op = m.get("op")
+    if op == "ping":
+        send({"event": "pong"})
+    elif op == "big":
+        sys.stderr.write("e" * 100000 + "\n"); sys.stderr.flush()
+        send({"event": "big", "data": "x" * m["size"]})
+    elif op == "crash":
+        sys.stderr.write("stand-in crashing on purpose\n"); sys.stderr.flush()
+        sys.exit(3)
+    elif op == "shutdown":
+        send({"event": "bye"}); break
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class StandInLaunch(AgentLaunch):
+    def argv(self) -> list[str]:
+        return [self.python, "-c", STANDIN]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    try:
+        return docker_env.connect()
+    except EnvironmentFailure as exc:
+        if os.environ.get("HOSTPERF_REQUIRE_DOCKER"):
+            pytest.fail(f"HOSTPERF_REQUIRE_DOCKER is set but: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def project_image(engine: Any) -> images.ImageRef:
+    return images.ensure_image(engine, TINY, progress=lambda line: None)
+
+
+@pytest.fixture
+def env(engine: Any, project_image: images.ImageRef, tmp_path: Path) -> Iterator[DockerEnvironment]:
+    environment = DockerEnvironment(f"test-{uuid.uuid4().hex[:12]}", TINY, tmp_path)
+    environment.check()
+    try:
+        yield environment
+    finally:
+        environment.stop()
+
+
+def _run_inside(env: DockerEnvironment, code: str) -> tuple[int, str]:
+    """Run python code in the session's container as the agent's user."""
+    exit_code, output = env.container.exec_run([env.image().python, "-c", code], user=docker_env._user())
+    return exit_code, output.decode(errors="replace")
+
+
+def _started(env: DockerEnvironment, launch: AgentLaunch | None = None) -> AgentClient:
+    launch = launch or env.launch(["test_tiny.py"])
+    client = AgentClient("docker", env.start_agent(launch))
+    client.wait_ready(env.agent_start_timeout())
+    return client
+
+
+def _standin(env: DockerEnvironment) -> AgentClient:
+    return _started(env, StandInLaunch(**dataclasses.asdict(env.launch([]))))
+
+
+def _labelled(engine: Any, session_id: str) -> tuple[list[Any], list[Any]]:
+    label = {"label": f"{sweep_label()}={session_id}"}
+    return engine.containers.list(all=True, filters=label), engine.volumes.list(filters=label)
+
+
+# --------------------------------------------------------------------------- engine access
+
+def test_no_engine_message_names_the_socket_and_the_fix(tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/no-engine.sock"
+    with pytest.raises(EnvironmentFailure) as info:
+        docker_env.connect({"DOCKER_HOST": host})
+    message = str(info.value)
+    assert f"no Docker engine answers at {host}" in message
+    assert "dockerd &" in message and "DOCKER_HOST" in message
+
+
+def test_endpoint_follows_the_current_docker_context(tmp_path: Path) -> None:
+    config = tmp_path / ".docker"
+    meta = config / "contexts" / "meta" / "0123abcd"
+    meta.mkdir(parents=True)
+    (config / "config.json").write_text(json.dumps({"currentContext": "colima"}))
+    (meta / "meta.json").write_text(json.dumps(
+        {"Name": "colima", "Endpoints": {"docker": {"Host": "unix:///home/u/.colima/docker.sock"}}}))
+    assert docker_endpoint({}, home=tmp_path) == ("unix:///home/u/.colima/docker.sock", "docker context 'colima'")
+    assert docker_endpoint({"DOCKER_CONTEXT": "default"}, home=tmp_path)[0] == docker_env.DEFAULT_SOCKET
+    assert docker_endpoint({"DOCKER_HOST": "tcp://h:2375"}, home=tmp_path) == ("tcp://h:2375", "DOCKER_HOST")
+    assert docker_endpoint({}, home=tmp_path / "nothing")[0] == docker_env.DEFAULT_SOCKET
+
+
+# --------------------------------------------------------------------------- agent
+
+@pytest.mark.docker
+def test_real_agent_round_trip(env: DockerEnvironment) -> None:
+    client = _started(env)
+    assert "test_tiny.py::test_sum_squares" in client.hello["collected"]
+    assert client.request({"op": "ping"}, "pong", 10, "pinging")["event"] == "pong"
+    timings = []
+    for _ in range(50):
+        started = time.perf_counter()
+        client.request({"op": "ping"}, "pong", 10, "pinging")
+        timings.append(time.perf_counter() - started)
+    # One long-lived exec: a request costs well under a docker exec (~45 ms).
+    assert statistics.median(timings) < 0.01
+    client.shutdown()
+
+
+@pytest.mark.docker
+def test_standin_transport_demultiplexes_stdout_and_stderr(env: DockerEnvironment) -> None:
+    client = _standin(env)
+    big = client.request({"op": "big", "size": 300_000}, "big", 10, "asking for a big line")
+    assert big["data"] == "x" * 300_000  # spans many 8-byte-header frames
+    assert client.request({"op": "ping"}, "pong", 10, "pinging") == {"event": "pong"}
+    tail = client.transport.log_tail()
+    assert "stand-in agent starting" in tail and "noise on stdout" in tail
+    assert protocol.PREFIX.decode() not in tail
+    client.shutdown()
+
+
+@pytest.mark.docker
+def test_agent_exit_becomes_agent_died_with_code_and_log(env: DockerEnvironment) -> None:
+    client = _standin(env)
+    client.transport.send(protocol.encode({"op": "crash"}))
+    with pytest.raises(AgentDied) as info:
+        client.transport.read_line(time.monotonic() + 10)
+    message = str(info.value)
+    assert env.container.name in message
+    assert "exit code 3" in message
+    assert "stand-in crashing on purpose" in message
+    assert "hint:" in message
+
+
+@pytest.mark.docker
+def test_agent_killed_inside_the_container(env: DockerEnvironment) -> None:
+    client = _started(env)
+    code, out = _run_inside(env, (
+        "import os, signal\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try: cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+        "    except OSError: continue\n"
+        "    if b'pytest_hostperf.agent' in cmd and int(pid) != os.getpid(): os.kill(int(pid), signal.SIGKILL); print('killed', pid)\n"))
+    assert code == 0 and "killed" in out, out
+    with pytest.raises(AgentDied) as info:
+        client.request({"op": "ping"}, "pong", 10, "pinging")
+    message = str(info.value)
+    assert env.container.name in message and "exit code 137" in message and "signal 9" in message
+
+
+@pytest.mark.docker
+def test_read_line_times_out(env: DockerEnvironment) -> None:
+    client = _standin(env)
+    started = time.monotonic()
+    with pytest.raises(AgentTimeout):
+        client.transport.read_line(time.monotonic() + 0.2)
+    assert time.monotonic() - started < 1.0
+    client.shutdown()
+
+
+@pytest.mark.docker
+def test_agent_restarts_in_the_same_warm_container(env: DockerEnvironment) -> None:
+    first = _standin(env)
+    container_id = env.container.id
+    first.shutdown()
+    second = _standin(env)
+    assert env.container.id == container_id
+    assert second.request({"op": "ping"}, "pong", 10, "pinging")["event"] == "pong"
+    second.shutdown()
+
+
+@pytest.mark.docker
+def test_close_kills_an_agent_that_ignores_stdin_eof(env: DockerEnvironment) -> None:
+    stubborn = StandInLaunch(**dataclasses.asdict(env.launch([])))
+    # Swap the stand-in for one that never reads stdin and never leaves.
+    stubborn_argv = [env.image().python, "-c",
+                     "import sys, time; sys.stdout.write('@@hostperf@@ {\"event\":\"ready\",\"protocol\":1}\\n');"
+                     "sys.stdout.flush(); time.sleep(3600)"]
+    launch = type("Stubborn", (StandInLaunch,), {"argv": lambda self: stubborn_argv})(
+        **dataclasses.asdict(stubborn))
+    client = _started(env, launch)
+    transport = client.transport
+    transport.close()
+    deadline = time.monotonic() + 5
+    while transport.exec_info().get("Running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not transport.exec_info().get("Running")
+    transport.close()  # idempotent
+
+
+# --------------------------------------------------------------------------- isolation
+
+@pytest.mark.docker
+def test_project_is_read_only_and_mounts_are_writable(env: DockerEnvironment) -> None:
+    _started(env).shutdown()
+    code, out = _run_inside(env, "open('/project/written-by-test', 'w')")
+    assert code != 0 and "Read-only file system" in out
+    assert not (TINY / "written-by-test").exists()
+    for mount in env.mounts():
+        code, out = _run_inside(env, f"open({mount.path!r} + '/probe', 'w').write('x')")
+        assert code == 0, f"{mount.name}: {out}"
+    # The agent runs as the controller's uid: its files in the bind mount are removable.
+    assert (env.bind_dir / "probe").stat().st_uid == os.getuid()
+
+
+@pytest.mark.docker
+def test_no_network_but_loopback(env: DockerEnvironment) -> None:
+    _started(env).shutdown()
+    code, out = _run_inside(env, "import socket; print(sorted(n for _, n in socket.if_nameindex()))")
+    assert code == 0 and out.strip() == "['lo']", out
+
+
+@pytest.mark.docker
+def test_no_privileges(env: DockerEnvironment) -> None:
+    _started(env).shutdown()
+    code, out = _run_inside(env, "print(open('/proc/1/status').read() + open('/proc/self/status').read())")
+    assert code == 0
+    status = [line.split() for line in out.splitlines() if line.startswith(("CapEff", "CapBnd", "NoNewPrivs"))]
+    assert status and all(value in ("0000000000000000", "1") for _, value in status), status
+    attrs = env.container.attrs["HostConfig"]
+    assert attrs["Privileged"] is False and attrs["CapDrop"] == ["ALL"]
+
+
+@pytest.mark.docker
+def test_mount_filesystem_types(env: DockerEnvironment, tmp_path: Path) -> None:
+    _started(env).shutdown()
+    code, out = _run_inside(env, "print(open('/proc/mounts').read())")
+    assert code == 0
+    mounts = [line.split()[1:3] for line in out.splitlines() if line.strip()]
+
+    def fstype(path: str) -> str:
+        best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+                   key=lambda m: len(m[0]))
+        return best[1]
+
+    assert fstype("/hostperf/bind") == _host_fstype(tmp_path)
+    docker_root = env.client().info()["DockerRootDir"]
+    assert fstype("/hostperf/volume") == _host_fstype(Path(docker_root))
+    assert fstype("/hostperf/tmpfs") == "tmpfs"
+    assert fstype("/var/tmp/hostperf-layer") == "overlay"
+    assert fstype("/project") == _host_fstype(TINY)
+
+
+def _host_fstype(path: Path) -> str:
+    path = path.resolve()
+    best = ("", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point, kind = line.split()[1:3]
+        if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+            best = (point, kind)
+    return best[1]
+
+
+# --------------------------------------------------------------------------- cleanup
+
+@pytest.mark.docker
+def test_stop_leaves_nothing_labelled(engine: Any, env: DockerEnvironment) -> None:
+    _started(env)  # not shut down: stop() must cope with a live agent
+    bind_dir = env.bind_dir
+    assert bind_dir is not None and bind_dir.exists()
+    containers, volumes = _labelled(engine, env.session_id)
+    assert len(containers) == 1 and len(volumes) == 1
+    env.stop()
+    assert _labelled(engine, env.session_id) == ([], [])
+    assert not bind_dir.exists()
+    env.stop()  # idempotent
+
+
+@pytest.mark.docker
+def test_sweep_stale_removes_resources_of_a_dead_session(engine: Any, project_image: images.ImageRef,
+                                                         tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    session = f"test-dead-{uuid.uuid4().hex[:8]}"
+    bind_dir = tmp_path / (docker_env.BIND_PREFIX + "left")
+    bind_dir.mkdir()
+    labels = {sweep_label(): session, docker_env.LABEL_PID: str(dead.pid),
+              docker_env.LABEL_HOST: socket.gethostname(), docker_env.LABEL_BIND_DIR: str(bind_dir)}
+    alive_labels = {**labels, sweep_label(): session + "-alive", docker_env.LABEL_PID: str(os.getpid())}
+    engine.volumes.create(f"hostperf-{session}-volume", labels=labels)
+    engine.containers.create(project_image.tag, ["true"], labels=labels, name=f"hostperf-{session}")
+    alive = engine.containers.create(project_image.tag, ["true"], labels=alive_labels)
+    try:
+        removed = sweep_stale(engine)
+        assert f"container hostperf-{session}" in removed
+        assert f"volume hostperf-{session}-volume" in removed
+        assert _labelled(engine, session) == ([], [])
+        assert not bind_dir.exists()
+        alive.reload()  # a live session's container is left alone
+    finally:
+        alive.remove(force=True)
+
+
+@pytest.mark.docker
+def test_describe_reports_engine_and_image(env: DockerEnvironment) -> None:
+    _started(env).shutdown()
+    facts = env.describe()
+    assert facts["image_id"] == env.image().id
+    assert facts["engine"]
+    assert facts["network"] is False
