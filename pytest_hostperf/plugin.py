@@ -112,7 +112,7 @@ def _settings(config: pytest.Config) -> Settings:
     root = config.rootpath
     baselines = Path(values["hostperf_baselines"]) if values["hostperf_baselines"] else root / "baselines"
     if not baselines.is_absolute():
-        baselines = (root / baselines)
+        baselines = (root / baselines).resolve()
     require = tuple(values["hostperf_require"] or ())
     envs = tuple(values["hostperf_envs"])
     missing = [r for r in require if r not in envs]

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -112,6 +113,8 @@ def test_docker_cgroup_v2_half_cpu_quota(tmp_path: Path) -> None:
     assert facts["mounts"]["volume"]["source"] == "/dev/sda1"
     assert facts["mounts"]["layer"]["kind"] == "overlayfs (container layer)"
     assert facts["mounts"]["layer"]["mount_point"] == "/"
+    # Layer paths of the host say nothing inside and can run to kilobytes.
+    assert facts["mounts"]["layer"]["options"] == "rw,relatime"
     assert facts["hostname"] == DOCKER_ID[:12]
 
 
@@ -667,6 +670,22 @@ def test_cpuid_signature_on_this_machine() -> None:
         assert fp.collect_inside()["hypervisor"]["signature"] == signature
     else:
         assert signature is None
+
+
+def test_agent_side_import_is_stdlib_only() -> None:
+    # The agent imports this inside bare containers and VMs: no psutil, no pytest there.
+    code = (
+        "import sys\n"
+        "from pytest_hostperf import fingerprint\n"
+        "fingerprint.collect_inside({'here': '.'})\n"
+        "bad = sorted(m for m in ('psutil', 'pytest', '_pytest', 'docker') if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    package_parent = str(Path(fp.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": package_parent}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
 
 
 def test_collect_host_adds_extras() -> None:

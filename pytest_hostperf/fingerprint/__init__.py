@@ -103,6 +103,8 @@ def collect_inside(mount_paths: Mapping[str, str] | None = None, root: str = "/"
     container, notes = _container.detect_container(root, table)
     hypervisor = _hypervisor.collect_hypervisor(root, flags, kernel)
     wsl = _is_wsl(root, kernel)
+    if "hypervisor" in flags and hypervisor["signature"] is None and _files.is_live(root):
+        notes.append("CPUID hypervisor signature unreadable here; hypervisor vendor inferred from /sys")
     version = platform.python_version_tuple()
     return {
         "schema": FINGERPRINT_SCHEMA,

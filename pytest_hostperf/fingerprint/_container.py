@@ -114,7 +114,7 @@ def detect_container(root: str, mounts: list[_files.MountEntry]) -> tuple[dict[s
             runtimes.append("docker")
         else:
             where = f"{root_mount.fstype} on {root_mount.source}" if root_mount else "not a container layer"
-            notes.append(f"/.dockerenv ignored: / is {where} (a leftover from the image this system was built from)")
+            notes.append(f"/.dockerenv ignored: / is {where} (probably left over from the image this system was built from)")
     if root_is_layer and evidence and root_mount is not None:
         evidence.append(f"/ is {root_mount.fstype}")
 
@@ -142,9 +142,12 @@ def _cgroup_dirs(root: str, mounts: list[_files.MountEntry], controller: str | N
             if m.fstype == "cgroup" and controller in m.options.split(",")
         ] or [f"/sys/fs/cgroup/{controller}"]
         path = paths.get(controller, "/")
+    parts = [p for p in path.split("/") if p]
+    if ".." in parts:
+        # Our cgroup lies outside this cgroup namespace's root: not reachable by path.
+        parts = []
     dirs: list[str] = []
     for point in points:
-        parts = [p for p in path.split("/") if p]
         for depth in range(len(parts), -1, -1):
             dirs.append("/".join([point.rstrip("/")] + parts[:depth]) or "/")
     return list(dict.fromkeys(dirs))
