@@ -17,6 +17,7 @@ bind-mounts it at run time so the agent always matches the controller.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -105,6 +106,57 @@ def read_requirements(path: Path) -> list[str]:
             raise ImageBuildError("project", f"{path}: option lines are not supported: {line!r}",
                                   hint="list plain requirement specifiers, one per line")
         result.append(line)
+    return result
+
+
+def requirements_from_project(project_dir: Path) -> list[str]:
+    """``hostperf_requirements`` from the project's ini file, found the way pytest finds it.
+
+    The first of pytest.ini, .pytest.ini, pyproject.toml ([tool.pytest.ini_options]),
+    tox.ini ([pytest]) and setup.cfg ([tool:pytest]) that has a pytest section wins. An
+    entry ``-r FILE`` includes a requirements file relative to the project.
+    """
+    for name, section in (("pytest.ini", "pytest"), (".pytest.ini", "pytest"), ("pyproject.toml", None),
+                          ("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
+        path = project_dir / name
+        if not path.is_file():
+            continue
+        found = _ini_value(path, section) if section else _toml_value(path)
+        if found is None:
+            continue  # no pytest section here: pytest keeps looking, so do we
+        return _expand_requirement_entries(project_dir, found)
+    return []
+
+
+def _ini_value(path: Path, section: str) -> list[str] | None:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
+    if not parser.has_section(section):
+        return [] if path.name in ("pytest.ini", ".pytest.ini") else None
+    return parser.get(section, "hostperf_requirements", fallback="").splitlines()
+
+
+def _toml_value(path: Path) -> list[str] | None:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11: pytest itself depends on tomli there
+        import tomli as tomllib  # type: ignore[no-redef]
+    options = tomllib.loads(path.read_text()).get("tool", {}).get("pytest", {}).get("ini_options")
+    if options is None:
+        return None
+    value = options.get("hostperf_requirements", [])
+    return value.splitlines() if isinstance(value, str) else [str(v) for v in value]
+
+
+def _expand_requirement_entries(project_dir: Path, entries: Iterable[str]) -> list[str]:
+    result: list[str] = []
+    for entry in (e.strip() for e in entries):
+        if entry.startswith("-r"):
+            result += read_requirements(project_dir / entry[2:].strip())
+        elif entry and not entry.startswith("#"):
+            result.append(entry)
     return result
 
 
@@ -262,7 +314,7 @@ def dockerfile_text(base_id: str, pip_wheel: str) -> str:
         " --disable-pip-version-check --find-links /tmp/hostperf-wheels"
         " -r /tmp/hostperf-wheels/requirements.txt"
         " && rm -rf /tmp/hostperf-wheels",
-        f"ENV PATH=/opt/hostperf/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV PATH=/opt/hostperf/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "",
     ])
 
@@ -386,8 +438,12 @@ def _docker_build(client: "docker.DockerClient", context: Path, tag: str, labels
 
 def ensure_image(client: "docker.DockerClient", project_dir: Path, user_image: str | None = None,
                  requirements: Sequence[str] = (), progress: Progress = print,
-                 python: str = "python3") -> ImageRef:
-    """The image to run the agent in: the user's if given, else the cached/built project image."""
+                 python: str = "python3", base: str = BASE_TAG) -> ImageRef:
+    """The image to run the agent in: the user's if given, else the cached/built project image.
+
+    ``python`` is the interpreter to use in a user image (it must have pytest and
+    pytest-benchmark); ``base`` is the base image tag, built with debootstrap if missing.
+    """
     import docker.errors
 
     if user_image:
@@ -398,11 +454,11 @@ def ensure_image(client: "docker.DockerClient", project_dir: Path, user_image: s
                                   hint="build or load it first (no registry is pulled from)") from None
         return ImageRef(tag=user_image, id=str(image.id), python=python, kind="user")
     try:
-        client.images.get(BASE_TAG)
+        client.images.get(base)
     except docker.errors.ImageNotFound:
-        progress(f"hostperf: base image {BASE_TAG} is missing; building it")
-        build_base_image(client, BASE_TAG, progress)
-    return build_project_image(client, project_dir, BASE_TAG, requirements, progress)
+        progress(f"hostperf: base image {base} is missing; building it")
+        build_base_image(client, base, progress)
+    return build_project_image(client, project_dir, base, requirements, progress)
 
 
 def sweep_build_leftovers(client: "docker.DockerClient", alive: Callable[[int], bool]) -> list[str]:
@@ -412,11 +468,11 @@ def sweep_build_leftovers(client: "docker.DockerClient", alive: Callable[[int], 
     label = f"{LABEL_KIND}={KIND_BUILD_TEMP}"
     for container in client.containers.list(all=True, filters={"label": label}):
         if _is_dead_build(container.labels, host, alive):
-            _quietly(lambda: container.remove(force=True))
+            _quietly(functools.partial(container.remove, force=True))
             removed.append(f"container {container.name}")
     for image in client.images.list(all=True, filters={"label": label, "dangling": True}):
         if _is_dead_build(image.labels or {}, host, alive):
-            _quietly(lambda: client.images.remove(image.id, force=True, noprune=False))
+            _quietly(functools.partial(client.images.remove, image.id, force=True, noprune=False))
             removed.append(f"image {image.short_id}")
     return removed
 

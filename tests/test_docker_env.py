@@ -96,7 +96,7 @@ def env(engine: Any, project_image: images.ImageRef, tmp_path: Path) -> Iterator
 
 def _run_inside(env: DockerEnvironment, code: str) -> tuple[int, str]:
     """Run python code in the session's container as the agent's user."""
-    exit_code, output = env.container.exec_run([env.image().python, "-c", code], user=docker_env._user())
+    exit_code, output = env.container.exec_run([env.image().python, "-c", code], user=env.agent_user())
     return exit_code, output.decode(errors="replace")
 
 
@@ -190,7 +190,8 @@ def test_agent_killed_inside_the_container(env: DockerEnvironment) -> None:
         "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
         "    try: cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
         "    except OSError: continue\n"
-        "    if b'pytest_hostperf.agent' in cmd and int(pid) != os.getpid(): os.kill(int(pid), signal.SIGKILL); print('killed', pid)\n"))
+        "    if b'pytest_hostperf.agent' in cmd and int(pid) != os.getpid():\n"
+        "        os.kill(int(pid), signal.SIGKILL); print('killed', pid)\n"))
     assert code == 0 and "killed" in out, out
     with pytest.raises(AgentDied) as info:
         client.request({"op": "ping"}, "pong", 10, "pinging")
@@ -319,8 +320,10 @@ def test_stop_leaves_nothing_labelled(engine: Any, env: DockerEnvironment) -> No
 @pytest.mark.docker
 def test_sweep_stale_removes_resources_of_a_dead_session(engine: Any, project_image: images.ImageRef,
                                                          tmp_path: Path) -> None:
+    # Not reaped: a SIGKILLed controller is a zombie until its parent waits for it.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    while Path(f"/proc/{dead.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
     session = f"test-dead-{uuid.uuid4().hex[:8]}"
     bind_dir = tmp_path / (docker_env.BIND_PREFIX + "left")
     bind_dir.mkdir()
@@ -339,6 +342,7 @@ def test_sweep_stale_removes_resources_of_a_dead_session(engine: Any, project_im
         alive.reload()  # a live session's container is left alone
     finally:
         alive.remove(force=True)
+        dead.wait()
 
 
 @pytest.mark.docker
@@ -348,3 +352,18 @@ def test_describe_reports_engine_and_image(env: DockerEnvironment) -> None:
     assert facts["image_id"] == env.image().id
     assert facts["engine"]
     assert facts["network"] is False
+
+
+@pytest.mark.docker
+def test_launch_and_match_facts_for_the_session(env: DockerEnvironment) -> None:
+    launch = env.launch_for(TINY, ("test_tiny.py",), ("-x",))
+    assert launch.project_dir == "/project" and launch.python == env.image().python
+    assert launch.argv()[-2:] == ["-x", "test_tiny.py"]
+    facts = env.match_facts()["docker"]
+    assert set(facts) == {"kind", "rootless", "storage_driver"} and facts["kind"]
+
+
+def test_too_old_engine_is_refused() -> None:
+    with pytest.raises(EnvironmentFailure, match="too old.*need API 1.30"):
+        docker_env._check_api_version("unix:///x.sock", {"ApiVersion": "1.24", "Version": "1.12.6"})
+    docker_env._check_api_version("unix:///x.sock", {"ApiVersion": "1.41"})

@@ -320,6 +320,7 @@ def test_mount_resolution_longest_prefix_stacking_escapes_symlinks(tmp_path: Pat
     ("btrfs", "rw", "/dev/sda2", "local disk (btrfs)"),
     ("fuse.sshfs", "rw", "host:/src", "sshfs (network)"),
     ("fuse.rclone", "rw", "remote:", "FUSE (rclone)"),
+    ("rootfs", "rw", "rootfs", "initramfs (memory)"),
     ("zonefs", "rw", "/dev/sdz", "zonefs"),
     ("", "", "", "unknown"),
 ])
@@ -331,18 +332,20 @@ def test_classify_filesystem(fstype: str, options: str, source: str, label: str)
 
 
 def test_qemu_tcg_guest(tmp_path: Path) -> None:
+    # As a Debian cloud kernel sees `qemu-system-x86_64 -accel tcg` (TSC unstable -> hpet).
     files = {
-        **linux(),
+        **linux(hostname="(none)"),
         "/proc/cpuinfo": cpuinfo(model="QEMU Virtual CPU version 2.5+", hypervisor=True),
         **dmi("QEMU", "Standard PC (i440FX + PIIX, 1996)"),
-        **clocks("tsc", "tsc acpi_pm"),
+        **clocks("hpet", "hpet acpi_pm"),
     }
     facts = fp.collect_inside(root=make_tree(tmp_path, files))
     assert facts["env_kind"] == "vm"
     assert facts["cpu_model"] == "QEMU Virtual CPU version 2.5+"
+    assert facts["hostname"] is None  # the kernel's "(none)" placeholder
     assert facts["hypervisor"] == {
         # No CPUID on a fake tree: the real CPU must not leak into it.
-        "present": True, "signature": None, "vendor": "QEMU TCG", "clocksource": "tsc",
+        "present": True, "signature": None, "vendor": "QEMU TCG", "clocksource": "hpet",
         "dmi_sys_vendor": "QEMU", "dmi_product_name": "Standard PC (i440FX + PIIX, 1996)",
     }
 

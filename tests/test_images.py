@@ -160,3 +160,14 @@ def test_sweep_removes_leftovers_of_a_killed_build(engine: Any, project_image: i
     assert not engine.containers.list(all=True, filters={"id": container.id})
     # Cached images are the cache: never swept.
     assert engine.images.get(project_image.tag)
+
+
+def test_requirements_from_the_projects_ini_files(tmp_path: Path) -> None:
+    assert images.requirements_from_project(tmp_path) == []
+    (tmp_path / "requirements-perf.txt").write_text("attrs\n")
+    (tmp_path / "setup.cfg").write_text("[metadata]\nname = x\n")  # no pytest section: skipped
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nhostperf_requirements = ["numpy>=1.24", "-r requirements-perf.txt"]\n')
+    assert images.requirements_from_project(tmp_path) == ["numpy>=1.24", "attrs"]
+    (tmp_path / "pytest.ini").write_text("[pytest]\nhostperf_requirements =\n    tomli\n    # note\n")
+    assert images.requirements_from_project(tmp_path) == ["tomli"]  # pytest.ini wins, like pytest

@@ -12,6 +12,7 @@ Everything created is labelled with the session id, the controller's pid and hos
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -154,6 +155,11 @@ def connect(environ: Mapping[str, str] | None = None) -> "docker.DockerClient":
     return client
 
 
+def docker_client() -> "docker.DockerClient":
+    """The engine client the CLI and other backends use (DOCKER_HOST, else the context)."""
+    return connect()
+
+
 def _connection_failure(host: str, source: str, exc: Exception) -> EnvironmentFailure:
     text = _exception_chain_text(exc)
     if "PermissionError" in text or "Permission denied" in text:
@@ -169,7 +175,7 @@ def _connection_failure(host: str, source: str, exc: Exception) -> EnvironmentFa
 
 
 def _exception_chain_text(exc: BaseException) -> str:
-    parts = []
+    parts: list[str] = []
     seen: BaseException | None = exc
     while seen is not None and len(parts) < 10:
         parts.append(f"{type(seen).__name__}: {seen!r}")
@@ -399,12 +405,13 @@ class DockerEnvironment(Environment):
     def start_agent(self, launch: AgentLaunch) -> DockerExecTransport:
         container = self._container(launch)
         token = os.urandom(8).hex()
-        environment = {**launch.environ(), "HOME": "/tmp", "HOSTPERF_AGENT_TOKEN": token}
+        # HOME and USER: the controller's uid has no passwd entry in the image.
+        environment = {**launch.environ(), "HOME": "/tmp", "USER": "hostperf", "HOSTPERF_AGENT_TOKEN": token}
         api = self.client().api
         try:
             exec_id = api.exec_create(container.id, launch.argv(), stdin=True, tty=False,
                                       environment=environment, workdir=launch.project_dir,
-                                      user=_user())["Id"]
+                                      user=self.agent_user())["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except Exception as exc:  # noqa: BLE001 - docker.errors.APIError and transport errors alike
             raise EnvironmentFailure(ENV_NAME, f"could not start the agent in container {container.name}: {exc}",
@@ -440,6 +447,16 @@ class DockerEnvironment(Environment):
             }
         return self._describe
 
+    def match_facts(self) -> Mapping[str, Any]:
+        # What the outside knows and changes timings: Docker Desktop vs a native engine,
+        # rootless (slirp, fuse-overlayfs) and the storage driver. Versions are context only.
+        engine = self.describe()["engine"]
+        return {"docker": {key: engine.get(key) for key in ("kind", "rootless", "storage_driver")}}
+
+    def launch_for(self, project_dir: Path, test_files: tuple[str, ...], pytest_args: tuple[str, ...]) -> AgentLaunch:
+        # project_dir is the one given at construction (it is what gets mounted at /project).
+        return self.launch(test_files, pytest_args)
+
     def agent_start_timeout(self) -> float:
         # The image is ensured before the agent starts, so this is only container + agent.
         return 60.0
@@ -466,6 +483,10 @@ class DockerEnvironment(Environment):
         """The agent launch in this environment's paths (interpreter from the image)."""
         return AgentLaunch(python=self.image().python, pythonpath=AGENT_PARENT, project_dir=PROJECT_PATH,
                            test_files=tuple(test_files), pytest_args=tuple(pytest_args), env=ENV_NAME)
+
+    def agent_user(self) -> str:
+        """``uid:gid`` the agent runs as inside the container."""
+        return _user(bool(self.describe()["engine"].get("rootless")))
 
     @property
     def container(self) -> Any:
@@ -556,21 +577,30 @@ def sweep_stale(client: "docker.DockerClient") -> list[str]:
     label_filter = {"label": sweep_label()}
     for container in client.containers.list(all=True, filters=label_filter):
         if _is_stale(container.labels, host):
-            _quietly(lambda: container.remove(force=True))
+            _quietly(functools.partial(container.remove, force=True))
             removed.append(f"container {container.name}")
             _remove_bind_dir(container.labels.get(LABEL_BIND_DIR, ""))
     for volume in client.volumes.list(filters=label_filter):
         if _is_stale(volume.attrs.get("Labels") or {}, host):
-            _quietly(lambda: volume.remove(force=True))
+            _quietly(functools.partial(volume.remove, force=True))
             removed.append(f"volume {volume.name}")
-    removed += images.sweep_build_leftovers(client, session_alive)
+    removed += images.sweep_build_leftovers(client, _controller_alive)
     return removed
 
 
 def _is_stale(labels: Mapping[str, str], host: str) -> bool:
     pid = labels.get(LABEL_PID, "")
     # A pid only means something on the machine that wrote it (engines can be shared).
-    return labels.get(LABEL_HOST, host) == host and pid.isdigit() and not session_alive(int(pid))
+    return labels.get(LABEL_HOST, host) == host and pid.isdigit() and not _controller_alive(int(pid))
+
+
+def _controller_alive(pid: int) -> bool:
+    # A SIGKILLed controller stays a zombie until its parent reaps it: dead for us.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        state = ""
+    return state != "Z" and session_alive(pid)
 
 
 def _remove_bind_dir(path: str) -> None:
@@ -581,9 +611,12 @@ def _remove_bind_dir(path: str) -> None:
 
 # --------------------------------------------------------------------------- helpers
 
-def _user() -> str:
+def _user(rootless: bool = False) -> str:
     # The agent runs as the controller's uid so files it leaves in the bind mount are the
     # user's (removable by stop()); with all capabilities dropped, root would gain nothing.
+    # A rootless engine maps container root to the user, and any other uid to a subuid.
+    if rootless or not hasattr(os, "getuid"):
+        return "0:0"
     return f"{os.getuid()}:{os.getgid()}"
 
 
@@ -600,14 +633,11 @@ def _container_logs(container: Any) -> str:
 
 def _classify_engine(info: Mapping[str, Any], version: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        from pytest_hostperf.fingerprint import classify_engine  # type: ignore[attr-defined]
-    except ImportError:
-        classify_engine = None
-    if classify_engine is not None:
-        try:
-            return dict(classify_engine(info, version))
-        except Exception:  # noqa: BLE001 - a fingerprint bug must not break the environment
-            pass
+        from pytest_hostperf.fingerprint import classify_engine
+
+        return dict(classify_engine(info, version))
+    except Exception:  # noqa: BLE001 - a fingerprint bug (or absence) must not break the environment
+        pass
     keys = ("OperatingSystem", "Name", "KernelVersion", "ServerVersion", "Driver", "SecurityOptions",
             "CgroupVersion", "NCPU", "MemTotal")
     return {key: info.get(key) for key in keys}

@@ -14,7 +14,6 @@ engine from the controller side.
 from __future__ import annotations
 
 import glob
-import os
 import platform
 import re
 import socket
@@ -71,6 +70,12 @@ def _libc(root: str) -> str | None:
     return None
 
 
+def _hostname(root: str) -> str | None:
+    name = _system_fact(root, "/proc/sys/kernel/hostname", socket.gethostname)
+    # "(none)" is the kernel's placeholder in a VM whose init never set a name.
+    return None if name == "(none)" else name
+
+
 def _is_wsl(root: str, kernel: str | None) -> bool:
     return "microsoft" in (kernel or "").lower() or _files.exists(root, "/proc/sys/fs/binfmt_misc/WSLInterop")
 
@@ -121,7 +126,7 @@ def collect_inside(mount_paths: Mapping[str, str] | None = None, root: str = "/"
         "python_version": platform.python_version(),
         "python_minor": f"{version[0]}.{version[1]}",
         "python_compiler": platform.python_compiler() or None,
-        "hostname": _system_fact(root, "/proc/sys/kernel/hostname", socket.gethostname),
+        "hostname": _hostname(root),
         "env_kind": _env_kind(container, hypervisor["present"], wsl),
         "container": container,
         "cpu_quota": _container.cpu_quota(root, table),

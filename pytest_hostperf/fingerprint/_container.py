@@ -8,7 +8,7 @@ is turned into a VM's root disk (this very project's CI machines have one on an 
 from __future__ import annotations
 
 import re
-from typing import Any, Final, Mapping
+from typing import Any, Final
 
 from pytest_hostperf.fingerprint import _files
 

@@ -32,6 +32,7 @@ _FSTYPE_LABELS: Final[Mapping[str, str]] = {
     "tmpfs": "tmpfs (memory)",
     "ramfs": "ramfs (memory)",
     "squashfs": "squashfs (read-only image)",
+    "rootfs": "initramfs (memory)",
 }
 
 # Filesystems that live on a block device of the machine (or of the VM) itself.
