@@ -33,15 +33,44 @@ install_packages() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# Whether a process named $1 runs and is not a zombie (killed but not yet reaped).
+live_process() {
+    local pid
+    for pid in $(pgrep -x "$1" 2>/dev/null); do
+        [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" = Z ] || return 0
+    done
+    return 1
+}
+
+# A pid file is stale unless its pid is a live (not zombie) process of the expected name.
+# After a SIGKILL the old containerd can linger as a zombie or leave its pid file behind,
+# and dockerd then waits for that "still running" containerd until it gives up.
+remove_stale_pidfile() {
+    local file="$1" name="$2" pid state comm
+    [ -f "$file" ] || return 0
+    pid="$(cat "$file" 2>/dev/null || true)"
+    if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+        comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+        state="$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f1)"
+        if [ "$comm" = "$name" ] && [ "$state" != Z ]; then
+            return 0
+        fi
+    fi
+    log "removing stale $file (pid ${pid:-?} is not a running $name)"
+    as_root rm -f "$file"
+}
+
 start_dockerd() {
     if [ -n "${DOCKER_HOST:-}" ]; then
         log "DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local dockerd for it"
         return 1
     fi
-    if pgrep -x dockerd >/dev/null 2>&1; then
+    if live_process dockerd; then
         log "dockerd is already running but not answering yet; waiting for it"
         return 0
     fi
+    remove_stale_pidfile /var/run/docker.pid dockerd
+    remove_stale_pidfile /var/run/docker/containerd/containerd.pid containerd
     log "starting dockerd in the background (log: $LOG)"
     # setsid + nohup: the daemon must outlive this script and the shell that ran it.
     as_root mkdir -p "$(dirname "$LOG")"

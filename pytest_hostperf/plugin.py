@@ -57,6 +57,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
     ("--hostperf-image", "hostperf_image", str, None,
      "Docker image to run the agent in, instead of the one hostperf builds (needs python3, pytest, pytest-benchmark)"),
     ("--hostperf-vm-image", "hostperf_vm_image", str, None, "bootable VM disk to use instead of the one hostperf builds"),
+    ("--hostperf-ssh-config", "hostperf_ssh_config", str, None,
+     "OpenSSH config file for ssh:HOST environments (default: your ~/.ssh/config)"),
 )
 
 
@@ -135,6 +137,7 @@ def _settings(config: pytest.Config) -> Settings:
         network=bool(config.getoption("hostperf_network")),
         requirements=tuple(config.getini("hostperf_requirements")),
         json_path=path(values["hostperf_json"]), markdown_path=path(values["hostperf_markdown"]),
+        ssh_config=path(values["hostperf_ssh_config"]),
     )
 
 

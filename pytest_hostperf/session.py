@@ -59,6 +59,7 @@ class Settings:
     requirements: tuple[str, ...] = ()
     json_path: Path | None = None
     markdown_path: Path | None = None
+    ssh_config: Path | None = None
 
 
 @dataclasses.dataclass

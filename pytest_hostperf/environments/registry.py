@@ -38,5 +38,6 @@ def create_backend(name: str, session: "HostperfSession") -> Environment:
         from pytest_hostperf.environments.ssh import SshEnvironment
 
         return SshEnvironment(host=target, session_id=session.session_id, project_dir=settings.project_dir,
-                              work_dir=session.work_dir, progress=session.progress)
+                              work_dir=session.work_dir, progress=session.progress,
+                              ssh_config=settings.ssh_config)
     raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")

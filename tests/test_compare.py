@@ -1,0 +1,195 @@
+"""pytest_hostperf.compare and the ``hostperf compare`` command, on files built here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_hostperf.baselines import BaselineStore, Measurement
+from pytest_hostperf.compare import CompareError, compare_files, render
+from pytest_hostperf.stats import summarize
+from pytest_hostperf.verdict import Verdict
+
+FID = "0123456789ab"
+TEST_A = "tests/test_perf.py::test_a"
+TEST_B = "tests/test_perf.py::test_b"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def samples(rng: np.random.Generator, scale: float = 1.0, n: int = 60, shift: float = 0.0) -> list[float]:
+    """Rounds around 1 ms with ~1% noise."""
+    return [float(x) for x in 1e-3 * scale * np.exp(shift + rng.normal(0.0, 0.01, n))]
+
+
+def make_baseline(directory: Path, env: str = "native", tests=(TEST_A,), mount: str = "-",
+                  shifts=(0.0, 0.004, -0.004)) -> Path:
+    """One session per shift (session-level offset of the log median)."""
+    rng = np.random.default_rng(42)
+    store = BaselineStore(directory)
+    path = None
+    for i, shift in enumerate(shifts):
+        ms = []
+        for test in tests:
+            s = samples(rng, shift=shift)
+            ms.append(Measurement(test, mount, summarize(s), 100, s))
+        path = store.save(env, FID, {"cpu": "x"}, {"cpu": "x"}, ms, f"session-{i}")
+    return path
+
+
+def make_report(path: Path, results: list[dict]) -> Path:
+    path.write_text(json.dumps({"tool": "pytest-hostperf", "results": results}), encoding="utf-8")
+    return path
+
+
+def record(test: str, data: list[float], env: str = "native", mount=None, fid: str = FID) -> dict:
+    return {"test": test, "env": env, "mount": mount, "samples": data, "fingerprint_id": fid}
+
+
+@pytest.fixture
+def baseline(tmp_path) -> Path:
+    return make_baseline(tmp_path / "baselines")
+
+
+def test_regression_row(tmp_path, baseline):
+    report = make_report(tmp_path / "report.json", [record(TEST_A, samples(np.random.default_rng(1), 1.3))])
+    (row,) = compare_files(report, baseline, tolerance=0.05, alpha=0.01)
+    assert row.test == TEST_A and row.env == "native" and row.mount == "-"
+    assert row.verdict is Verdict.REGRESSION
+    assert row.judgement.to_baseline.ratio == pytest.approx(1.3, rel=0.02)
+    assert row.judgement.to_baseline.ci_low > 1.05
+    assert row.judgement.baseline_sessions == 3
+    assert baseline.name in row.judgement.reason
+    lines = render([row])
+    assert lines[0].startswith("regression") and TEST_A in lines[0] and "[native]" in lines[0]
+    assert lines[1].strip().startswith("regression:")
+    assert lines[-1] == "1 regression"
+
+
+def test_unchanged_passes(tmp_path, baseline):
+    report = make_report(tmp_path / "report.json", [record(TEST_A, samples(np.random.default_rng(2)))])
+    (row,) = compare_files(report, baseline, tolerance=0.05, alpha=0.01)
+    assert row.verdict is Verdict.PASS
+    assert row.judgement.to_baseline.ratio == pytest.approx(1.0, abs=0.02)
+    assert row.median_s == pytest.approx(1e-3, rel=0.02)
+    assert render([row])[-1] == "1 pass"
+
+
+def test_improvement_and_unknown_test(tmp_path, baseline):
+    rng = np.random.default_rng(3)
+    report = make_report(tmp_path / "report.json", [
+        record(TEST_A, samples(rng, 0.7)),
+        record("tests/test_perf.py::test_new", samples(rng)),
+        record("tests/test_perf.py::test_skipped", []),          # no samples: ignored
+    ])
+    rows = compare_files(report, baseline, tolerance=0.05, alpha=0.01)
+    assert [(r.test, r.verdict) for r in rows] == [
+        (TEST_A, Verdict.IMPROVEMENT), ("tests/test_perf.py::test_new", Verdict.NO_BASELINE)]
+    assert sorted(render(rows)[-1].split(", ")) == ["1 improvement", "1 no-baseline"]
+
+
+def test_bonferroni_counts_comparable_tests(tmp_path):
+    baseline = make_baseline(tmp_path / "b", tests=(TEST_A, TEST_B))
+    rng = np.random.default_rng(4)
+    report = make_report(tmp_path / "report.json", [
+        record(TEST_A, samples(rng)), record(TEST_B, samples(rng)), record("t::new", samples(rng))])
+    rows = compare_files(report, baseline, tolerance=0.05, alpha=0.01)
+    for row in rows[:2]:
+        assert row.judgement.to_baseline.confidence == pytest.approx(1 - 2 * 0.01 / 2)
+
+
+def test_mounts_are_matched(tmp_path):
+    baseline = make_baseline(tmp_path / "b", env="docker", mount="bind")
+    rng = np.random.default_rng(5)
+    report = make_report(tmp_path / "report.json", [
+        record(TEST_A, samples(rng, 1.3), env="docker", mount="bind"),
+        record(TEST_A, samples(rng), env="docker", mount="volume"),
+    ])
+    rows = compare_files(report, baseline, tolerance=0.05, alpha=0.01)
+    assert [(r.mount, r.verdict) for r in rows] == [("bind", Verdict.REGRESSION), ("volume", Verdict.NO_BASELINE)]
+    assert "(bind)" in render(rows)[0]
+
+
+def test_wrong_environment_names_both(tmp_path, baseline):
+    report = make_report(tmp_path / "report.json", [record(TEST_A, samples(np.random.default_rng(6)), env="docker")])
+    with pytest.raises(CompareError) as info:
+        compare_files(report, baseline, tolerance=0.05, alpha=0.01)
+    message = str(info.value)
+    assert str(report) in message and str(baseline) in message
+    assert "docker" in message and "'native'" in message
+    assert "same environment" in message
+
+
+def test_baseline_compared_with_itself_uses_last_session_vs_rest(tmp_path):
+    baseline = make_baseline(tmp_path / "b", shifts=(0.0, 0.004, -0.004, 0.002, 0.03))
+    (row,) = compare_files(baseline, baseline, tolerance=0.05, alpha=0.01)
+    assert row.judgement.baseline_sessions == 4
+    assert row.verdict is Verdict.PASS
+    # the last session (shifted by +3%) against the first four, not against its own copy
+    assert row.judgement.to_baseline.ratio == pytest.approx(np.exp(0.03 - 0.0005), abs=0.01)
+    assert row.judgement.to_baseline.ratio > 1.01
+
+
+def test_last_session_of_a_baseline_against_another(tmp_path):
+    baseline = make_baseline(tmp_path / "b")
+    slower = make_baseline(tmp_path / "c", shifts=(0.0, 0.0, 0.3))   # last session 35% slower
+    (row,) = compare_files(slower, baseline, tolerance=0.05, alpha=0.01)
+    assert row.judgement.baseline_sessions == 3
+    assert row.verdict is Verdict.REGRESSION
+
+
+def test_corrupt_inputs(tmp_path, baseline):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope", encoding="utf-8")
+    with pytest.raises(CompareError) as info:
+        compare_files(bad, baseline, tolerance=0.05, alpha=0.01)
+    assert str(bad) in str(info.value)
+    with pytest.raises(CompareError) as info:
+        compare_files(baseline, bad, tolerance=0.05, alpha=0.01)
+    assert str(bad) in str(info.value) and "not valid JSON" in str(info.value)
+
+
+# -- the real command ------------------------------------------------------------------------
+
+def run_cli(*args: Path | str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest_hostperf.cli", "compare", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_cli_exit_codes(tmp_path, baseline):
+    rng = np.random.default_rng(7)
+    slow = make_report(tmp_path / "slow.json", [record(TEST_A, samples(rng, 1.3))])
+    same = make_report(tmp_path / "same.json", [record(TEST_A, samples(rng))])
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"tool": "pytest-hostperf", "schema_version": 1, ', encoding="utf-8")
+
+    result = run_cli(slow, baseline)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("regression") and "1 regression" in result.stdout
+
+    result = run_cli(same, baseline)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pass") and "1 pass" in result.stdout
+
+    result = run_cli(same, corrupt)
+    assert result.returncode == 2
+    assert str(corrupt) in result.stderr and result.stderr.startswith("hostperf compare: ")
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.xfail(strict=True, reason="compare.py:49-52 lets KeyError/ValueError from a malformed report "
+                                       "escape; the CLI then dies with a traceback and exit status 1, the "
+                                       "same code as a regression")
+@pytest.mark.parametrize("bad_record", [
+    {"test": TEST_A, "samples": [1e-3, 1.1e-3]},                     # no "env"
+    {"test": TEST_A, "env": "native", "samples": [1e-3, -1.0]},      # negative timing
+])
+def test_cli_malformed_report_is_a_usage_error(tmp_path, baseline, bad_record):
+    report = make_report(tmp_path / "report.json", [bad_record])
+    result = run_cli(report, baseline)
+    assert result.returncode == 2
+    assert str(report) in result.stderr
