@@ -367,3 +367,13 @@ def test_too_old_engine_is_refused() -> None:
     with pytest.raises(EnvironmentFailure, match="too old.*need API 1.30"):
         docker_env._check_api_version("unix:///x.sock", {"ApiVersion": "1.24", "Version": "1.12.6"})
     docker_env._check_api_version("unix:///x.sock", {"ApiVersion": "1.41"})
+
+
+@pytest.mark.docker
+def test_cpu_limit_and_opt_in_network(engine: Any, project_image: images.ImageRef, tmp_path: Path) -> None:
+    with DockerEnvironment(f"test-{uuid.uuid4().hex[:12]}", TINY, tmp_path, network=True, cpus=0.5) as env:
+        _standin(env).shutdown()
+        assert env.container.attrs["HostConfig"]["NanoCpus"] == 500_000_000
+        assert env.describe()["nano_cpus"] == 500_000_000
+        code, out = _run_inside(env, "import socket; print(sorted(n for _, n in socket.if_nameindex()))")
+        assert code == 0 and "eth0" in out, out

@@ -217,6 +217,7 @@ class DockerExecTransport(Transport):
         self._stderr_pending = b""
         self._eof = False
         self._closed = False
+        self.owner: Any = None
 
     # -- Transport
 
@@ -419,6 +420,8 @@ class DockerEnvironment(Environment):
                                      log_tail=_container_logs(container)) from exc
         transport = DockerExecTransport(self.client(), container.name, exec_id,
                                         getattr(sock, "_sock", sock), token, launch.python)
+        # The SDK's wrapper owns the HTTP response; keep it alive as long as the socket.
+        transport.owner = sock
         self._created.transports.append(transport)
         return transport
 
