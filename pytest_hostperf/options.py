@@ -98,6 +98,17 @@ def parse_seconds(text: str, what: str = "timeout") -> float:
     return value
 
 
+def parse_cpus(text: str) -> float:
+    """``0.5`` -> 0.5 CPUs, as ``docker run --cpus``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"CPU limit {text!r} is not a number; for example 0.5 or 2") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"CPU limit must be positive, got {text!r}")
+    return value
+
+
 def parse_budgets(text: str | Mapping[str, object]) -> dict[str, float]:
     """``docker=1.10,docker-bind=1.5,qemu:tcg=20`` (or a mapping) -> {key: ratio}."""
     items = text.items() if isinstance(text, Mapping) else (

@@ -60,6 +60,7 @@ class Settings:
     json_path: Path | None = None
     markdown_path: Path | None = None
     ssh_config: Path | None = None
+    docker_cpus: float | None = None
 
 
 @dataclasses.dataclass

@@ -181,15 +181,15 @@ def test_cli_exit_codes(tmp_path, baseline):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-@pytest.mark.xfail(strict=True, reason="compare.py:49-52 lets KeyError/ValueError from a malformed report "
-                                       "escape; the CLI then dies with a traceback and exit status 1, the "
-                                       "same code as a regression")
+@pytest.mark.xfail(strict=True, reason="compare.py _load_current() lets KeyError/ValueError from a malformed "
+                                       "report escape instead of raising CompareError; `hostperf compare` then dies "
+                                       "with a traceback and exit status 1, the same code as a regression")
 @pytest.mark.parametrize("bad_record", [
     {"test": TEST_A, "samples": [1e-3, 1.1e-3]},                     # no "env"
     {"test": TEST_A, "env": "native", "samples": [1e-3, -1.0]},      # negative timing
 ])
-def test_cli_malformed_report_is_a_usage_error(tmp_path, baseline, bad_record):
+def test_malformed_report_is_a_compare_error(tmp_path, baseline, bad_record):
     report = make_report(tmp_path / "report.json", [bad_record])
-    result = run_cli(report, baseline)
-    assert result.returncode == 2
-    assert str(report) in result.stderr
+    with pytest.raises(CompareError) as info:
+        compare_files(report, baseline, tolerance=0.05, alpha=0.01)
+    assert str(report) in str(info.value)

@@ -90,42 +90,71 @@ def _half_width(j):
     return math.log(j.to_baseline.ci_high / j.to_baseline.ratio)
 
 
+Z_099 = 2.3263478740  # normal quantile for a two-sided 98% interval
+
+
 @pytest.mark.parametrize("logs", [
-    (0.0, 0.01, -0.01, 0.005, -0.005),
+    (0.0, 0.01, -0.01, 0.005, -0.005),          # steady, 5 sessions: gated
     (0.0, 0.012, -0.012, 0.006, -0.006),
-    (0.0, 0.02, -0.02, 0.01, -0.01),
-    (0.0, 0.03, -0.03),
+    (0.0, 0.02, -0.02, 0.01, -0.01),            # CI too wide, but because of the short history
+    (0.0, 0.01, -0.01),                         # short history
+    (0.0, 0.03, -0.03),                         # noisy
+    (0.0, 0.04, -0.04, 0.02, -0.02, 0.03),      # noisy
     (0.01, -0.01, 0.0, 0.005, -0.005, 0.002, -0.002, 0.008, -0.008, 0.0),
 ])
-def test_unstable_iff_the_gate_cannot_prove_twice_the_tolerance(logs):
+def test_unstable_iff_noise_not_history_length_blocks_the_gate(logs):
     j = judge(current(1.0), history(*logs), POLICY)
     provable = math.log(1.10 / 1.05)
-    assert (j.verdict is Verdict.UNSTABLE) == (_half_width(j) > provable)
-    # independent check of the half-width: t quantile * SD * sqrt(1 + 1/K)
     k = len(logs)
     mean = sum(logs) / k
     sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (k - 1))
-    expected = float(sps.t.ppf(0.99, k - 1)) * max(sd, 0.002) * math.sqrt(1 + 1 / k)
-    assert _half_width(j) == pytest.approx(expected, rel=1e-6)
+    # independent half-width: t quantile * max(SD, within floor) * sqrt(1 + 1/K)
+    half = float(sps.t.ppf(0.99, k - 1)) * max(sd, 0.002) * math.sqrt(1 + 1 / k)
+    assert _half_width(j) == pytest.approx(half, rel=1e-6)
+    unstable = half > provable and sd * Z_099 > provable
+    assert (j.verdict is Verdict.UNSTABLE) == unstable
+    if not unstable:
+        assert j.verdict is Verdict.PASS
 
 
 def test_unstable_reason_says_what_could_be_proven():
-    hist = history(0.0, 0.02, -0.02, 0.01, -0.01)
+    hist = history(0.0, 0.04, -0.04, 0.02, -0.02, 0.03)
     j = judge(current(1.0), hist, POLICY)
     assert j.verdict is Verdict.UNSTABLE
-    beyond = math.expm1(_half_width(j) + math.log(1.05))
-    assert f"only slowdowns beyond ~{beyond:.0%} could be proven" in j.reason
-    # and that claim is right: the CI's lower bound crosses 1+tol exactly there
-    assert judge(current((1 + beyond) * 1.005), hist, POLICY).to_baseline.ci_low > 1.05
-    assert judge(current((1 + beyond) * 0.995), hist, POLICY).to_baseline.ci_low < 1.05
+    sd = j.session_sd
+    beyond = math.expm1(sd * Z_099 + math.log(1.05))
+    assert f"{sd:.1%} (SD of log medians over 6)" in j.reason
+    assert f"at 98.00% confidence only slowdowns beyond ~{beyond:.0%} could be proven" in j.reason
+
+
+def test_short_steady_history_is_inconclusive_not_unstable():
+    hist = history(0.0, 0.01, -0.01)            # steady, but t with 2 df is wide
+    j = judge(current(1.08), hist, POLICY)
+    assert _half_width(j) > math.log(1.10 / 1.05)
+    assert j.verdict is Verdict.INCONCLUSIVE
+    assert "only 3 baseline sessions" in j.reason and "--hostperf-save" in j.reason
+    assert judge(current(1.0), hist, POLICY).verdict is Verdict.PASS
+
+
+@pytest.mark.xfail(strict=True, reason="verdict.py judge(): with a short history (CI half-width > provable but "
+                                       "session_sd*z <= provable) every ratio > 1+tol returns INCONCLUSIVE "
+                                       "'possible change, not proven' before the regression rule, even when the "
+                                       "CI's lower bound is far above 1+tol (here 1.38 > 1.05): a proven 50% "
+                                       "slowdown never fails (improvements on the same history are reported)")
+def test_proven_regression_against_short_history_fails():
+    hist = history(0.0, 0.01, -0.01)
+    assert judge(current(0.5), hist, POLICY).verdict is Verdict.IMPROVEMENT
+    j = judge(current(1.5), hist, POLICY)
+    assert j.to_baseline.ci_low > 1.3
+    assert j.verdict is Verdict.REGRESSION
 
 
 @pytest.mark.xfail(strict=True, reason="verdict.py judge(): the UNSTABLE reason suggests tolerance >= "
-                                       "expm1(h)+1%, but the rule needs log1p(2t)-log1p(t) >= h, i.e. "
-                                       "t >= (e^h-1)/(2-e^h) (and no t at all when h >= log 2); following "
-                                       "the advice still gives 'unstable'")
+                                       "expm1(h)+1% (h = SD*z), but the rule needs log1p(2t)-log1p(t) >= h, i.e. "
+                                       "t >= (e^h-1)/(2-e^h), and no t at all when h >= log 2; following the "
+                                       "advice still gives 'unstable' once h > ~0.1")
 def test_unstable_reason_suggests_a_tolerance_that_works():
-    hist = history(0.0, 0.06, -0.06, 0.03, -0.03)   # half-width ~0.2
+    hist = history(0.0, 0.1, -0.1, 0.06, -0.06, 0.0, 0.0, 0.0)   # SD*z ~0.17
     j = judge(current(1.0), hist, POLICY)
     assert j.verdict is Verdict.UNSTABLE
     suggested = float(re.search(r"set tolerance >= (\d+)%", j.reason).group(1)) / 100

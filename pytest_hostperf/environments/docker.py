@@ -479,7 +479,10 @@ class DockerEnvironment(Environment):
                 self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
                                                   self.requirements, self._progress)
             except images.ImageBuildError as exc:
-                raise EnvironmentFailure(ENV_NAME, str(exc), hint=exc.hint) from exc
+                raise EnvironmentFailure(ENV_NAME, str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - docker.errors.* from the engine while building
+                raise EnvironmentFailure(ENV_NAME, f"preparing the image failed: {exc}",
+                                         hint="run `hostperf image build` to see the whole build") from exc
         return self._image
 
     def launch(self, test_files: Sequence[str], pytest_args: Sequence[str] = ()) -> AgentLaunch:

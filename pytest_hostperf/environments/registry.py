@@ -25,8 +25,8 @@ def create_backend(name: str, session: "HostperfSession") -> Environment:
                                      hint="pip install docker") from exc
         return DockerEnvironment(
             session_id=session.session_id, project_dir=settings.project_dir, work_dir=session.work_dir,
-            image=settings.image, network=settings.network, requirements=settings.requirements,
-            progress=session.progress)
+            image=settings.image, network=settings.network, cpus=settings.docker_cpus,
+            requirements=settings.requirements, progress=session.progress)
     if kind == "qemu":
         from pytest_hostperf.environments.qemu import QemuEnvironment
 

@@ -76,7 +76,8 @@ CONFIG_HINTS: Final = (
 
 _PROBE_MARK: Final = "@@hostperf-probe@@ "
 #: Runs on the target's python: what the agent needs, as one marked JSON line (shell rc
-#: files may print banners on stdout, hence the mark). Python 2/3.x-old safe syntax.
+#: files may print banners on stdout, hence the mark). Old-Python-safe syntax, so that a
+#: too old interpreter is reported as such instead of as a SyntaxError.
 _PROBE: Final = r"""
 import json, os, platform, shutil, sys
 info = {"version": list(sys.version_info[:3]), "executable": sys.executable,
@@ -128,18 +129,19 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 
 # --------------------------------------------------------------------------- helpers
 
-def shell_word(word: str) -> str:
-    """One word for the remote POSIX shell; a leading ``~/`` still means the home."""
-    if word == "~":
-        return '"$HOME"'
-    if word.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(word[2:])
-    return shlex.quote(word)
-
-
 def shell_command(*words: str) -> str:
-    """A simple command for the remote shell, every word quoted."""
-    return " ".join(shell_word(w) for w in words)
+    """A simple command for the remote shell, every word :func:`shlex.quote`-d."""
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def interpreter_word(path: str) -> str:
+    """The interpreter as a shell word; a leading ``~/`` still means the remote home.
+
+    Used only before the home is known (the probe); afterwards the path is made absolute.
+    """
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
 
 
 def _last_lines(text: str, count: int = 8) -> str:
@@ -424,21 +426,23 @@ class SshEnvironment(Environment):
                 # a dead network must end the agent channel, not hang it until the test timeout
                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
                 # forwardings from the user's config would be set up (and fail) per connection
-                "-o", "ClearAllForwardings=yes"]
+                "-o", "ClearAllForwardings=yes",
+                # never become a ControlPersist master: it would outlive us holding our pipes
+                # (an existing master of the user's is still used, which only makes us faster)
+                "-o", "ControlMaster=no"]
         if self.ssh_config is not None:
             argv += ["-F", str(self.ssh_config)]
         return [*argv, "--", self.host, command]
 
-    def _ssh(self, command: str, timeout: float, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    def _ssh(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
         binary = shutil.which(self.ssh_binary)
         if binary is None:
             raise EnvironmentFailure(self.name, f"no ssh client ({self.ssh_binary!r} is not on PATH)",
                                      hint="apt-get install openssh-client (macOS and Windows ship one)")
         try:
             return subprocess.run(  # noqa: S603 - argv list, never a shell
-                self.ssh_argv(command), input=stdin.decode() if stdin else None, capture_output=True,
-                text=True, timeout=timeout, stdin=None if stdin else subprocess.DEVNULL,
-                start_new_session=True)
+                self.ssh_argv(command), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=timeout, start_new_session=True)
         except subprocess.TimeoutExpired as exc:
             err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
             raise EnvironmentFailure(self.name, f"ssh {self.host} did not finish within {timeout:.0f} s",
@@ -450,7 +454,7 @@ class SshEnvironment(Environment):
             raise EnvironmentFailure(self.name, f"the ssh config file {self.ssh_config} does not exist",
                                      hint="check --hostperf-ssh-config")
         python = self.python
-        result = self._ssh(shell_command(python, "-c", _PROBE), timeout=self.probe_timeout)
+        result = self._ssh(interpreter_word(python) + " " + shell_command("-c", _PROBE), timeout=self.probe_timeout)
         stderr = result.stderr or ""
         if result.returncode == 255:
             raise self._connection_failure(stderr)
@@ -569,10 +573,11 @@ class SshEnvironment(Environment):
             files = 0
             broken: Exception | None = None
             try:
-                with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as archive:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=counter, mode="w|") as archive:  # type: ignore[call-overload]
                     for path, arcname in self._members():
                         archive.add(str(path), arcname, recursive=False, filter=_normalize)
-                        files += not path.is_dir() or path.is_symlink()
+                        if path.is_symlink() or not path.is_dir():
+                            files += 1
                     mount = tarfile.TarInfo("hostperf-dir")
                     mount.type, mount.mode, mount.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
                     archive.addfile(mount)

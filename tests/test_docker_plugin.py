@@ -1,0 +1,213 @@
+"""``pytest --hostperf --hostperf-envs=native,docker`` end to end, against the real engine.
+
+Truth (ratio to native with and without a CPU quota, mounts side by side), the overhead
+gate, clear errors, and nothing left behind after a normal run, ``-x``, SIGINT and
+SIGKILL. Skipped only when no engine answers and HOSTPERF_REQUIRE_DOCKER is unset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_hostperf.environments.base import EnvironmentFailure, sweep_label
+
+pytestmark = pytest.mark.docker
+
+FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
+
+CPU_AND_IO = """
+import time
+import pytest
+
+def spin(seconds):
+    # Busy loop: CPU time, not sleep, so a CPU quota shows.
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+def test_cpu(benchmark):
+    benchmark.pedantic(spin, args=(0.3,), rounds=3, iterations=1)
+
+def test_files(benchmark, hostperf_dir):
+    def write_read():
+        for i in range(50):
+            (hostperf_dir / f"f{i}").write_bytes(b"x" * 256)
+        return sum(len(p.read_bytes()) for p in hostperf_dir.iterdir())
+    assert benchmark(write_read) == 50 * 256
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    from pytest_hostperf.environments.docker import connect
+
+    try:
+        return connect()
+    except EnvironmentFailure as exc:
+        if os.environ.get("HOSTPERF_REQUIRE_DOCKER"):
+            pytest.fail(f"HOSTPERF_REQUIRE_DOCKER is set but: {exc}")
+        pytest.skip(str(exc))
+
+
+def ours(engine: Any) -> dict[str, list[str]]:
+    """Everything on the engine that a hostperf session created and should have removed."""
+    label = {"label": sweep_label()}
+    return {
+        "containers": [c.name for c in engine.containers.list(all=True, filters=label)],
+        "volumes": [v.name for v in engine.volumes.list(filters=label)],
+    }
+
+
+def hostperf(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*FAST, "--hostperf", "--hostperf-envs=native,docker",
+                                         "--hostperf-require=docker", *args, timeout=600)
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_work=CPU_AND_IO)
+    return pytester
+
+
+def records(path: Path) -> dict[str, dict[str, Any]]:
+    return {r["item"].split("::")[-1]: r for r in json.loads(path.read_text())["results"]}
+
+
+def test_items_mounts_fingerprint_and_ratio_to_native(project: pytest.Pytester, engine: Any) -> None:
+    report = project.path / "r.json"
+    result = hostperf(project, "-v", f"--hostperf-json={report}")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_cpu?native? PASSED*", "*test_cpu?docker? PASSED*",
+                                 "*test_files?docker-bind? PASSED*", "*test_files?docker-volume? PASSED*",
+                                 "*test_files?docker-tmpfs? PASSED*", "*test_files?docker-layer? PASSED*"])
+    rows = records(report)
+    cpu = rows["test_cpu[docker]"]
+    assert cpu["fingerprint"]["env_kind"] in ("container", "container-in-vm")
+    assert cpu["fingerprint"]["outside"]["engine"]["kind"] == "Docker Engine"
+    # Truth: no quota, CPU-bound: the container costs nothing.
+    assert 0.95 <= cpu["ratio_to_native"]["ratio"] <= 1.05, cpu["ratio_to_native"]
+    fstypes = {name: next(iter(r["mount_info"].values()))["fstype"]
+               for name, r in rows.items() if name.startswith("test_files[docker")}
+    assert fstypes["test_files[docker-tmpfs]"] == "tmpfs"
+    assert fstypes["test_files[docker-layer]"] == "overlay"
+    assert fstypes["test_files[docker-bind]"] not in ("tmpfs", "overlay")
+    # Bind, volume and tmpfs on Linux: side by side, each with its ratio and interval.
+    for name in ("bind", "volume", "tmpfs"):
+        ratio = rows[f"test_files[docker-{name}]"]["ratio_to_native"]
+        assert ratio["ci_low"] <= ratio["ratio"] <= ratio["ci_high"]
+    assert ours(engine) == {"containers": [], "volumes": []}
+
+
+def test_cpu_quota_doubles_the_ratio_to_native(project: pytest.Pytester, engine: Any) -> None:
+    report = project.path / "r.json"
+    result = hostperf(project, "--hostperf-docker-cpus=0.5", "-k", "cpu", f"--hostperf-json={report}")
+    assert result.ret == 0, result.stdout.str()
+    cpu = records(report)["test_cpu[docker]"]
+    assert cpu["fingerprint"]["cpu_quota"] == 0.5
+    assert 1.8 <= cpu["ratio_to_native"]["ratio"] <= 2.2, cpu["ratio_to_native"]
+
+
+def test_overhead_over_budget_fails_with_its_own_verdict(project: pytest.Pytester, engine: Any) -> None:
+    result = hostperf(project, "--hostperf-docker-cpus=0.5", "-k", "cpu", "--hostperf-max-overhead=docker=1.2")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*FAILED*test_cpu?docker?*hostperf overhead*exceeds budget 1.20x*"])
+
+
+def test_missing_engine_skips_or_errors_with_the_fix(project: pytest.Pytester, tmp_path: Path) -> None:
+    project.monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    skipped = project.runpytest_subprocess(*FAST, "--hostperf", "--hostperf-envs=native,docker", "-rs", "-k", "cpu")
+    assert skipped.ret == 0
+    skipped.stdout.fnmatch_lines(["*SKIPPED*no-engine.sock*", "*1 passed, 1 skipped*"])
+    required = hostperf(project, "-k", "cpu")
+    assert required.ret == 1
+    required.stdout.fnmatch_lines(["*ERROR*test_cpu?docker?*", "*1 passed, 1 error*"])
+    assert "DOCKER_HOST" in required.stdout.str()
+
+
+def test_agent_dying_in_the_container_fails_one_item(pytester: pytest.Pytester, engine: Any) -> None:
+    pytester.makepyfile(test_die="""
+import os
+
+def test_a_die(benchmark, hostperf_env):
+    if hostperf_env.name == "docker":
+        os._exit(7)
+    benchmark(sum, [1])
+
+def test_b_after(benchmark):
+    benchmark(sum, [1, 2])
+""")
+    result = hostperf(pytester)
+    result.stdout.fnmatch_lines(["*agent crashed while running test_die.py::test_a_die*", "*1 failed, 3 passed*"])
+    assert ours(engine) == {"containers": [], "volumes": []}
+
+
+# -- nothing left behind -------------------------------------------------------------------
+
+def test_nothing_left_after_x_abort(pytester: pytest.Pytester, engine: Any) -> None:
+    pytester.makepyfile(test_x="""
+def test_a(benchmark, hostperf_dir):
+    assert False
+
+def test_b(benchmark):
+    benchmark(sum, [1])
+""")
+    result = hostperf(pytester, "-x")
+    assert result.ret == 1
+    assert ours(engine) == {"containers": [], "volumes": []}
+
+
+def _start_session(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
+    pytester.makepyfile(test_slow="""
+import time
+
+def test_slow(benchmark, hostperf_dir):
+    benchmark.pedantic(time.sleep, args=(0.5,), rounds=60, iterations=1)
+""")
+    return subprocess.Popen([sys.executable, "-m", "pytest", *FAST, "--hostperf", "--hostperf-envs=docker",
+                             "--hostperf-require=docker"], cwd=pytester.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_container(engine: Any, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ours(engine)["containers"]:
+            return
+        time.sleep(0.2)
+    pytest.fail("the session never created its container")
+
+
+def test_nothing_left_after_sigint(pytester: pytest.Pytester, engine: Any) -> None:
+    process = _start_session(pytester)
+    try:
+        _wait_for_container(engine)
+        time.sleep(2)  # mid-measurement
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert ours(engine) == {"containers": [], "volumes": []}
+
+
+def test_sigkilled_session_is_swept_by_the_next(pytester: pytest.Pytester, engine: Any) -> None:
+    process = _start_session(pytester)
+    try:
+        _wait_for_container(engine)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert ours(engine)["containers"], "SIGKILL cannot clean up; the next session must"
+    pytester.makepyfile(test_slow="def test_quick(benchmark):\n    benchmark(sum, [1])\n")
+    result = hostperf(pytester)
+    assert result.ret == 0
+    assert ours(engine) == {"containers": [], "volumes": []}
