@@ -324,7 +324,7 @@ def test_files_for_lists_other_fingerprints_of_an_environment(tmp_path):
     assert store.files_for("qemu") == []
 
 
-@pytest.mark.xfail(strict=True, reason="baselines.py:132-137 matches by name prefix only: files_for('ssh:a') "
+@pytest.mark.xfail(strict=True, reason="baselines.py BaselineStore.files_for() matches by name prefix only: files_for('ssh:a') "
                                        "also lists the baselines of host 'a-b' (ssh_a-b-<fid>.json)")
 def test_files_for_does_not_mix_ssh_hosts_sharing_a_prefix(tmp_path):
     store = BaselineStore(tmp_path)

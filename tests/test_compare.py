@@ -155,9 +155,14 @@ def test_corrupt_inputs(tmp_path, baseline):
 
 # -- the real command ------------------------------------------------------------------------
 
-def run_cli(*args: Path | str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest_hostperf.cli", "compare", *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+def start_cli(*args: Path | str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pytest_hostperf.cli", "compare", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
 
 
 def test_cli_exit_codes(tmp_path, baseline):
@@ -166,19 +171,22 @@ def test_cli_exit_codes(tmp_path, baseline):
     same = make_report(tmp_path / "same.json", [record(TEST_A, samples(rng))])
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"tool": "pytest-hostperf", "schema_version": 1, ', encoding="utf-8")
+    # the three commands run in parallel: each pays the scipy import
+    procs = [start_cli(slow, baseline), start_cli(same, baseline), start_cli(same, corrupt)]
 
-    result = run_cli(slow, baseline)
-    assert result.returncode == 1, result.stderr
-    assert result.stdout.startswith("regression") and "1 regression" in result.stdout
+    code, out, err = finish(procs[0])
+    assert code == 1, err
+    assert out.startswith("regression") and "1 regression" in out
 
-    result = run_cli(same, baseline)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("pass") and "1 pass" in result.stdout
+    code, out, err = finish(procs[1])
+    assert code == 0, err
+    assert out.startswith("pass") and "1 pass" in out
 
-    result = run_cli(same, corrupt)
-    assert result.returncode == 2
-    assert str(corrupt) in result.stderr and result.stderr.startswith("hostperf compare: ")
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    code, out, err = finish(procs[2])
+    assert code == 2
+    assert str(corrupt) in err and err.startswith("hostperf compare: ")
+    assert "not valid JSON" in err
+    assert "Traceback" not in err and out == ""
 
 
 @pytest.mark.xfail(strict=True, reason="compare.py _load_current() lets KeyError/ValueError from a malformed "

@@ -13,6 +13,7 @@ from pytest_hostperf.options import (
     parse_budgets,
     parse_envs,
     parse_fraction,
+    parse_cpus,
     parse_positive_int,
     parse_seconds,
 )
@@ -130,11 +131,21 @@ def test_parse_seconds():
         parse_seconds("0")
 
 
-@pytest.mark.xfail(strict=True, reason="options.py parse_seconds() accepts 'nan' (nan <= 0 is False), a timeout "
-                                       "that can never fire or compare sensibly")
-def test_parse_seconds_rejects_nan():
+def test_parse_cpus():
+    assert parse_cpus("0.5") == 0.5
+    assert parse_cpus("2") == 2.0
+    with pytest.raises(ATE, match="not a number; for example 0.5"):
+        parse_cpus("two")
+    with pytest.raises(ATE, match="must be positive"):
+        parse_cpus("-1")
+
+
+@pytest.mark.xfail(strict=True, reason="options.py parse_seconds()/parse_cpus() accept 'nan' (`value <= 0` is "
+                                       "False for NaN): a timeout that never fires / a --cpus docker rejects late")
+@pytest.mark.parametrize("parse", [parse_seconds, parse_cpus])
+def test_nan_is_rejected(parse):
     with pytest.raises(ATE):
-        parse_seconds("nan")
+        parse("nan")
 
 
 # -- parse_budgets ---------------------------------------------------------------------------
@@ -177,7 +188,7 @@ def test_parse_budgets_below_one(budgets):
         parse_budgets(budgets)
 
 
-@pytest.mark.xfail(strict=True, reason="options.py:116-120 accepts 'nan' (nan < 1 is False): a NaN budget "
+@pytest.mark.xfail(strict=True, reason="options.py parse_budgets() accepts 'nan' (`value < 1` is False for NaN): a NaN budget "
                                        "silently disables the overhead gate (ci_low > nan is never true)")
 def test_parse_budgets_rejects_nan():
     with pytest.raises(ATE):
@@ -254,7 +265,7 @@ def test_parse_marker_max_overhead_float_or_mapping():
         parse_marker({"max_overhead": {"docker": 0.5}})
 
 
-@pytest.mark.xfail(strict=True, reason="targets.py:75-76 skips parse_budgets for a number: max_overhead=0.5 "
+@pytest.mark.xfail(strict=True, reason="targets.py parse_marker() skips parse_budgets for a number: max_overhead=0.5 "
                                        "is accepted (a mapping with 0.5 is rejected), so every docker/qemu "
                                        "run of the test fails as overhead")
 def test_parse_marker_numeric_max_overhead_is_validated_like_a_mapping():
