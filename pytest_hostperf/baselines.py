@@ -131,10 +131,10 @@ class BaselineStore:
 
     def files_for(self, environment: str) -> list[Path]:
         """Baselines of this environment for any fingerprint (to explain a mismatch)."""
-        prefix = _SLUG.sub("_", environment) + "-"
         if not self.directory.is_dir():
             return []
-        return sorted(p for p in self.directory.glob("*.json") if p.name.startswith(prefix))
+        name = re.compile(re.escape(_SLUG.sub("_", environment)) + r"-[0-9a-f]{12}\.json")
+        return sorted(p for p in self.directory.glob("*.json") if name.fullmatch(p.name))
 
     def save(
         self,
@@ -164,6 +164,8 @@ class BaselineStore:
             current.fingerprint = dict(fingerprint)
             current.match = dict(match)
             for m in measurements:
+                if not all(math.isfinite(x) and x > 0 for x in m.samples):
+                    raise ValueError(f"{m.test} [{m.mount}]: samples must be positive finite timings")
                 sessions = current.benchmarks.setdefault(m.test, {}).setdefault(m.mount, [])
                 sessions[:] = [s for s in sessions if s.session_id != session_id]
                 sessions.append(SavedSession(session_id, stamp, m.summary.median_s, m.summary.log_median_se,
@@ -188,7 +190,7 @@ def read_baseline(path: Path) -> BaselineFile:
                             "keep other tools' files out of the baselines directory or point "
                             "--hostperf-baselines elsewhere")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise BaselineError(path, f"has schema_version {version!r}; this pytest-hostperf reads {SCHEMA_VERSION}",
                             "use the pytest-hostperf version that wrote it, or re-save the baseline "
                             "with --hostperf-save after moving this file away")
@@ -239,6 +241,8 @@ def _thin(samples: Sequence[float]) -> tuple[float, ...]:
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a baseline is shared through git like any file.
+        os.chmod(tmp, _mode_for(path))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -248,6 +252,15 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager

@@ -44,12 +44,18 @@ def _load_current(path: Path) -> list[_Current]:
     except (OSError, ValueError) as exc:
         raise CompareError(f"{path}: cannot read it as JSON ({exc})") from exc
     if isinstance(data, dict) and "results" in data:
+        if data.get("tool") != "pytest-hostperf":
+            raise CompareError(f"{path}: not a pytest-hostperf report (make one with --hostperf-json=PATH)")
         rows = []
-        for record in data["results"]:
+        for index, record in enumerate(data["results"]):
             if not record.get("samples"):
                 continue
-            rows.append(_Current(record["env"], record["test"], record.get("mount") or "-",
-                                 summarize(record["samples"]), record.get("fingerprint_id")))
+            try:
+                rows.append(_Current(record["env"], record["test"], record.get("mount") or "-",
+                                     summarize(record["samples"]), record.get("fingerprint_id")))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CompareError(f"{path}: result #{index} is malformed ({type(exc).__name__}: {exc}); "
+                                   "regenerate the report with --hostperf-json") from exc
         return rows
     baseline = _read(path)
     return [

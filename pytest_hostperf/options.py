@@ -6,6 +6,7 @@ Kept free of pytest so the CLI and the plugin share one definition of every form
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import Final, Mapping
 
@@ -23,6 +24,16 @@ DEFAULT_MAX_OVERHEAD: Final[Mapping[str, float]] = {
     "qemu:hvf": 2.0,
     "qemu:tcg": 40.0,
 }
+
+#: Mounts each environment kind offers for ``hostperf_dir``; the first is the default.
+#: Declared here (not asked of a running backend) so collection needs no engine.
+MOUNTS: Final[Mapping[str, tuple[str, ...]]] = {
+    "native": ("host",),
+    "docker": ("bind", "volume", "tmpfs", "layer"),
+    "qemu": ("guest", "share", "tmpfs"),
+    "ssh": ("remote",),
+}
+ACCELERATORS: Final = ("kvm", "hvf", "tcg")
 
 _HOST = re.compile(r"^[A-Za-z0-9_.@:-]+$")
 
@@ -63,7 +74,7 @@ def parse_fraction(text: str | float, what: str = "tolerance") -> float:
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{what} {text!r} is not a number; write a percentage like 5% or a fraction like 0.05") from None
-    if not 0 <= value < 10:
+    if not (isinstance(value, float) and 0 <= value < 10):
         raise argparse.ArgumentTypeError(f"{what} {text!r} is out of range; expected something like 5% (0.05)")
     return value
 
@@ -93,8 +104,8 @@ def parse_seconds(text: str, what: str = "timeout") -> float:
         value = float(text.rstrip("s"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number of seconds (for example 300)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{what} must be positive, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{what} must be positive and finite, got {text!r}")
     return value
 
 
@@ -104,8 +115,8 @@ def parse_cpus(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"CPU limit {text!r} is not a number; for example 0.5 or 2") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"CPU limit must be positive, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"CPU limit must be positive and finite, got {text!r}")
     return value
 
 
@@ -118,17 +129,30 @@ def parse_budgets(text: str | Mapping[str, object]) -> dict[str, float]:
     budgets: dict[str, float] = {}
     for key, raw in items:
         key = str(key).strip()
-        kind = key.split("-", 1)[0].split(":", 1)[0]
-        if kind not in ENV_KINDS:
+        if not _budget_key_ok(key):
             raise argparse.ArgumentTypeError(
-                f"overhead budget {key!r}: unknown environment; keys look like docker, docker-bind, "
-                "qemu, qemu:tcg (for example docker=1.10,docker-bind=1.5)")
+                f"overhead budget {key!r}: unknown environment, mount or accelerator; keys look like "
+                "docker, docker-bind, qemu-share, qemu:tcg (for example docker=1.10,docker-bind=1.5)")
         try:
             value = float(str(raw).rstrip("x"))
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"overhead budget {key}={raw!r} is not a ratio; write it like {key}=1.25 (1.25x native)") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"overhead budget {key}={raw} must be a finite ratio like 1.25")
         if value < 1:
             raise argparse.ArgumentTypeError(f"overhead budget {key}={raw} is below 1.0x native; ratios start at 1")
         budgets[key] = value
     return budgets
+
+
+def _budget_key_ok(key: str) -> bool:
+    """``docker``, ``docker-bind``, ``qemu:tcg``, ``ssh:HOST``, ``ssh:HOST-remote``."""
+    kind, sep, rest = key.partition(":")
+    if sep and kind == "ssh":
+        host, _, mount = rest.rpartition("-") if rest.endswith("-remote") else (rest, "", "")
+        return bool(host and _HOST.match(host))
+    if sep:
+        return kind == "qemu" and rest in ACCELERATORS
+    kind, _, mount = key.partition("-")
+    return kind in ENV_KINDS and (not mount or mount in MOUNTS[kind])

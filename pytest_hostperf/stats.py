@@ -57,11 +57,7 @@ class RatioEstimate:
 
 def summarize(samples: Sequence[float]) -> SessionSummary:
     """Median and the standard error of its log, robustly, from one session's rounds."""
-    data = np.asarray(samples, dtype=float)
-    if data.size == 0:
-        raise ValueError("no samples to summarize")
-    if np.any(data <= 0) or not np.all(np.isfinite(data)):
-        raise ValueError("timings must be positive finite numbers")
+    data = _timings(samples)
     median = float(np.median(data))
     q1, q3 = np.percentile(np.log(data), [25, 75])
     # Rounds are autocorrelated and heavy-tailed; the IQR-based SE of the median on the
@@ -133,10 +129,8 @@ def ratio_of_medians(
     distribution of the log ratio (percentile method).
     """
     rng = np.random.default_rng(seed)
-    a = np.log(_thin(np.asarray(numerator, dtype=float), max_points))
-    b = np.log(_thin(np.asarray(denominator, dtype=float), max_points))
-    if a.size == 0 or b.size == 0:
-        raise ValueError("both sides need samples")
+    a = np.log(_thin(_timings(numerator), max_points))
+    b = np.log(_thin(_timings(denominator), max_points))
     estimate = float(np.median(a) - np.median(b))
     boot_a = np.median(rng.choice(a, size=(n_resamples, a.size), replace=True), axis=1)
     boot_b = np.median(rng.choice(b, size=(n_resamples, b.size), replace=True), axis=1)
@@ -148,6 +142,16 @@ def ratio_of_medians(
     p_faster = float((np.sum(boot >= 0) + 1) / (n_resamples + 1))
     return RatioEstimate(math.exp(estimate), math.exp(float(low)), math.exp(float(high)),
                          confidence, p_slower, p_faster, f"bootstrap of medians ({n_resamples} resamples)")
+
+
+def _timings(samples: Sequence[float]) -> np.ndarray:
+    """Samples as an array, refusing what no timing can be (empty, zero, negative, NaN)."""
+    data = np.asarray(samples, dtype=float)
+    if data.size == 0:
+        raise ValueError("no samples")
+    if not np.all(np.isfinite(data)) or np.any(data <= 0):
+        raise ValueError("timings must be positive finite numbers")
+    return data
 
 
 def _thin(data: np.ndarray, max_points: int) -> np.ndarray:

@@ -9,16 +9,7 @@ import argparse
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from pytest_hostperf.options import parse_budgets, parse_envs, parse_fraction
-
-#: Mounts each environment kind offers for ``hostperf_dir``; the first is the default.
-#: Declared here (not asked of a running backend) so collection needs no engine.
-MOUNTS: Mapping[str, tuple[str, ...]] = {
-    "native": ("host",),
-    "docker": ("bind", "volume", "tmpfs", "layer"),
-    "qemu": ("guest", "share", "tmpfs"),
-    "ssh": ("remote",),
-}
+from pytest_hostperf.options import MOUNTS, parse_budgets, parse_envs, parse_fraction
 
 MARKER_KEYS = ("envs", "mounts", "max_overhead", "tolerance")
 
@@ -72,8 +63,9 @@ def parse_marker(kwargs: Mapping[str, Any], args: Sequence[Any] = ()) -> MarkerS
                 raise MarkerError(f"mounts: unknown mount(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
         overhead = kwargs.get("max_overhead")
         if overhead is not None:
-            overhead = ({"docker": float(overhead), "qemu": float(overhead), "ssh": float(overhead)}
-                        if isinstance(overhead, (int, float)) else parse_budgets(overhead))
+            if isinstance(overhead, (int, float)) and not isinstance(overhead, bool):
+                overhead = {kind: overhead for kind in ("docker", "qemu", "ssh")}
+            overhead = parse_budgets(overhead)
         tolerance = parse_fraction(kwargs["tolerance"]) if "tolerance" in kwargs else None
     except argparse.ArgumentTypeError as exc:
         raise MarkerError(str(exc)) from None

@@ -92,35 +92,55 @@ def judge(
     if to_baseline is None:
         return Judgement(Verdict.NO_BASELINE, "no saved baseline for this test here (save one with --hostperf-save)",
                          **common)
-    half_width = math.log(to_baseline.ci_high) - math.log(to_baseline.ratio)
-    provable = math.log1p(2 * policy.tolerance) - math.log1p(policy.tolerance)
-    if session_sd is not None and half_width > provable:
-        # Wide for one of two reasons: the benchmark is noisy (more sessions will not
-        # help much), or the history is short (Student's t with few degrees of freedom).
-        # The normal quantile tells them apart: it is what infinitely many sessions give.
-        from scipy.stats import norm
-
-        z = float(norm.ppf(0.5 + to_baseline.confidence / 2))
-        if session_sd * z > provable:
-            return Judgement(Verdict.UNSTABLE,
-                             f"baseline sessions vary by {session_sd:.1%} (SD of log medians over {len(history)}); "
-                             f"at {to_baseline.confidence:.2%} confidence only slowdowns beyond "
-                             f"~{math.expm1(session_sd * z + math.log1p(policy.tolerance)):.0%} could be proven, so "
-                             f"a {policy.tolerance:.0%} tolerance is not enforceable: steady the benchmark or set "
-                             f"tolerance >= {math.expm1(session_sd * z) + 0.01:.0%}",
-                             **common)
-        if to_baseline.ratio > 1 + policy.tolerance:
-            return Judgement(Verdict.INCONCLUSIVE,
-                             f"possible change, not proven: {to_baseline.ratio:.3f}x with only {len(history)} "
-                             f"baseline sessions (CI {to_baseline.ci_low:.3f}-{to_baseline.ci_high:.3f}); "
-                             "save more sessions with --hostperf-save to gate at this tolerance",
-                             **common)
-    summary = (f"{to_baseline.ratio:.3f}x {baseline_name} (CI {to_baseline.ci_low:.3f}-{to_baseline.ci_high:.3f} "
-               f"at {to_baseline.confidence:.2%}, p={to_baseline.p_slower:.2g}, {to_baseline.method})")
+    slower_p, faster_p = to_baseline.p_slower, to_baseline.p_faster
+    interval = (f"{to_baseline.ratio:.3f}x {baseline_name} (CI {to_baseline.ci_low:.3f}-{to_baseline.ci_high:.3f} "
+                f"at {to_baseline.confidence:.2%}, {{p}}, {to_baseline.method})")
+    # A change proven beyond the tolerance is reported whatever the noise: the interval
+    # already accounts for it.
     if to_baseline.ci_low > 1 + policy.tolerance:
-        return Judgement(Verdict.REGRESSION, f"regression: {summary}, tolerance {policy.tolerance:.0%}", **common)
+        return Judgement(Verdict.REGRESSION, f"regression: {interval.format(p=f'p={slower_p:.2g}')}, "
+                                             f"tolerance {policy.tolerance:.0%}", **common)
     if to_baseline.ci_high < 1 / (1 + policy.tolerance):
-        return Judgement(Verdict.IMPROVEMENT, f"improvement: {summary}", **common)
+        return Judgement(Verdict.IMPROVEMENT, f"improvement: {interval.format(p=f'p={faster_p:.2g}')}", **common)
+    unproven = _unenforceable(to_baseline, policy, session_sd, len(history))
+    if unproven is not None:
+        return Judgement(unproven[0], unproven[1], **common)
+    p_text = f"p={slower_p:.2g}" if to_baseline.ratio >= 1 else f"p={faster_p:.2g}"
     if to_baseline.ratio > 1 + policy.tolerance or to_baseline.ratio < 1 / (1 + policy.tolerance):
-        return Judgement(Verdict.INCONCLUSIVE, f"possible change, not proven: {summary}", **common)
-    return Judgement(Verdict.PASS, summary, **common)
+        return Judgement(Verdict.INCONCLUSIVE, f"possible change, not proven: {interval.format(p=p_text)}", **common)
+    return Judgement(Verdict.PASS, interval.format(p=p_text), **common)
+
+
+def _unenforceable(estimate: RatioEstimate, policy: Policy, session_sd: float | None,
+                   sessions: int) -> tuple[Verdict, str] | None:
+    """Why the interval is too wide to prove a slowdown of twice the tolerance, if it is.
+
+    Two causes: the benchmark's session-to-session noise (more sessions will not help), or
+    a short history (Student's t with few degrees of freedom). The normal quantile tells
+    them apart: it is the interval's width with infinitely many saved sessions.
+    """
+    half_width = math.log(estimate.ci_high) - math.log(estimate.ratio)
+    provable = math.log1p(2 * policy.tolerance) - math.log1p(policy.tolerance)
+    if session_sd is None or half_width <= provable:
+        return None
+    from scipy.stats import norm
+
+    noise = session_sd * float(norm.ppf(0.5 + estimate.confidence / 2))
+    if noise > provable:
+        # log1p(2t) - log1p(t) >= noise  <=>  t >= (e^noise - 1) / (2 - e^noise)
+        if noise >= math.log(2):
+            advice = "no tolerance can be enforced at this noise: steady the benchmark"
+        else:
+            advice = (f"steady the benchmark or set tolerance >= "
+                      f"{math.ceil(100 * math.expm1(noise) / (2 - math.exp(noise)))}%")
+        return Verdict.UNSTABLE, (
+            f"baseline sessions vary by {session_sd:.1%} (SD of log medians over {sessions}); at "
+            f"{estimate.confidence:.2%} confidence only slowdowns beyond "
+            f"~{math.expm1(noise + math.log1p(policy.tolerance)):.0%} could be proven, so a "
+            f"{policy.tolerance:.0%} tolerance is not enforceable: {advice}")
+    if estimate.ratio > 1 + policy.tolerance:
+        return Verdict.INCONCLUSIVE, (
+            f"possible change, not proven: {estimate.ratio:.3f}x with only {sessions} baseline sessions "
+            f"(CI {estimate.ci_low:.3f}-{estimate.ci_high:.3f}); save more sessions with --hostperf-save "
+            "to gate at this tolerance")
+    return None

@@ -324,8 +324,6 @@ def test_files_for_lists_other_fingerprints_of_an_environment(tmp_path):
     assert store.files_for("qemu") == []
 
 
-@pytest.mark.xfail(strict=True, reason="baselines.py BaselineStore.files_for() matches by name prefix only: files_for('ssh:a') "
-                                       "also lists the baselines of host 'a-b' (ssh_a-b-<fid>.json)")
 def test_files_for_does_not_mix_ssh_hosts_sharing_a_prefix(tmp_path):
     store = BaselineStore(tmp_path)
     a = save(store, "s1", [measurement()], env="ssh:a", fid="aaaaaaaaaaaa")
@@ -333,9 +331,6 @@ def test_files_for_does_not_mix_ssh_hosts_sharing_a_prefix(tmp_path):
     assert store.files_for("ssh:a") == [a]
 
 
-@pytest.mark.xfail(strict=True, reason="baselines.py save()/SavedSession.to_json write a non-finite sample as "
-                                       "null, which read_baseline() then rejects (float(None)): save() produces "
-                                       "a file it can never read or update again")
 def test_save_never_writes_a_file_it_cannot_read(tmp_path):
     store = BaselineStore(tmp_path)
     try:
@@ -345,9 +340,6 @@ def test_save_never_writes_a_file_it_cannot_read(tmp_path):
     store.load("native", FID)  # must not raise BaselineError
 
 
-@pytest.mark.xfail(strict=True, reason="baselines.py _atomic_write: tempfile.mkstemp creates the file 0600 and "
-                                       "os.replace keeps that mode, so every save turns a 0644 baseline into "
-                                       "an owner-only file")
 def test_save_keeps_the_file_mode(tmp_path):
     store = BaselineStore(tmp_path)
     path = save(store, "s1", [measurement()])

@@ -189,9 +189,6 @@ def test_cli_exit_codes(tmp_path, baseline):
     assert "Traceback" not in err and out == ""
 
 
-@pytest.mark.xfail(strict=True, reason="compare.py _load_current() lets KeyError/ValueError from a malformed "
-                                       "report escape instead of raising CompareError; `hostperf compare` then dies "
-                                       "with a traceback and exit status 1, the same code as a regression")
 @pytest.mark.parametrize("bad_record", [
     {"test": TEST_A, "samples": [1e-3, 1.1e-3]},                     # no "env"
     {"test": TEST_A, "env": "native", "samples": [1e-3, -1.0]},      # negative timing

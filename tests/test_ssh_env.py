@@ -376,6 +376,15 @@ def test_every_word_reaches_the_remote_process_verbatim(env: SshEnvironment, tmp
     client.shutdown()
 
 
+def test_ssh_command_line(sshd: SshServer, tmp_path: Path) -> None:
+    with_config = _env(sshd, tmp_path).ssh_argv("true")
+    for option in ("BatchMode=yes", "ConnectTimeout=10"):
+        assert with_config[with_config.index(option) - 1] == "-o"
+    assert "-T" in with_config and with_config[with_config.index("-F") + 1] == str(sshd.client_config)
+    assert with_config[-3:] == ["--", HOST, "true"]
+    assert "-F" not in _env(sshd, tmp_path, ssh_config=None).ssh_argv("true")
+
+
 def test_absolute_paths_into_the_project_point_at_the_copy(env: SshEnvironment) -> None:
     env.check()
     launch = env.launch_for(TINY, (str(TINY / "test_tiny.py"),), ("-c", str(TINY / "pytest.ini"), "-q"))
@@ -411,6 +420,21 @@ def test_stop_kills_a_busy_remote_agent(env: SshEnvironment) -> None:
     assert time.monotonic() - started < 15
     assert _gone(env) == []
     assert not Path(env.remote_work_dir()).exists()
+
+
+def test_closing_the_transport_kills_a_busy_remote_agent(env: SshEnvironment) -> None:
+    """What the session does after a test timeout: close the transport, start afresh."""
+    client = _started(env)
+    client.transport.send(b'@@hostperf@@ {"op":"run","nodeid":"test_tiny.py::test_sum_squares","mount":"",'
+                          b'"mount_path":null,"benchmark_options":{"max_time":60,"min_rounds":100000}}\n')
+    time.sleep(1.0)
+    (agent,) = _remote_agents(env)
+    client.transport.close()
+    agent.wait(timeout=10)
+    assert _remote_agents(env) == []
+    assert Path(env.remote_work_dir()).is_dir()  # the session goes on: only stop() removes it
+    again = _started(env)
+    assert again.request({"op": "ping"}, "pong", 10, "pinging")
 
 
 def test_killed_remote_agent_is_agent_died(env: SshEnvironment) -> None:
