@@ -57,6 +57,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
     ("--hostperf-image", "hostperf_image", str, None,
      "Docker image to run the agent in, instead of the one hostperf builds (needs python3, pytest, pytest-benchmark)"),
     ("--hostperf-vm-image", "hostperf_vm_image", str, None, "bootable VM disk to use instead of the one hostperf builds"),
+    ("--hostperf-ssh-python", "hostperf_ssh_python", str, None,
+     "Python interpreter on ssh:HOST targets (default: python3 on the target's PATH)"),
     ("--hostperf-docker-cpus", "hostperf_docker_cpus", lambda s: opt.parse_cpus(s), None,
      "CPU limit for the container, like docker run --cpus (e.g. 0.5); default: no limit"),
     ("--hostperf-ssh-config", "hostperf_ssh_config", str, None,
@@ -140,6 +142,7 @@ def _settings(config: pytest.Config) -> Settings:
         requirements=tuple(config.getini("hostperf_requirements")),
         json_path=path(values["hostperf_json"]), markdown_path=path(values["hostperf_markdown"]),
         ssh_config=path(values["hostperf_ssh_config"]), docker_cpus=values["hostperf_docker_cpus"],
+        ssh_python=values["hostperf_ssh_python"],
     )
 
 

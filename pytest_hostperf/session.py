@@ -61,6 +61,7 @@ class Settings:
     markdown_path: Path | None = None
     ssh_config: Path | None = None
     docker_cpus: float | None = None
+    ssh_python: str | None = None
 
 
 @dataclasses.dataclass

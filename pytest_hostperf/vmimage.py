@@ -38,11 +38,13 @@ __all__ = [
     "default_cache_dir",
     "find_host_kernel",
     "cache_digest",
+    "load_cached",
+    "build_debootstrap_rootfs",
 ]
 
 #: Bumped whenever the layout of the disk or the guest init changes in a way that
 #: invalidates cached disks.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 
 Progress = Callable[[str], None]
 RootfsSource = Union[str, Path, IO[bytes], Iterable[bytes]]
@@ -281,6 +283,13 @@ def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
         tree.mkdir()
         _extract_tar(rootfs, tree)
 
+    # Docker leaves these in every exported container; they would make the guest look
+    # like a container to the fingerprint.
+    for leftover in (".dockerenv", "run/.containerenv"):
+        try:
+            (tree / leftover).unlink()
+        except OSError:
+            pass
     if python and not os.path.lexists(tree / python.lstrip("/")):
         raise VmImageError(f"the root filesystem has no {python}")
     python = python or _find_python(tree)
@@ -315,6 +324,46 @@ def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
                   python=python, size_mb=size_mb, env=dict(env))
     (out / "disk.json").write_text(json.dumps(disk.to_json(), indent=2) + "\n")
     return disk
+
+
+def build_debootstrap_rootfs(dest: Path, requirements: Iterable[str] = (), progress: Optional[Progress] = None,
+                             suite: str = "bookworm", mirror: str = "") -> Path:
+    """A Debian root filesystem with python3, pytest and pytest-benchmark, without Docker.
+
+    For hosts without a Docker engine: ``debootstrap --variant=minbase`` (needs root and
+    the Debian mirror), then wheels downloaded on the host and installed with
+    ``--no-index``. pytest and pytest-benchmark are pinned to the controller's versions.
+    Reuses ``dest`` when a previous call completed it.
+    """
+    import importlib.metadata
+    import sys
+
+    say = progress or (lambda _msg: None)
+    dest = Path(dest)
+    done = dest / "opt" / "hostperf" / "rootfs.done"
+    reqs = [f"{n}=={importlib.metadata.version(n)}" for n in ("pytest", "pytest-benchmark")] + list(requirements)
+    if done.is_file() and done.read_text() == json.dumps(reqs):
+        return dest
+    if shutil.which("debootstrap") is None:
+        raise VmImageError("debootstrap is not installed", hint="apt-get install debootstrap")
+    if dest.exists():
+        shutil.rmtree(dest)
+    say(f"qemu: debootstrap {suite} into {dest} (about a minute)")
+    argv = ["debootstrap", "--variant=minbase", "--include=python3", suite, str(dest)]
+    _run(argv + ([mirror] if mirror else []), "debootstrap")
+    versions = sorted((dest / "usr" / "bin").glob("python3.[0-9]*"), key=lambda p: _version_key(p.name))
+    pyver = versions[-1].name[len("python"):] if versions else "3"
+    with tempfile.TemporaryDirectory(prefix="hostperf-wheels-") as wheels:
+        say(f"qemu: installing {', '.join(reqs)} into the root filesystem (python {pyver})")
+        _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", pyver,
+              "--platform", "manylinux2014_x86_64", "-d", wheels, *reqs], "downloading wheels")
+        _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", wheels,
+              # the host's .pyc files are valid inside only for the same python minor
+              *([] if pyver == "%d.%d" % sys.version_info[:2] else ["--no-compile"]), "--target", str(dest / f"usr/local/lib/python{pyver}/dist-packages"), *reqs],
+             "installing wheels")
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(reqs))
+    return dest
 
 
 def _run(argv: list, doing: str, **kwargs) -> None:

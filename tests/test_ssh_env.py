@@ -12,6 +12,7 @@ then they fail, so CI never passes by silently skipping.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import psutil
 import pytest
@@ -69,7 +70,7 @@ class SshServer:
 
 # --------------------------------------------------------------------------- the server
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("HOSTPERF_REQUIRE_SSH") or os.environ.get("CI"):
         pytest.fail(f"HOSTPERF_REQUIRE_SSH/CI is set but sshd cannot be started: {reason}")
     pytest.skip(reason)
@@ -93,7 +94,7 @@ def _client_config(directory: Path, port: int, identity: Path, name: str = "ssh_
         f"Host {host}\n"
         f"  HostName 127.0.0.1\n"
         f"  Port {port}\n"
-        f"  User {os.environ.get('USER') or 'root'}\n"
+        f"  User {getpass.getuser()}\n"
         f"  IdentityFile {identity}\n"
         f"  IdentitiesOnly yes\n"
         f"  IdentityAgent none\n"

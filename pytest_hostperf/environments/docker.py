@@ -398,7 +398,11 @@ class DockerEnvironment(Environment):
     # -- Environment
 
     def check(self) -> None:
-        self.client()
+        client = self.client()
+        # A session that was SIGKILLed could not clean up: its labelled containers and
+        # volumes are removed here, at the start of the next session that uses docker.
+        for leftover in sweep_stale(client):
+            self._progress(f"hostperf: docker: removed {leftover} left by a killed session")
 
     def mounts(self) -> Sequence[Mount]:
         return MOUNTS

@@ -81,13 +81,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def _spawn(argv: list, log: Path, **kwargs: Any) -> subprocess.Popen:
+def _spawn(argv: list, log: Path, die_with_parent: bool = True) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,                       # a Ctrl-C in the terminal is ours to handle
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            **kwargs,
+            preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux") else None,
         )
 
 
@@ -220,6 +219,7 @@ class QemuEnvironment(Environment):
         qemu_binary: Optional[str] = None,
         progress: Optional[Progress] = None,
         docker_client: Any = None,
+        die_with_controller: bool = True,
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         self.session_id = session_id or secrets.token_hex(6)
@@ -238,6 +238,9 @@ class QemuEnvironment(Environment):
         self._rootfs_key = rootfs_key
         self._cache_dir = Path(cache_dir) if cache_dir else vmimage.default_cache_dir()
         self._docker_client = docker_client
+        # PR_SET_PDEATHSIG: qemu and virtiofsd die with the controller (Linux only; a
+        # controller that is SIGKILLed elsewhere is cleaned up by the next sweep_stale()).
+        self.die_with_controller = die_with_controller
         self._workdir: Optional[Path] = None
         self._proc: Optional[subprocess.Popen] = None
         self._helpers: list = []
@@ -534,7 +537,7 @@ class QemuEnvironment(Environment):
                          + (",readonly=on" if share.readonly else "")]
         elif mode == "virtiofs":
             argv += ["-object", f"memory-backend-memfd,id=mem,size={self.memory_mb}M,share=on",
-                     "-numa", "node,memdev=mem"]
+                     "-machine", "memory-backend=mem"]   # vhost-user needs shared guest RAM
             for index, share in enumerate(self._shares):
                 argv += ["-chardev", f"socket,id=fs{index},path={workdir / f'fs-{share.tag}.sock'}",
                          "-device", f"vhost-user-fs-pci,chardev=fs{index},tag={share.tag}"]
@@ -561,7 +564,7 @@ class QemuEnvironment(Environment):
                     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
                     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
                             str(share.host_path), *argv]
-                self._helpers.append(_spawn(argv, workdir / f"virtiofsd-{share.tag}.log"))
+                self._helpers.append(_spawn(argv, workdir / f"virtiofsd-{share.tag}.log", self.die_with_controller))
             deadline = time.monotonic() + 10
             for share in self._shares:
                 sock = workdir / f"fs-{share.tag}.sock"
@@ -626,7 +629,7 @@ class QemuEnvironment(Environment):
         self.progress(f"qemu: booting ({accel}, {self.vcpus} vCPU, {self.memory_mb} MiB, "
                       f"kernel {disk.kernel_version or disk.kernel.name}) ...")
         started = time.monotonic()
-        self._proc = _spawn(argv, workdir / "qemu.log")
+        self._proc = _spawn(argv, workdir / "qemu.log", self.die_with_controller)
         self._info.update({"qemu": self._qemu_version(), "kernel": disk.kernel_version,
                            "disk": str(disk.path), "disk_key": disk.key, "root_device": disk.root_device,
                            "pid": self._proc.pid, "name": f"hostperf-{self.session_id}"})

@@ -39,5 +39,6 @@ def create_backend(name: str, session: "HostperfSession") -> Environment:
 
         return SshEnvironment(host=target, session_id=session.session_id, project_dir=settings.project_dir,
                               work_dir=session.work_dir, progress=session.progress,
-                              ssh_config=settings.ssh_config)
+                              ssh_config=settings.ssh_config, python=settings.ssh_python,
+                              exclude=(settings.baselines_dir,))
     raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")

@@ -1,0 +1,313 @@
+"""The qemu backend against a real QEMU VM (no mocks).
+
+One VM is booted per module and reused; guest-side checks (read-only project share,
+no network, mount types) are ordinary tests inside the project that the real agent runs
+in the guest on request. Boots are ~6-15 s each under TCG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pytest_hostperf import vmimage
+from pytest_hostperf.environments import qemu as qemu_mod
+from pytest_hostperf.environments.base import AgentClient, AgentLaunch, EnvironmentFailure, package_parent
+from pytest_hostperf.environments.qemu import QemuEnvironment, session_root, sweep_stale
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+if qemu_mod.find_qemu() is None and not os.environ.get("HOSTPERF_REQUIRE_QEMU"):
+    pytest.skip("qemu-system-x86_64 is not installed (set HOSTPERF_REQUIRE_QEMU=1 to fail instead)",
+                allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+
+GUEST_TESTS = textwrap.dedent('''
+    import errno
+    import os
+    import pathlib
+
+    def _fstype(path):
+        best, fstype = "", None
+        for line in open("/proc/mounts"):
+            _dev, mnt, kind = line.split()[:3]
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, fstype = mnt, kind
+        return fstype
+
+    def test_project_is_read_only():
+        target = pathlib.Path(__file__).parent / "written-by-guest"
+        try:
+            target.write_text("x")
+        except OSError as exc:
+            assert exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM), exc
+        else:
+            raise AssertionError("the guest could write into the project share")
+
+    def test_no_network_but_lo():
+        assert sorted(os.listdir("/sys/class/net")) == ["lo"]
+
+    def test_mounts():
+        expected = {"/var/tmp/hostperf-guest": {"ext4"}, "/hostperf/tmpfs": {"tmpfs"}}
+        if os.path.isdir("/hostperf/share") and _fstype("/hostperf/share") != "ext4":
+            expected["/hostperf/share"] = {"9p", "virtiofs"}
+        for path, kinds in expected.items():
+            os.makedirs(path, exist_ok=True)
+            assert _fstype(path) in kinds, (path, _fstype(path), open("/proc/mounts").read())
+            probe = pathlib.Path(path) / "probe.txt"
+            probe.write_text("written in the guest")
+            assert probe.read_text() == "written in the guest"
+
+    def test_bench(benchmark):
+        benchmark(sum, range(1000))
+''')
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def qemu_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = tmp_path_factory.mktemp("qemu-project")
+    (project / "test_guest.py").write_text(GUEST_TESTS)
+    return project
+
+
+@pytest.fixture(scope="session")
+def vm_disk(qemu_project: Path) -> vmimage.VmDisk:
+    """The VM disk, built once and cached on disk across sessions.
+
+    From the docker backend's project image when an engine answers (the production
+    path), else from a debootstrap root filesystem.
+    """
+    if _docker_answers():
+        return QemuEnvironment(qemu_project, progress=print).prepare()
+    rootfs = vmimage.build_debootstrap_rootfs(vmimage.default_cache_dir() / "debootstrap-rootfs", progress=print)
+    done = json.loads((rootfs / "opt/hostperf/rootfs.done").read_text())
+    return vmimage.build_vm_disk(rootfs, key="debootstrap:" + ",".join(done), progress=print)
+
+
+def _launch(project: Path) -> AgentLaunch:
+    return AgentLaunch(python=sys.executable, pythonpath=str(package_parent()), project_dir=str(project),
+                       test_files=("test_guest.py",), pytest_args=(), env="qemu")
+
+
+@pytest.fixture(scope="module")
+def vm(qemu_project: Path, vm_disk: vmimage.VmDisk):
+    progress: list[str] = []
+    env = QemuEnvironment(qemu_project, disk=vm_disk, progress=progress.append)
+    try:
+        transport = env.start_agent(_launch(qemu_project))
+        client = AgentClient("qemu", transport)
+        client.wait_ready(env.agent_start_timeout())
+        yield env, client, progress
+        client.shutdown()
+    finally:
+        env.stop()
+
+
+def _run_in_guest(client: AgentClient, nodeid: str, **extra: object) -> dict:
+    result = client.request({"op": "run", "nodeid": nodeid, **extra}, "result", 300, f"running {nodeid}")
+    if result["outcome"] != "passed":
+        text = "\n".join(str(r.get("longrepr")) for r in result.get("reports", []))
+        pytest.fail(f"{nodeid} {result['outcome']} in the guest:\n{text}\n{result.get('message', '')}")
+    return result
+
+
+def test_boot_agent_ready_and_ping(vm) -> None:
+    env, client, progress = vm
+    assert client.hello["protocol"] == 1
+    assert "test_guest.py::test_mounts" in client.hello["collected"]
+    assert any(line.startswith("qemu: booting") for line in progress), progress
+    assert any(line.startswith("qemu: agent ready in") for line in progress), progress
+    for _ in range(3):
+        assert client.request({"op": "ping"}, "pong", 10, "ping")["event"] == "pong"
+
+
+def test_accelerator_is_recorded(vm) -> None:
+    env, client, progress = vm
+    info = env.describe()
+    assert info["accelerator"] in ("kvm", "tcg", "hvf")
+    assert info["vcpus"] == 2 and info["memory_mb"] == 1024
+    assert info["qemu"] and info["kernel"]
+    signature = client.hello["fingerprint"].get("hypervisor", {}).get("signature")
+    if info["accelerator"] == "tcg":
+        assert signature == "TCGTCGTCGTCG"
+        if os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK):
+            # KVM was tried first and failed (nested KVM does not work on our machines).
+            assert "kvm" in (info["fallback_reason"] or "").lower(), info
+            assert any("falling back to TCG" in line for line in progress), progress
+    else:
+        assert info["fallback_reason"] is None
+        assert signature == "KVMKVMKVM"
+
+
+def test_project_share_is_read_only(vm, qemu_project: Path) -> None:
+    env, client, _ = vm
+    _run_in_guest(client, "test_guest.py::test_project_is_read_only")
+    assert not (qemu_project / "written-by-guest").exists()
+
+
+def test_guest_has_no_network(vm) -> None:
+    _run_in_guest(vm[1], "test_guest.py::test_no_network_but_lo")
+
+
+def test_mounts_and_their_filesystems(vm) -> None:
+    env, client, _ = vm
+    names = [m.name for m in env.mounts()]
+    assert names[0] == "guest" and "tmpfs" in names
+    if env.describe().get("share_fs") in ("9p", "virtiofs"):
+        assert "share" in names
+    _run_in_guest(client, "test_guest.py::test_mounts")
+    if "share" in names:
+        # The writable share is a host directory: the guest's file shows up here.
+        assert (env._workdir / "share" / "probe.txt").read_text() == "written in the guest"
+
+
+def test_benchmark_samples_come_back(vm) -> None:
+    result = _run_in_guest(vm[1], "test_guest.py::test_bench", mount="tmpfs", mount_path="/hostperf/tmpfs")
+    assert result["samples"] and all(s > 0 for s in result["samples"])
+
+
+def test_stop_leaves_nothing_behind(vm) -> None:
+    # Runs last in this module: it stops the shared VM (the fixture's stop() is then a no-op).
+    env, client, _ = vm
+    workdir = env._workdir
+    name = env.describe()["name"]
+    assert workdir is not None and workdir.is_dir()
+    client.shutdown()
+    env.stop()
+    env.stop()  # idempotent
+    assert not workdir.exists()
+    assert _processes_named(name) == []
+
+
+def _processes_named(marker: str) -> list:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+CHILD = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    from pytest_hostperf import vmimage
+    from pytest_hostperf.environments.base import AgentLaunch
+    from pytest_hostperf.environments.qemu import QemuEnvironment
+    disk = vmimage.VmDisk.from_json(Path(sys.argv[1]), __import__("json").loads(Path(sys.argv[1], "disk.json").read_text()))
+    env = QemuEnvironment(Path(sys.argv[2]), disk=disk, session_id=sys.argv[3], accel="tcg",
+                          die_with_controller=sys.argv[4] == "1")
+    env.start_agent(AgentLaunch("python3", "", sys.argv[2], ("test_guest.py",), (), "qemu"))
+    print("started", flush=True)
+    import time
+    time.sleep(600)
+''')
+
+
+@pytest.mark.parametrize("die_with_controller", [True, False], ids=["pdeathsig", "sweep-kills"])
+def test_sigkilled_session_is_reaped(vm_disk: vmimage.VmDisk, qemu_project: Path, die_with_controller: bool) -> None:
+    session = f"reap{int(die_with_controller)}{os.getpid()}"
+    workdir = session_root() / session
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(vm_disk.directory), str(qemu_project), session,
+         "1" if die_with_controller else "0"],
+        env={**os.environ, "PYTHONPATH": str(package_parent())}, stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workdir / "qemu.pid").exists():   # qemu is running (booting or booted)
+            assert child.poll() is None, "the child controller died on its own"
+            assert time.monotonic() < deadline, "qemu never started"
+            time.sleep(0.1)
+        time.sleep(1.0)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert workdir.is_dir()     # a SIGKILLed controller cleans up nothing itself
+    if not die_with_controller:
+        assert _processes_named(f"hostperf-{session}"), "qemu should outlive its controller here"
+    removed = sweep_stale()
+    assert workdir in removed
+    assert not workdir.exists()
+    deadline = time.monotonic() + 10
+    while _processes_named(f"hostperf-{session}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_named(f"hostperf-{session}") == []
+
+
+def test_sweep_leaves_live_sessions_alone(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "owner.json").write_text(json.dumps({"session_pid": os.getpid(), "session_id": "live",
+                                                 "pid_started": psutil.Process().create_time()}))
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "owner.json").write_text(json.dumps({"session_pid": 2 ** 22 + 7, "session_id": "dead"}))
+    assert sweep_stale(tmp_path) == [dead]
+    assert live.is_dir() and not dead.exists()
+
+
+def test_missing_kernel_is_a_clear_error(qemu_project: Path, tmp_path: Path) -> None:
+    env = QemuEnvironment(qemu_project, rootfs=tmp_path, kernel=tmp_path / "no-such-vmlinuz")
+    with pytest.raises(EnvironmentFailure, match="no kernel found at") as info:
+        env.check()
+    assert info.value.hint
+
+
+def test_broken_kernel_is_a_clear_error(vm_disk: vmimage.VmDisk, qemu_project: Path, tmp_path: Path) -> None:
+    garbage = tmp_path / "vmlinuz-broken"
+    garbage.write_bytes(b"this is not a kernel\n" * 1000)
+    env = QemuEnvironment(qemu_project, disk=dataclasses.replace(vm_disk, kernel=garbage), accel="tcg")
+    try:
+        with pytest.raises(EnvironmentFailure, match="did not boot") as info:
+            env.start_agent(_launch(qemu_project))
+        assert "qemu exited" in str(info.value)
+    finally:
+        env.stop()
+
+
+def test_kernel_panic_is_reported_with_console(vm_disk: vmimage.VmDisk, qemu_project: Path) -> None:
+    env = QemuEnvironment(qemu_project, disk=vm_disk, accel="tcg", init="/no/such/init")
+    started = time.monotonic()
+    try:
+        with pytest.raises(EnvironmentFailure, match="Kernel panic") as info:
+            env.start_agent(_launch(qemu_project))
+    finally:
+        env.stop()
+    assert "panicked" in info.value.hint
+    assert "/no/such/init" in info.value.log_tail
+    assert time.monotonic() - started < 60   # detected from the console, not by timeout
+
+
+def test_guest_that_never_reaches_the_agent_times_out(vm_disk: vmimage.VmDisk, qemu_project: Path) -> None:
+    # /bin/sh as init sits on the console forever and never opens the agent port.
+    env = QemuEnvironment(qemu_project, disk=vm_disk, accel="tcg", init="/bin/sh", boot_timeout=25)
+    try:
+        with pytest.raises(EnvironmentFailure, match="did not reach the agent port within 25 s") as info:
+            env.start_agent(_launch(qemu_project))
+    finally:
+        env.stop()
+    assert info.value.log_tail.strip(), "the error should carry the console tail"
+    assert qemu_mod.session_root().exists()
