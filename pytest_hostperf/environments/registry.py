@@ -40,5 +40,5 @@ def create_backend(name: str, session: "HostperfSession") -> Environment:
         return SshEnvironment(host=target, session_id=session.session_id, project_dir=settings.project_dir,
                               work_dir=session.work_dir, progress=session.progress,
                               ssh_config=settings.ssh_config, python=settings.ssh_python,
-                              exclude=(settings.baselines_dir,))
+                              exclude=(settings.baselines_dir,) if settings.baselines_dir else ())
     raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")
