@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Iterable, Iterator, Sequence
 
+from pytest_hostperf.environments.base import failure_text
+
 if TYPE_CHECKING:  # the docker package is optional until the docker backend is used
     import docker
 
@@ -65,12 +67,7 @@ class ImageBuildError(Exception):
         self.step = step
         self.hint = hint
         self.output = output
-        text = f"building the {step} image: {message}"
-        if hint:
-            text += f"\n  hint: {hint}"
-        if output:
-            text += "\n  last output:\n" + "\n".join("    " + line for line in output.splitlines()[-20:])
-        super().__init__(text)
+        super().__init__(failure_text(f"building the {step} image: {message}", hint, output))
 
 
 @dataclasses.dataclass(frozen=True)

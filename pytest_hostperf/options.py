@@ -99,25 +99,24 @@ def parse_positive_int(text: str, what: str) -> int:
     return value
 
 
-def parse_seconds(text: str, what: str = "timeout") -> float:
+def _positive(text: str, what: str, not_a_number: str) -> float:
     try:
-        value = float(text.rstrip("s"))
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number of seconds (for example 300)") from None
+        raise argparse.ArgumentTypeError(f"{what} {text!r} {not_a_number}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{what} must be positive and finite, got {text!r}")
     return value
 
 
+def parse_seconds(text: str, what: str = "timeout") -> float:
+    """``300`` or ``300s`` -> 300.0 seconds."""
+    return _positive(text.rstrip("s"), what, "is not a number of seconds (for example 300)")
+
+
 def parse_cpus(text: str) -> float:
     """``0.5`` -> 0.5 CPUs, as ``docker run --cpus``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"CPU limit {text!r} is not a number; for example 0.5 or 2") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"CPU limit must be positive and finite, got {text!r}")
-    return value
+    return _positive(text, "CPU limit", "is not a number; for example 0.5 or 2")
 
 
 def parse_budgets(text: str | Mapping[str, object]) -> dict[str, float]:

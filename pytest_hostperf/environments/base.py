@@ -19,6 +19,16 @@ from typing import Any, Mapping, Sequence
 from pytest_hostperf.agent import protocol
 
 
+def failure_text(head: str, hint: str = "", log_tail: str = "") -> str:
+    """What went wrong, the fix, and the last lines of output: the shape of every error."""
+    text = head
+    if hint:
+        text += f"\n  hint: {hint}"
+    if log_tail:
+        text += "\n  last output:\n" + "\n".join("    " + line for line in log_tail.splitlines()[-20:])
+    return text
+
+
 class EnvironmentFailure(Exception):
     """An environment could not be prepared or used; the message names it and the fix."""
 
@@ -26,12 +36,7 @@ class EnvironmentFailure(Exception):
         self.env = env
         self.hint = hint
         self.log_tail = log_tail
-        text = f"environment {env!r}: {message}"
-        if hint:
-            text += f"\n  hint: {hint}"
-        if log_tail:
-            text += "\n  last output:\n" + "\n".join("    " + line for line in log_tail.splitlines()[-20:])
-        super().__init__(text)
+        super().__init__(failure_text(f"environment {env!r}: {message}", hint, log_tail))
 
 
 
