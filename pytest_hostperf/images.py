@@ -294,8 +294,68 @@ def _chunks(stream: Any, size: int = 1 << 20) -> Iterator[bytes]:
 
 # --------------------------------------------------------------------------- project image
 
-def dockerfile_text(base_id: str, pip_wheel: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class HostInterpreter:
+    """The controller's own CPython build, copied into the image at the same path.
+
+    Native and container then run the *same* interpreter build: a pyenv CPython without
+    PGO and Debian's PGO/LTO python3 of the same version differ by ~25% on CPU-bound code
+    (measured here), which would otherwise show up as "container overhead".
+    """
+
+    prefix: str          # sys.base_prefix, e.g. /root/.pyenv/versions/3.11.7
+    executable: str      # interpreter inside prefix, e.g. /root/.pyenv/versions/3.11.7/bin/python3.11
+    version: str         # "3.11"
+    identity: str        # build identity for the cache key (version, build date, compiler)
+
+    def stage(self, dest: Path) -> None:
+        """Copy the interpreter (no site-packages, tests, static libs or headers) to ``dest``."""
+        prefix = Path(self.prefix)
+        stdlib = f"python{self.version}"
+        skipped_dirs = {"site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "include", "share",
+                        "ensurepip", "pkgconfig"}
+
+        def ignore(directory: str, names: list[str]) -> set[str]:
+            here = Path(directory)
+            dropped = {n for n in names if n in skipped_dirs or n.endswith(".a")}
+            if here == prefix:
+                dropped |= {n for n in names if n not in ("bin", "lib")}
+            if here == prefix / "bin":
+                dropped |= {n for n in names if not n.startswith("python")}
+            if here == prefix / "lib":
+                dropped |= {n for n in names if not (n == stdlib or n.startswith("libpython"))}
+            return dropped
+
+        shutil.copytree(prefix, dest, symlinks=True, ignore=ignore)
+        (dest / "lib" / stdlib / "site-packages").mkdir(parents=True, exist_ok=True)
+
+
+def host_interpreter() -> HostInterpreter | None:
+    """The controller's CPython when it can run inside the Debian base image as it is.
+
+    Only for a Linux host on the same architecture (the base is Debian bookworm; its glibc
+    runs what a glibc host built). Not for the distribution's own /usr python: the base
+    image already has that build. None means the image's python3 is used, and the report's
+    fingerprints show that the interpreter differs.
+    """
+    if sys.platform != "linux" or platform.python_implementation() != "CPython":
+        return None
+    prefix = Path(sys.base_prefix).resolve()
+    if prefix == Path("/usr") or not (prefix / "bin").is_dir():
+        return None
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [prefix / "bin" / f"python{version}", prefix / "bin" / "python3"]
+    executable = next((c for c in candidates if c.is_file()), None)
+    if executable is None:
+        return None
+    identity = f"{sys.version} {platform.machine()} {prefix}"
+    return HostInterpreter(str(prefix), str(executable), version, identity)
+
+
+def dockerfile_text(base_id: str, pip_wheel: str, interpreter: HostInterpreter | None = None) -> str:
     """The project image's Dockerfile; part of the cache key, so keep it deterministic."""
+    python = interpreter.executable if interpreter else "python3"
+    copy_python = [f"COPY hostpython {interpreter.prefix}"] if interpreter else []
     return "\n".join([
         f"FROM {base_id}",
         # ARG values are not in the text (hence not in the cache key); they only label
@@ -304,9 +364,10 @@ def dockerfile_text(base_id: str, pip_wheel: str) -> str:
         "ARG HOSTPERF_BUILD_HOST=unknown",
         f"LABEL {LABEL_KIND}={KIND_BUILD_TEMP} {LABEL_BUILD_PID}=$HOSTPERF_BUILD_PID "
         f"{LABEL_BUILD_HOST}=$HOSTPERF_BUILD_HOST",
+        *copy_python,
         "COPY wheels /tmp/hostperf-wheels",
         # --without-pip: Debian's python3 has no ensurepip; pip runs from its own wheel.
-        "RUN python3 -m venv --without-pip /opt/hostperf/venv"
+        f"RUN {python} -m venv --without-pip /opt/hostperf/venv"
         f" && {VENV_PYTHON} /tmp/hostperf-wheels/{pip_wheel}/pip install --no-index --no-cache-dir"
         " --disable-pip-version-check --find-links /tmp/hostperf-wheels"
         " -r /tmp/hostperf-wheels/requirements.txt"
@@ -316,14 +377,15 @@ def dockerfile_text(base_id: str, pip_wheel: str) -> str:
     ])
 
 
-def project_cache_key(base_id: str, requirements: Sequence[str], dockerfile: str) -> str:
+def project_cache_key(base_id: str, requirements: Sequence[str], dockerfile: str, interpreter: str = "") -> str:
     """Content hash naming the project image: same inputs, same tag, nothing rebuilt."""
-    return _sha256(json.dumps({"base": base_id, "requirements": sorted(requirements), "dockerfile": dockerfile},
-                              sort_keys=True))
+    return _sha256(json.dumps({"base": base_id, "requirements": sorted(requirements), "dockerfile": dockerfile,
+                               "interpreter": interpreter}, sort_keys=True))
 
 
 def build_project_image(client: "docker.DockerClient", project_dir: Path, base: str = BASE_TAG,
-                        requirements: Sequence[str] = (), progress: Progress = print) -> ImageRef:
+                        requirements: Sequence[str] = (), progress: Progress = print,
+                        interpreter: HostInterpreter | None = None) -> ImageRef:
     """An image with python3, pytest, pytest-benchmark and ``requirements`` (cached by content).
 
     ``requirements`` are the project's extra test dependencies (``hostperf_requirements``);
@@ -338,15 +400,16 @@ def build_project_image(client: "docker.DockerClient", project_dir: Path, base: 
                               hint="run `hostperf image build` (or ensure_image) to build it first") from None
     reqs = requirement_list(requirements)
     pip_wheel = _pip_wheel_name()
-    dockerfile = dockerfile_text(str(base_image.id), pip_wheel)
-    digest = project_cache_key(str(base_image.id), reqs, dockerfile)
+    dockerfile = dockerfile_text(str(base_image.id), pip_wheel, interpreter)
+    digest = project_cache_key(str(base_image.id), reqs, dockerfile, interpreter.identity if interpreter else "")
     tag = f"{PROJECT_REPOSITORY}:{digest[:16]}"
     try:
         cached = client.images.get(tag)
         return ImageRef(tag=tag, id=str(cached.id), python=VENV_PYTHON, built=False)
     except docker.errors.ImageNotFound:
         pass
-    python_version = (base_image.labels or {}).get(LABEL_PYTHON_VERSION) or _probe_python_version(client, base)
+    python_version = interpreter.version if interpreter else (
+        (base_image.labels or {}).get(LABEL_PYTHON_VERSION) or _probe_python_version(client, base))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hostperf-build-") as tmp:
         context = Path(tmp)
@@ -354,6 +417,9 @@ def build_project_image(client: "docker.DockerClient", project_dir: Path, base: 
         _download_wheels(context / "wheels", [*reqs, _pip_requirement()], python_version)
         (context / "wheels" / "requirements.txt").write_text("\n".join(reqs) + "\n")
         (context / "Dockerfile").write_text(dockerfile)
+        if interpreter:
+            progress(f"hostperf: copying the host's interpreter {interpreter.prefix} into the image")
+            interpreter.stage(context / "hostpython")
         progress(f"hostperf: building {tag} (offline, network none)")
         image_id = _docker_build(client, context, tag, {
             LABEL_KIND: "project",
@@ -455,7 +521,7 @@ def ensure_image(client: "docker.DockerClient", project_dir: Path, user_image: s
     except docker.errors.ImageNotFound:
         progress(f"hostperf: base image {base} is missing; building it")
         build_base_image(client, base, progress)
-    return build_project_image(client, project_dir, base, requirements, progress)
+    return build_project_image(client, project_dir, base, requirements, progress, host_interpreter())
 
 
 def sweep_build_leftovers(client: "docker.DockerClient", alive: Callable[[int], bool]) -> list[str]:

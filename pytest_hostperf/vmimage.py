@@ -223,6 +223,7 @@ def build_vm_disk(
     free_mb: int = 1024,
     python: Optional[str] = None,
     env: Optional[dict] = None,
+    label: str = "",
 ) -> VmDisk:
     """Build (or reuse) the VM disk for ``rootfs``, cached under ``cache_dir/<digest>``.
 
@@ -258,7 +259,9 @@ def build_vm_disk(
             return cached
         staging = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=cache_dir))
         try:
-            disk = _build(rootfs, staging, key, say, chosen, free_mb, python, env or {})
+            disk = dataclasses.replace(
+                _build(rootfs, staging, label or key[:19], say, chosen, free_mb, python, env or {}), key=key)
+            (staging / "out" / "disk.json").write_text(json.dumps(disk.to_json(), indent=2) + "\n")
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging / "out", final)
@@ -267,7 +270,7 @@ def build_vm_disk(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
+def _build(rootfs: RootfsSource, staging: Path, label: str, say: Progress,
            chosen: Optional[KernelInfo], free_mb: int, python: Optional[str], env: dict) -> VmDisk:
     tree = staging / "rootfs"
     out = staging / "out"
@@ -279,9 +282,9 @@ def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
         say(f"qemu: building VM disk from {source} ({_du_mb(source)} MB)")
         _run(["cp", "-a", "--reflink=auto", f"{source}/.", str(tree)], "copying the root filesystem")
     else:
-        say(f"qemu: building VM disk from image {key[:19]} ...")
         tree.mkdir()
         _extract_tar(rootfs, tree)
+        say(f"qemu: building VM disk from image {label} ({_du_mb(tree)} MB)")
 
     # Docker leaves these in every exported container; they would make the guest look
     # like a container to the fingerprint.
@@ -319,10 +322,9 @@ def _build(rootfs: RootfsSource, staging: Path, key: str, say: Progress,
     image = out / "disk.img"
     _run(["mke2fs", "-q", "-t", "ext4", "-L", "hostperf-root", "-d", str(tree), "-F", str(image), f"{size_mb}M"],
          "writing the ext4 image", env={**os.environ, "E2FSPROGS_FAKE_TIME": "0"})
-    disk = VmDisk(path=image, kernel=kernel_copy, initrd=initrd_copy, key=key,
+    disk = VmDisk(path=image, kernel=kernel_copy, initrd=initrd_copy, key="",
                   kernel_version=kernel_info.version, root_device=root_device, share_fs=share_fs,
                   python=python, size_mb=size_mb, env=dict(env))
-    (out / "disk.json").write_text(json.dumps(disk.to_json(), indent=2) + "\n")
     return disk
 
 
@@ -507,7 +509,7 @@ sleep 5
 # The bootstrap (stdlib only, no site): load modules, open the agent port, say hello,
 # read the launch message, mount what it names, run the agent, power off.
 _BOOT_PY = r'''
-import ctypes, json, os, subprocess, sys, time
+import ctypes, json, os, subprocess, sys, threading, time
 
 def log(msg):
     try:
@@ -584,6 +586,23 @@ def readline(fd):
         buf += chunk
     return buf
 
+def copy_out(src, dst):
+    while True:
+        try:
+            data = os.read(src, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        while data:
+            try:
+                data = data[os.write(dst, data):]
+            except InterruptedError:
+                continue
+            except OSError as e:
+                log("writing to the agent port failed: %s" % e)
+                return
+
 def main():
     t0 = time.monotonic()
     load_modules()
@@ -612,13 +631,21 @@ def main():
     env.setdefault("LANG", "C.UTF-8")
     console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
     log("starting agent: %s" % " ".join(launch["argv"]))
+    # The agent's stdout goes through a pipe that we copy to the port: the virtio port
+    # accepts at most 32 KiB per write(2), and a writer that does not retry partial
+    # writes would otherwise lose the rest of a large message.
+    out_r, out_w = os.pipe()
     try:
-        proc = subprocess.Popen(launch["argv"], stdin=fd, stdout=fd, stderr=console, env=env,
+        proc = subprocess.Popen(launch["argv"], stdin=fd, stdout=out_w, stderr=console, env=env,
                                 cwd=launch.get("cwd") or "/")
     except OSError as e:
         os.write(fd, b"@@hostperf@@ " + json.dumps({"event": "fatal", "message": "guest: cannot start the agent: %s" % e}).encode() + b"\n")
         return 4
+    os.close(out_w)
+    relay = threading.Thread(target=copy_out, args=(out_r, fd), daemon=True)
+    relay.start()
     code = proc.wait()
+    relay.join(5)
     log("agent exited with status %d" % code)
     return 0
 

@@ -37,7 +37,7 @@ def spin(count):
     return total
 
 def test_cpu(benchmark):
-    benchmark.pedantic(spin, args=(3_000_000,), rounds=5, iterations=1)
+    benchmark.pedantic(spin, args=(3_000_000,), rounds=8, iterations=1, warmup_rounds=1)
 
 def test_files(benchmark, hostperf_dir):
     def write_read():

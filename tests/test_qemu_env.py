@@ -146,7 +146,7 @@ def test_accelerator_is_recorded(vm) -> None:
     env, client, progress = vm
     info = env.describe()
     assert info["accelerator"] in ("kvm", "tcg", "hvf")
-    assert info["vcpus"] == 2 and info["memory_mb"] == 1024
+    assert info["vcpus"] == (1 if info["accelerator"] == "tcg" else 2) and info["memory_mb"] == 1024
     assert info["qemu"] and info["kernel"]
     signature = client.hello["fingerprint"].get("hypervisor", {}).get("signature")
     if info["accelerator"] == "tcg":
@@ -227,6 +227,20 @@ CHILD = textwrap.dedent('''
 ''')
 
 
+def test_copy_mode_without_a_share(vm_disk: vmimage.VmDisk, qemu_project: Path) -> None:
+    """Without 9p/virtiofs the project travels on a read-only second disk."""
+    env = QemuEnvironment(qemu_project, disk=vm_disk, accel="tcg", share="copy")
+    assert [m.name for m in env.mounts()] == ["guest", "tmpfs"]
+    try:
+        client = AgentClient("qemu", env.start_agent(_launch(qemu_project)))
+        client.wait_ready(env.agent_start_timeout())
+        _run_in_guest(client, "test_guest.py::test_project_is_read_only")
+        _run_in_guest(client, "test_guest.py::test_mounts")
+        client.shutdown()
+    finally:
+        env.stop()
+
+
 @pytest.mark.parametrize("die_with_controller", [True, False], ids=["pdeathsig", "sweep-kills"])
 def test_sigkilled_session_is_reaped(vm_disk: vmimage.VmDisk, qemu_project: Path, die_with_controller: bool) -> None:
     session = f"reap{int(die_with_controller)}{os.getpid()}"
@@ -303,11 +317,27 @@ def test_kernel_panic_is_reported_with_console(vm_disk: vmimage.VmDisk, qemu_pro
 
 def test_guest_that_never_reaches_the_agent_times_out(vm_disk: vmimage.VmDisk, qemu_project: Path) -> None:
     # /bin/sh as init sits on the console forever and never opens the agent port.
-    env = QemuEnvironment(qemu_project, disk=vm_disk, accel="tcg", init="/bin/sh", boot_timeout=25)
+    env = QemuEnvironment(qemu_project, disk=vm_disk, accel="tcg", init="/bin/sh", boot_timeout=15)
     try:
-        with pytest.raises(EnvironmentFailure, match="did not reach the agent port within 25 s") as info:
+        with pytest.raises(EnvironmentFailure, match="did not reach the agent port within 15 s") as info:
             env.start_agent(_launch(qemu_project))
     finally:
         env.stop()
     assert info.value.log_tail.strip(), "the error should carry the console tail"
     assert qemu_mod.session_root().exists()
+
+
+def test_launch_for_uses_guest_paths(vm_disk: vmimage.VmDisk, qemu_project: Path) -> None:
+    env = QemuEnvironment(qemu_project, disk=vm_disk)
+    launch = env.launch_for(qemu_project, ("test_guest.py",), (f"-c={qemu_project}/pytest.ini", "-q"))
+    assert launch.project_dir.startswith("/hostperf/")
+    assert launch.python == vm_disk.python
+    assert launch.pytest_args == (f"-c={launch.project_dir}/pytest.ini", "-q")
+    assert str(qemu_project) not in " ".join(launch.argv())
+
+
+def test_vm_image_option_accepts_a_built_disk(vm_disk: vmimage.VmDisk, qemu_project: Path, tmp_path: Path) -> None:
+    assert QemuEnvironment(qemu_project, vm_image=str(vm_disk.directory)).prepare() == vm_disk
+    assert QemuEnvironment(qemu_project, vm_image=str(vm_disk.path)).prepare() == vm_disk
+    with pytest.raises(EnvironmentFailure, match="neither a VM disk"):
+        QemuEnvironment(qemu_project, vm_image=str(tmp_path)).prepare()

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -47,7 +46,7 @@ from pytest_hostperf.environments.base import (
     sweep_label,
 )
 
-__all__ = ["QemuEnvironment", "QemuTransport", "sweep_stale", "session_root", "find_qemu"]
+__all__ = ["QemuEnvironment", "QemuTransport", "prepare_vm_disk", "sweep_stale", "session_root", "find_qemu"]
 
 Progress = Callable[[str], None]
 
@@ -192,9 +191,17 @@ class _Share:
 class QemuEnvironment(Environment):
     """A QEMU VM booted once per session from a cached disk built from the docker image.
 
-    ``disk`` is a prebuilt :class:`vmimage.VmDisk`; else ``rootfs`` (directory, tar
-    stream or chunks, identified by ``rootfs_key``) is turned into one; else the docker
-    backend's project image is exported (``images.ensure_image``).
+    ``disk`` is a prebuilt :class:`vmimage.VmDisk`; else ``vm_image`` (a VM disk
+    directory with ``disk.json``, its ``disk.img``, or a root filesystem directory); else
+    ``rootfs`` (directory, tar stream or chunks, identified by ``rootfs_key``) is turned
+    into one; else the docker backend's project image (``images.ensure_image`` with
+    ``image``/``requirements``) is exported.
+
+    ``vcpus`` defaults to 1 under TCG (measurably faster and steadier for single-threaded
+    Python on small hosts) and 2 with KVM/HVF. ``accel`` is "auto" (hardware first, TCG
+    as fallback), "kvm", "hvf" or "tcg". ``share`` is "auto", "9p", "virtiofs" or "copy"
+    (project copied onto a read-only disk, no "share" mount). ``init`` replaces the
+    guest init (tests use it to simulate broken guests).
     """
 
     name = "qemu"
@@ -208,7 +215,7 @@ class QemuEnvironment(Environment):
         rootfs: Optional[vmimage.RootfsSource] = None,
         rootfs_key: str = "",
         cache_dir: Optional[Path] = None,
-        vcpus: int = 2,
+        vcpus: Optional[int] = None,
         memory_mb: int = 1024,
         accel: str = "auto",
         boot_timeout: float = 120.0,
@@ -220,6 +227,11 @@ class QemuEnvironment(Environment):
         progress: Optional[Progress] = None,
         docker_client: Any = None,
         die_with_controller: bool = True,
+        share: str = "auto",
+        work_dir: Optional[Path] = None,
+        image: Optional[str] = None,
+        vm_image: Optional[str] = None,
+        requirements: Sequence[str] = (),
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
         self.session_id = session_id or secrets.token_hex(6)
@@ -238,6 +250,10 @@ class QemuEnvironment(Environment):
         self._rootfs_key = rootfs_key
         self._cache_dir = Path(cache_dir) if cache_dir else vmimage.default_cache_dir()
         self._docker_client = docker_client
+        self.work_dir = Path(work_dir) if work_dir is not None else None  # console log kept here
+        self.user_image = image
+        self.vm_image = Path(vm_image) if vm_image else None
+        self.requirements = tuple(requirements)
         # PR_SET_PDEATHSIG: qemu and virtiofsd die with the controller (Linux only; a
         # controller that is SIGKILLed elsewhere is cleaned up by the next sweep_stale()).
         self.die_with_controller = die_with_controller
@@ -246,9 +262,11 @@ class QemuEnvironment(Environment):
         self._helpers: list = []
         self._transport: Optional[QemuTransport] = None
         self._shares: list = []
+        if share not in ("auto", "9p", "virtiofs", "copy"):
+            raise ValueError(f"share must be auto, 9p, virtiofs or copy, not {share!r}")
+        self._share_request = share
         self._share_mode: Optional[str] = None
         self._info: dict = {"vcpus": vcpus, "memory_mb": memory_mb}
-        self._stopped = False
 
     # ------------------------------------------------------------------ contract
 
@@ -284,12 +302,23 @@ class QemuEnvironment(Environment):
         # (python + pytest import + collection), ~10x slower under TCG.
         return 180.0
 
+    def match_facts(self) -> Mapping[str, Any]:
+        # TCG vs KVM is a 10x difference; vCPUs and memory change timings too. The qemu
+        # and kernel versions are context only (see describe()).
+        return {"qemu": {key: self._info.get(key) for key in ("accelerator", "vcpus", "memory_mb")}}
+
+    def launch_for(self, project_dir: Path, test_files: tuple, pytest_args: tuple) -> AgentLaunch:
+        host = AgentLaunch(sys.executable, str(package_parent()), str(project_dir), tuple(test_files),
+                           tuple(pytest_args), self.name)
+        return self._guest_launch(host, self.prepare())
+
     def describe(self) -> Mapping[str, Any]:
         return {k: v for k, v in self._info.items() if not k.startswith("_")}
 
     def start_agent(self, launch: AgentLaunch) -> Transport:
-        if self._transport is not None:
-            raise EnvironmentFailure(self.name, "the agent was already started in this VM")
+        if self._transport is not None or self._workdir is not None:
+            # A restart after a crash or a timeout: throw the old VM away, boot a fresh one.
+            self.stop()
         self.check()
         sweep_stale()
         disk = self.prepare()
@@ -341,12 +370,23 @@ class QemuEnvironment(Environment):
         except Exception:  # noqa: BLE001 - stop() never raises
             pass
         finally:
+            self._transport = None
             for helper in self._helpers:
                 _kill(helper, 1.0)
             self._helpers = []
             if self._workdir is not None:
+                self._keep_console_log(self._workdir)
                 shutil.rmtree(self._workdir, ignore_errors=True)
-            self._stopped = True
+                self._workdir = None
+
+    def _keep_console_log(self, workdir: Path) -> None:
+        if self.work_dir is None:
+            return
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(workdir / "console.log", self.work_dir / "qemu-console.log")
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ disk
 
@@ -355,7 +395,9 @@ class QemuEnvironment(Environment):
         if self._disk is not None:
             return self._disk
         try:
-            if self._rootfs is not None:
+            if self.vm_image is not None:
+                self._disk = _disk_from_path(self.vm_image, self._cache_dir, self.progress, self.kernel)
+            elif self._rootfs is not None:
                 self._disk = vmimage.build_vm_disk(self._rootfs, self._cache_dir, self._rootfs_key,
                                                    self.progress, kernel=self.kernel)
             else:
@@ -366,49 +408,41 @@ class QemuEnvironment(Environment):
 
     def _disk_from_docker_image(self) -> vmimage.VmDisk:
         try:
-            import docker
             from pytest_hostperf import images
+            from pytest_hostperf.environments.docker import connect
         except ImportError as exc:
             raise EnvironmentFailure(self.name, f"cannot build the VM disk: {exc}",
-                                     hint="pip install docker, or pass a prebuilt VM disk") from None
+                                     hint="pip install docker, or pass a prebuilt VM disk (--hostperf-vm-image)") from None
         try:
-            client = self._docker_client or docker.from_env()
-            ref = images.ensure_image(client, self.project_dir, progress=self.progress)
-        except Exception as exc:  # noqa: BLE001 - docker.errors.*, images.ImageBuildError, ...
+            client = self._docker_client or connect()
+            ref = images.ensure_image(client, self.project_dir, self.user_image, self.requirements, self.progress)
+        except Exception as exc:  # noqa: BLE001 - EnvironmentFailure, ImageBuildError, docker errors
             raise EnvironmentFailure(
                 self.name, f"the VM disk is made from the docker image, which is not available: {exc}",
-                hint="run `hostperf image build` (needs a Docker engine: .ci/install-docker.sh)") from None
-        cached = vmimage.load_cached(self._cache_dir, ref.id,
-                                     vmimage._explicit_kernel(self.kernel, None) if self.kernel else None)
-        if cached is not None:
-            return cached
-        image = client.images.get(ref.tag)
-        image_env = dict(item.split("=", 1) for item in (image.attrs.get("Config", {}).get("Env") or [])
-                         if "=" in item)
-        container = client.containers.create(ref.tag, command=["true"],
-                                             labels={sweep_label(): f"{os.getpid()}:{self.session_id}"})
-        try:
-            size = image.attrs.get("Size", 0) // (1 << 20)
-            self.progress(f"qemu: building VM disk from image {ref.tag} ({size} MB)")
-            return vmimage.build_vm_disk(container.export(), self._cache_dir, ref.id, self.progress,
-                                         kernel=self.kernel, python=ref.python, env=image_env)
-        finally:
-            try:
-                container.remove(force=True)
-            except Exception:  # noqa: BLE001
-                pass
+                hint="run `hostperf image build --vm` (needs a Docker engine: .ci/install-docker.sh), "
+                     "or pass a VM disk or root filesystem with --hostperf-vm-image") from None
+        return prepare_vm_disk(ref, client=client, cache_dir=self._cache_dir, progress=self.progress,
+                               kernel=self.kernel, session_id=self.session_id)
 
     # ------------------------------------------------------------------ boot
 
     def _make_workdir(self) -> Path:
         root = session_root()
         root.mkdir(parents=True, exist_ok=True)
-        workdir = root / self.session_id
+        # Short and safe: unix socket paths inside it must stay under 108 bytes.
+        workdir = root / re.sub(r"[^A-Za-z0-9_.-]", "_", self.session_id)[:32]
         workdir.mkdir()
         owner = {"session_pid": os.getpid(), "session_id": self.session_id,
                  "pid_started": _process_start(os.getpid()), "created": time.time()}
         (workdir / "owner.json").write_text(json.dumps(owner))
         return workdir
+
+    def _vcpus_for(self, accel: str) -> int:
+        if self.vcpus is not None:
+            return self.vcpus
+        # Measured on a 2-core host: under TCG one vCPU runs single-threaded Python ~13x
+        # slower than native, two vCPUs (multi-threaded TCG) ~17-21x, and boot no faster.
+        return 1 if accel == "tcg" else 2
 
     def _accelerators(self) -> list:
         if self.accel != "auto":
@@ -425,11 +459,18 @@ class QemuEnvironment(Environment):
         if self._share_mode is not None:
             return self._share_mode
         disk = self.prepare()
-        if disk.share_fs == "9p":
+        if self._share_request != "auto":
+            mode = self._share_request
+            if mode != "copy" and disk.share_fs != mode:
+                raise EnvironmentFailure(self.name, f"the guest kernel {disk.kernel_version} cannot mount {mode}",
+                                         hint="use share='auto' or 'copy'")
+        elif disk.share_fs == "9p":
             mode = "9p"
         elif disk.share_fs == "virtiofs" and self._virtiofsd() is not None and os.geteuid() == 0:
             mode = "virtiofs"
         else:
+            # virtiofsd (C, qemu 7.2) needs root; without a share the project is copied
+            # onto a read-only disk and the "share" mount is not offered.
             mode = "copy"
         self._share_mode = mode
         self._info["share_fs"] = mode
@@ -443,15 +484,10 @@ class QemuEnvironment(Environment):
         return shutil.which("virtiofsd")
 
     def _plan_shares(self) -> list:
-        pkg = package_parent() / "pytest_hostperf"
         shares = [_Share("project", self.project_dir, GUEST_PROJECT, True)]
-        try:
-            rel = pkg.relative_to(self.project_dir)
-            self._guest_pythonpath = str(Path(GUEST_PROJECT) / rel.parent)
-        except ValueError:
+        if self._package_in_project() is None:
             # Share only the package, never the rest of a site-packages directory.
-            shares.append(_Share("pkg", pkg, GUEST_PKG + "/pytest_hostperf", True))
-            self._guest_pythonpath = GUEST_PKG
+            shares.append(_Share("pkg", package_parent() / "pytest_hostperf", GUEST_PKG + "/pytest_hostperf", True))
         if self._planned_share_mode() != "copy":
             assert self._workdir is not None
             share = self._workdir / "share"
@@ -459,11 +495,20 @@ class QemuEnvironment(Environment):
             shares.append(_Share("share", share, GUEST_SHARE, False))
         return shares
 
+    def _package_in_project(self) -> Optional[Path]:
+        """Where the pytest_hostperf package's parent is inside the project, if it is."""
+        try:
+            return (package_parent() / "pytest_hostperf").relative_to(self.project_dir).parent
+        except ValueError:
+            return None
+
     def _guest_mounts(self) -> list:
         mode = self._planned_share_mode()
         mounts = [{"source": "tmpfs", "target": GUEST_TMPFS, "fstype": "tmpfs", "options": "mode=1777"}]
         if mode == "copy":
-            mounts.insert(0, {"source": "/dev/vda", "target": GUEST_EXTRA, "fstype": "ext4", "options": "ro"})
+            # The copy disk is the first virtio-blk disk, or the second when the root is one.
+            device = "/dev/vdb" if self.prepare().root_device == "virtio" else "/dev/vda"
+            mounts.insert(0, {"source": device, "target": GUEST_EXTRA, "fstype": "ext4", "options": "ro"})
             return mounts
         for share in self._shares:
             options = "ro" if share.readonly else ""
@@ -476,15 +521,19 @@ class QemuEnvironment(Environment):
     def _guest_launch(self, launch: AgentLaunch, disk: vmimage.VmDisk) -> AgentLaunch:
         host_project = str(self.project_dir)
         guest_project = GUEST_PROJECT
-        pythonpath = self._guest_pythonpath
         if self._planned_share_mode() == "copy":
             guest_project = GUEST_EXTRA + "/project"
-            pythonpath = pythonpath.replace(GUEST_PROJECT, guest_project).replace(GUEST_PKG, GUEST_EXTRA + "/pkg")
+        inside = self._package_in_project()
+        if inside is not None:
+            pythonpath = str(Path(guest_project) / inside)
+        else:
+            pythonpath = GUEST_EXTRA + "/pkg" if self._planned_share_mode() == "copy" else GUEST_PKG
 
         def remap(arg: str) -> str:
+            option, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
             for prefix in (host_project, str(Path(launch.project_dir).resolve())):
-                if arg == prefix or arg.startswith(prefix + os.sep):
-                    return guest_project + arg[len(prefix):]
+                if value == prefix or value.startswith(prefix + os.sep):
+                    return option + eq + guest_project + value[len(prefix):]
             return arg
 
         return dataclasses.replace(
@@ -503,7 +552,7 @@ class QemuEnvironment(Environment):
         argv = [find_qemu(self.qemu_binary) or self.qemu_binary,
                 "-name", f"hostperf-{self.session_id},process=hostperf-{self.session_id}",
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                "-m", str(self.memory_mb), "-smp", str(self.vcpus),
+                "-m", str(self.memory_mb), "-smp", str(self._vcpus_for(accel)),
                 "-pidfile", str(workdir / "qemu.pid"),
                 "-kernel", str(disk.kernel),
                 "-serial", f"file:{workdir / 'console.log'}",
@@ -626,7 +675,8 @@ class QemuEnvironment(Environment):
         self._start_helpers(workdir)
         argv = self._qemu_argv(disk, accel, workdir)
         (workdir / "qemu.argv").write_text(json.dumps(argv))
-        self.progress(f"qemu: booting ({accel}, {self.vcpus} vCPU, {self.memory_mb} MiB, "
+        self._info["vcpus"] = self._vcpus_for(accel)
+        self.progress(f"qemu: booting ({accel}, {self._vcpus_for(accel)} vCPU, {self.memory_mb} MiB, "
                       f"kernel {disk.kernel_version or disk.kernel.name}) ...")
         started = time.monotonic()
         self._proc = _spawn(argv, workdir / "qemu.log", self.die_with_controller)
@@ -739,6 +789,55 @@ class QemuEnvironment(Environment):
             _kill(helper, 1.0)
 
 
+def prepare_vm_disk(ref: Any, client: Any = None, cache_dir: Optional[Path] = None,
+                    progress: Optional[Progress] = None, kernel: Optional[Path] = None,
+                    session_id: str = "") -> vmimage.VmDisk:
+    """The cached VM disk for a docker image (``images.ImageRef``), exported and built once.
+
+    The image is exported through a created (never started) container labelled with
+    the session, which is removed again; the disk is keyed by the image id.
+    """
+    say = progress or (lambda _msg: None)
+    cache_dir = Path(cache_dir) if cache_dir else vmimage.default_cache_dir()
+    chosen = vmimage._explicit_kernel(kernel, None) if kernel else None
+    cached = vmimage.load_cached(cache_dir, ref.id, chosen)
+    if cached is not None:
+        return cached
+    if client is None:
+        from pytest_hostperf.environments.docker import connect
+
+        client = connect()
+    image = client.images.get(ref.tag)
+    image_env = dict(item.split("=", 1) for item in (image.attrs.get("Config", {}).get("Env") or []) if "=" in item)
+    container = client.containers.create(ref.tag, command=["true"],
+                                         labels={sweep_label(): f"{os.getpid()}:{session_id or 'image-build'}"})
+    try:
+        return vmimage.build_vm_disk(container.export(), cache_dir, ref.id, say, kernel=kernel,
+                                     python=ref.python, env=image_env, label=ref.tag)
+    finally:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - best effort; the docker sweep removes labelled leftovers
+            pass
+
+
+def _disk_from_path(path: Path, cache_dir: Path, progress: Progress, kernel: Optional[Path]) -> vmimage.VmDisk:
+    """--hostperf-vm-image: a built disk directory, its disk.img, or a root filesystem dir."""
+    path = Path(path).expanduser().resolve()
+    for directory in (path, path.parent):
+        manifest = directory / "disk.json"
+        if manifest.is_file():
+            try:
+                return vmimage.VmDisk.from_json(directory, json.loads(manifest.read_text()))
+            except (OSError, ValueError, TypeError) as exc:
+                raise vmimage.VmImageError(f"unreadable VM disk manifest {manifest}: {exc}") from None
+    if path.is_dir() and (path / "usr").is_dir():
+        return vmimage.build_vm_disk(path, cache_dir, "dir:" + str(path), progress, kernel=kernel)
+    raise vmimage.VmImageError(
+        f"{path} is neither a VM disk made by hostperf (a directory with disk.json) nor a root filesystem",
+        hint="use the directory printed by `hostperf image build --vm`, or a root filesystem directory")
+
+
 class _AccelFailed(Exception):
     """An accelerator could not run the VM; the caller tries the next one."""
 
@@ -754,8 +853,8 @@ def _first_error(text: str) -> str:
 def _boot_hint(reason: str) -> str:
     if "panic" in reason.lower():
         return "the guest kernel panicked: check the kernel, the root disk and init= in the console output"
-    if "kernel" in reason.lower() and ("open" in reason.lower() or "load" in reason.lower()):
-        return "check the kernel path (vmlinuz) given to the qemu environment"
+    if "kernel" in reason.lower() or "initrd" in reason.lower():
+        return "qemu could not load the kernel: check the vmlinuz given to the qemu environment (or the VM disk's)"
     return "look at the qemu and console output below"
 
 
