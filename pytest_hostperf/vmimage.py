@@ -37,8 +37,10 @@ __all__ = [
     "build_vm_disk",
     "default_cache_dir",
     "find_host_kernel",
+    "explicit_kernel",
     "cache_digest",
     "load_cached",
+    "prune_cache",
     "build_debootstrap_rootfs",
 ]
 
@@ -55,6 +57,8 @@ WANTED_MODULES: Final = (
     "virtio_pci", "virtio_console", "virtio_blk", "virtio_rng",
     "9pnet_virtio", "9p", "virtiofs", "nvme",
 )
+#: Loaded only when the controller asks for a network (``-nic none`` otherwise).
+NETWORK_MODULES: Final = ("virtio_net",)
 
 #: Where things live inside the guest.
 GUEST_DIR: Final = "/opt/hostperf"
@@ -130,7 +134,7 @@ def _guest_files_hash() -> str:
     digest.update(str(FORMAT_VERSION).encode())
     digest.update(_INIT_SCRIPT.encode())
     digest.update(_BOOT_PY.encode())
-    digest.update(repr(WANTED_MODULES).encode())
+    digest.update(repr((WANTED_MODULES, NETWORK_MODULES)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -169,7 +173,8 @@ def _rootfs_kernel(rootfs: Path) -> Optional[KernelInfo]:
     return None
 
 
-def _explicit_kernel(kernel: Path, initrd: Optional[Path]) -> KernelInfo:
+def explicit_kernel(kernel: Path, initrd: Optional[Path] = None) -> KernelInfo:
+    """A kernel the user named; its modules are looked up in /lib/modules/<version>."""
     kernel = Path(kernel)
     if not kernel.is_file():
         raise VmImageError(f"no kernel found at {kernel}",
@@ -209,7 +214,34 @@ def load_cached(cache_dir: Path, key: str, kernel: Optional[KernelInfo] = None) 
         return None
     if not (disk.path.is_file() and disk.kernel.is_file()):
         return None
+    try:
+        os.utime(manifest)   # last use, for pruning
+    except OSError:
+        pass
     return disk
+
+
+def prune_cache(cache_dir: Path, keep: int = 4, protect: Iterable[Path] = ()) -> list:
+    """Remove all but the ``keep`` most recently used disks; return the removed dirs.
+
+    A running VM is unaffected (qemu keeps its backing file open); ``protect`` names
+    directories never to remove.
+    """
+    protected = {Path(p).resolve() for p in protect}
+    disks = []
+    for manifest in Path(cache_dir).glob("*/disk.json"):
+        try:
+            disks.append((manifest.stat().st_mtime, manifest.parent))
+        except OSError:
+            continue
+    disks.sort(reverse=True)
+    removed = []
+    for _, directory in disks[keep:]:
+        if directory.resolve() in protected:
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
 
 
 def build_vm_disk(
@@ -241,7 +273,7 @@ def build_vm_disk(
             key = "dir:" + str(Path(rootfs).resolve())
         else:
             raise VmImageError("build_vm_disk needs a key for a streamed root filesystem")
-    chosen = _explicit_kernel(kernel, initrd) if kernel is not None else None
+    chosen = explicit_kernel(kernel, initrd) if kernel is not None else None
     cached = load_cached(cache_dir, key, chosen)
     if cached is not None:
         return cached
@@ -265,6 +297,7 @@ def build_vm_disk(
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging / "out", final)
+            prune_cache(cache_dir, protect=[final])
             return VmDisk.from_json(final, json.loads((final / "disk.json").read_text()))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -297,7 +330,7 @@ def _build(rootfs: RootfsSource, staging: Path, label: str, say: Progress,
         raise VmImageError(f"the root filesystem has no {python}")
     python = python or _find_python(tree)
     kernel_info = chosen or _rootfs_kernel(tree) or find_host_kernel()
-    modules = _install_modules(kernel_info, tree)
+    modules, network_modules = _install_modules(kernel_info, tree)
     builtin = _builtin_modules(kernel_info)
     root_device = "nvme" if ("nvme" in builtin) else "virtio"
     if root_device == "virtio" and "virtio_blk" not in builtin and kernel_info.initrd is None:
@@ -307,7 +340,7 @@ def _build(rootfs: RootfsSource, staging: Path, label: str, say: Progress,
     names = {_module_name(m) for m in modules} | builtin
     share_fs = "9p" if {"9p", "9pnet_virtio"} <= names else ("virtiofs" if "virtiofs" in names else None)
 
-    _install_guest_files(tree, python, modules)
+    _install_guest_files(tree, python, modules, network_modules)
 
     kernel_copy = out / "vmlinuz"
     shutil.copyfile(kernel_info.path, kernel_copy)
@@ -430,14 +463,15 @@ def _builtin_modules(kernel: KernelInfo) -> set:
     return {_module_name(line.strip()) for line in text.splitlines() if line.strip()}
 
 
-def _install_modules(kernel: KernelInfo, tree: Path) -> list:
-    """Copy the wanted modules (+ dependencies) into the rootfs; return them in load order."""
+def _install_modules(kernel: KernelInfo, tree: Path) -> tuple:
+    """Copy the wanted modules (+ dependencies) into the rootfs; return (base, network) lists
+    of guest paths in load order."""
     if kernel.modules_dir is None:
-        return []
+        return [], []
     try:
         dep_text = (kernel.modules_dir / "modules.dep").read_text()
     except OSError:
-        return []
+        return [], []
     deps: dict = {}
     by_name: dict = {}
     for line in dep_text.splitlines():
@@ -456,19 +490,24 @@ def _install_modules(kernel: KernelInfo, tree: Path) -> list:
             visit(dep)
         order.append(path)
 
-    for name in WANTED_MODULES:
-        if name in by_name:
-            visit(by_name[name])
+    lists = []
+    for names in (WANTED_MODULES, NETWORK_MODULES):
+        order.clear()
+        for name in names:
+            if name in by_name:
+                visit(by_name[name])
+        lists.append(list(order))
     guest_modules = Path("lib/modules") / kernel.version
-    for rel in order:
+    for rel in lists[0] + lists[1]:
         target = tree / guest_modules / rel
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kernel.modules_dir / rel, target)
-    return ["/" + str(guest_modules / rel) for rel in order]
+    base, network = (["/" + str(guest_modules / rel) for rel in part] for part in lists)
+    return base, [m for m in network if m not in base]
 
 
-def _install_guest_files(tree: Path, python: str, modules: list) -> None:
+def _install_guest_files(tree: Path, python: str, modules: list, network_modules: list) -> None:
     guest = tree / GUEST_DIR.lstrip("/")
     guest.mkdir(parents=True, exist_ok=True)
     init = guest / "init"
@@ -481,6 +520,7 @@ def _install_guest_files(tree: Path, python: str, modules: list) -> None:
         init.write_text(f"#!{python}\n" + _BOOT_PY)
     init.chmod(0o755)
     (guest / "modules.list").write_text("".join(m + "\n" for m in modules))
+    (guest / "modules-network.list").write_text("".join(m + "\n" for m in network_modules))
     for mountpoint in ("proc", "sys", "dev", "run", "tmp", "hostperf/project", "hostperf/pkg",
                        "hostperf/share", "hostperf/tmpfs", "hostperf/extra", "var/tmp/hostperf-guest"):
         (tree / mountpoint).mkdir(parents=True, exist_ok=True)
@@ -520,9 +560,9 @@ def log(msg):
 
 libc = ctypes.CDLL(None, use_errno=True)
 
-def load_modules():
+def load_modules(listing="/opt/hostperf/modules.list"):
     try:
-        paths = open("/opt/hostperf/modules.list").read().split()
+        paths = open(listing).read().split()
     except OSError:
         return
     for path in paths:
@@ -577,6 +617,40 @@ def lo_up():
     except OSError as e:
         log("bringing lo up failed: %s" % e)
 
+def sockaddr(ip):
+    import socket, struct
+    return struct.pack("=H2x4s8x", socket.AF_INET, socket.inet_aton(ip))
+
+def network_up(net):
+    """eth0 with qemu user networking's fixed addresses, a default route and DNS."""
+    import fcntl, socket, struct
+    load_modules("/opt/hostperf/modules-network.list")
+    deadline = time.monotonic() + 10
+    ifname = None
+    while ifname is None and time.monotonic() < deadline:
+        names = [n for n in os.listdir("/sys/class/net") if n != "lo"]
+        ifname = names[0] if names else None
+        if ifname is None:
+            time.sleep(0.05)
+    if ifname is None:
+        raise RuntimeError("network requested but no network interface appeared")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    name = ifname.encode()
+    fcntl.ioctl(s.fileno(), 0x8916, struct.pack("16s16s", name, sockaddr(net["address"])))   # SIOCSIFADDR
+    fcntl.ioctl(s.fileno(), 0x891C, struct.pack("16s16s", name, sockaddr(net["netmask"])))   # SIOCSIFNETMASK
+    fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", name, 0x1 | 0x40))                # SIOCSIFFLAGS up
+    # struct rtentry, native layout: pad, dst, gateway, genmask, flags, ..., dev
+    route = struct.pack("@L16s16s16sHhLPhPLH", 0, sockaddr("0.0.0.0"), sockaddr(net["gateway"]),
+                        sockaddr("0.0.0.0"), 0x1 | 0x2, 0, 0, 0, 0, 0, 0, 0)                 # RTF_UP|RTF_GATEWAY
+    fcntl.ioctl(s.fileno(), 0x890B, route)                                                   # SIOCADDRT
+    s.close()
+    try:
+        with open("/etc/resolv.conf", "w") as f:
+            f.write("nameserver %s\n" % net["dns"])
+    except OSError as e:
+        log("writing /etc/resolv.conf failed: %s" % e)
+    log("network: %s %s/%s via %s" % (ifname, net["address"], net["netmask"], net["gateway"]))
+
 def readline(fd):
     buf = b""
     while not buf.endswith(b"\n"):
@@ -618,6 +692,13 @@ def main():
         if line.startswith(b"@@hostperf-launch@@ "):
             launch = json.loads(line[len(b"@@hostperf-launch@@ "):])
             break
+    if launch.get("network"):
+        try:
+            network_up(launch["network"])
+        except Exception as e:
+            log("network setup failed: %s" % e)
+            os.write(fd, b"@@hostperf@@ " + json.dumps({"event": "fatal", "message": "guest: network setup failed: %s" % e}).encode() + b"\n")
+            return 5
     for m in launch.get("mounts", []):
         try:
             mount(m["source"], m["target"], m["fstype"], m.get("options", ""))

@@ -69,6 +69,13 @@ GUEST_TESTS = textwrap.dedent('''
             probe.write_text("written in the guest")
             assert probe.read_text() == "written in the guest"
 
+    def test_network_reaches_the_host():
+        import socket
+        port = int((pathlib.Path(__file__).parent / "port.txt").read_text())
+        assert len(os.listdir("/sys/class/net")) == 2, os.listdir("/sys/class/net")
+        with socket.create_connection(("10.0.2.2", port), timeout=20) as conn:
+            assert conn.recv(5) == b"hello"
+
     def test_bench(benchmark):
         benchmark(sum, range(1000))
 ''')
@@ -341,3 +348,32 @@ def test_vm_image_option_accepts_a_built_disk(vm_disk: vmimage.VmDisk, qemu_proj
     assert QemuEnvironment(qemu_project, vm_image=str(vm_disk.path)).prepare() == vm_disk
     with pytest.raises(EnvironmentFailure, match="neither a VM disk"):
         QemuEnvironment(qemu_project, vm_image=str(tmp_path)).prepare()
+
+
+def test_network_when_asked(vm_disk: vmimage.VmDisk, qemu_project: Path) -> None:
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(60)
+    (qemu_project / "port.txt").write_text(str(server.getsockname()[1]))
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+            conn.sendall(b"hello")
+            conn.close()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    env = QemuEnvironment(qemu_project, disk=vm_disk, accel="tcg", network=True)
+    try:
+        client = AgentClient("qemu", env.start_agent(_launch(qemu_project)))
+        client.wait_ready(env.agent_start_timeout())
+        _run_in_guest(client, "test_guest.py::test_network_reaches_the_host")
+        client.shutdown()
+    finally:
+        env.stop()
+        server.close()

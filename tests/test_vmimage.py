@@ -137,3 +137,12 @@ def test_host_kernel_prefers_cloud_and_needs_modules(tmp_path: Path) -> None:
 def test_cache_key_changes_with_the_key(tmp_path: Path) -> None:
     assert vmimage.cache_digest("a") != vmimage.cache_digest("b")
     assert vmimage.cache_digest("a") == vmimage.cache_digest("a")
+
+
+def test_prune_keeps_the_most_recently_used(tmp_path: Path) -> None:
+    for index, name in enumerate(["a", "b", "c"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "disk.json").write_text("{}")
+        os.utime(tmp_path / name / "disk.json", (1000 + index, 1000 + index))
+    assert vmimage.prune_cache(tmp_path, keep=1, protect=[tmp_path / "a"]) == [tmp_path / "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c"]

@@ -234,7 +234,8 @@ class QemuEnvironment(Environment):
         requirements: Sequence[str] = (),
     ) -> None:
         self.project_dir = Path(project_dir).resolve()
-        self.session_id = session_id or secrets.token_hex(6)
+        # Goes into qemu's -name and socket paths: short, no commas or slashes.
+        self.session_id = re.sub(r"[^A-Za-z0-9_.-]", "_", session_id or secrets.token_hex(6))[:32]
         self.vcpus = vcpus
         self.memory_mb = memory_mb
         self.accel = accel
@@ -279,7 +280,7 @@ class QemuEnvironment(Environment):
                                      hint="apt-get install qemu-utils (or run .ci/install-qemu.sh)")
         if self._disk is None and self.kernel is not None:
             try:
-                vmimage._explicit_kernel(self.kernel, None)
+                vmimage.explicit_kernel(self.kernel, None)
             except vmimage.VmImageError as exc:
                 raise EnvironmentFailure(self.name, str(exc), hint=exc.hint) from None
         if self._disk is None and self.kernel is None and self._rootfs is None:
@@ -351,6 +352,10 @@ class QemuEnvironment(Environment):
             "cwd": guest.project_dir,
             "mounts": self._guest_mounts(),
         }
+        if self.network:
+            # qemu's user-mode network: fixed addresses, the host is 10.0.2.2.
+            message["network"] = {"address": "10.0.2.15", "netmask": "255.255.255.0",
+                                  "gateway": "10.0.2.2", "dns": "10.0.2.3"}
         self._transport.send(LAUNCH_PREFIX + json.dumps(message).encode() + b"\n")
         return self._transport
 
@@ -430,7 +435,7 @@ class QemuEnvironment(Environment):
         root = session_root()
         root.mkdir(parents=True, exist_ok=True)
         # Short and safe: unix socket paths inside it must stay under 108 bytes.
-        workdir = root / re.sub(r"[^A-Za-z0-9_.-]", "_", self.session_id)[:32]
+        workdir = root / self.session_id
         workdir.mkdir()
         owner = {"session_pid": os.getpid(), "session_id": self.session_id,
                  "pid_started": _process_start(os.getpid()), "created": time.time()}
@@ -678,9 +683,10 @@ class QemuEnvironment(Environment):
         self._info["vcpus"] = self._vcpus_for(accel)
         self.progress(f"qemu: booting ({accel}, {self._vcpus_for(accel)} vCPU, {self.memory_mb} MiB, "
                       f"kernel {disk.kernel_version or disk.kernel.name}) ...")
+        version = self._qemu_version()
         started = time.monotonic()
         self._proc = _spawn(argv, workdir / "qemu.log", self.die_with_controller)
-        self._info.update({"qemu": self._qemu_version(), "kernel": disk.kernel_version,
+        self._info.update({"qemu": version, "kernel": disk.kernel_version,
                            "disk": str(disk.path), "disk_key": disk.key, "root_device": disk.root_device,
                            "pid": self._proc.pid, "name": f"hostperf-{self.session_id}"})
         timeout = min(self.accel_probe_timeout, self.boot_timeout) if probe else self.boot_timeout
@@ -799,7 +805,7 @@ def prepare_vm_disk(ref: Any, client: Any = None, cache_dir: Optional[Path] = No
     """
     say = progress or (lambda _msg: None)
     cache_dir = Path(cache_dir) if cache_dir else vmimage.default_cache_dir()
-    chosen = vmimage._explicit_kernel(kernel, None) if kernel else None
+    chosen = vmimage.explicit_kernel(kernel, None) if kernel else None
     cached = vmimage.load_cached(cache_dir, ref.id, chosen)
     if cached is not None:
         return cached
