@@ -35,7 +35,12 @@ class AgentChannel:
         return cls(os.fdopen(fd, "rb", buffering=0), os.fdopen(os.dup(fd), "wb", buffering=0))
 
     def send(self, message: dict[str, Any]) -> None:
-        self._writer.write(protocol.encode(message))
+        # An unbuffered write may take only part of the data (a virtio port takes 32 KiB
+        # at a time; a result with thousands of samples is ~100 KB): loop until all is out.
+        data = memoryview(protocol.encode(message))
+        while data:
+            written = self._writer.write(data)
+            data = data[written or 0:]
         self._writer.flush()
 
     def receive(self) -> dict[str, Any] | None:
