@@ -26,13 +26,16 @@ from pytest_hostperf.environments.base import (
     Environment,
     EnvironmentFailure,
 )
-from pytest_hostperf.stats import RatioEstimate, SessionSummary, ratio_of_medians, summarize
+from pytest_hostperf.stats import RatioEstimate, SessionSummary, compare_to_history, ratio_of_medians, summarize
 from pytest_hostperf.targets import Target, budget_for
 from pytest_hostperf.verdict import Judgement, Policy, Verdict, judge
 
 Progress = Callable[[str], None]
 
 #: pytest-benchmark options forwarded to every agent (plain values only).
+#: Rounds of the reference workload per test and environment (~1 ms each natively).
+REFERENCE_ROUNDS = 30
+
 FORWARDED_BENCHMARK_OPTIONS = ("max_time", "min_rounds", "min_time", "calibration_precision",
                                "disable_gc", "warmup", "warmup_iterations")
 
@@ -88,6 +91,7 @@ class Result:
     summary: SessionSummary | None = None
     judgement: Judgement | None = None
     orchestration_s: list[float] = dataclasses.field(default_factory=list)
+    reference: SessionSummary | None = None   # the host's reference workload, timed before this test
     mount_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     env_fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     fingerprint_id: str | None = None
@@ -222,6 +226,7 @@ class HostperfSession:
             return
         for request in pending:
             self.results[request.item_id] = Result(request)
+        self._time_reference(pending)
         blocks = self.settings.blocks if len({r.target.env for r in pending}) > 1 else 1
         options = dict(self.benchmark_options)
         if blocks > 1 and "max_time" in options:
@@ -234,6 +239,23 @@ class HostperfSession:
                 self._run_once(request, result, options)
         for request in pending:
             self._judge(self.results[request.item_id])
+
+    def _time_reference(self, requests: Sequence[Request]) -> None:
+        """Time the reference workload in each environment right before this test.
+
+        Its ratio to the reference saved with the baseline tells whether the host itself
+        is off its usual speed now; a failure here is left to the test run to report.
+        """
+        for env in dict.fromkeys(r.target.env for r in requests):
+            try:
+                answer = self.agent(env).request({"op": "reference", "rounds": REFERENCE_ROUNDS}, "reference",
+                                                 self.settings.timeout_s, "timing the reference workload")
+                summary = summarize(answer["samples"])
+            except (EnvironmentFailure, AgentDied, AgentTimeout, KeyError, ValueError):
+                continue
+            for request in requests:
+                if request.target.env == env:
+                    self.results[request.item_id].reference = summary
 
     def _run_once(self, request: Request, result: Result, options: Mapping[str, Any]) -> None:
         env = request.target.env
@@ -322,7 +344,8 @@ class HostperfSession:
             result.judgement = Judgement(Verdict.NO_BASELINE, note, to_native=to_native)
             return
         result.judgement = judge(result.summary, [h.summary() for h in history], policy, to_native,
-                                 baseline_name=_baseline_label(runtime))
+                                 baseline_name=_baseline_label(runtime),
+                                 host_drift=self._host_drift(result, history, policy))
         if not history and runtime.fingerprint_id:
             others = [p.name for p in self.store.files_for(request.target.env)
                       if p != self.store.path_for(request.target.env, runtime.fingerprint_id)]
@@ -331,6 +354,14 @@ class HostperfSession:
                     result.judgement,
                     reason=f"no baseline for fingerprint {runtime.fingerprint_id}; other machines' baselines: "
                            f"{', '.join(others[:3])} (run `hostperf compare` to see what differs)")
+
+    def _host_drift(self, result: Result, history: Sequence[Any], policy: Policy) -> RatioEstimate | None:
+        """The reference workload now vs when the baseline's sessions were saved."""
+        saved = [reference_summary(h.context) for h in history]
+        saved = [s for s in saved if s is not None]
+        if result.reference is None or not saved:
+            return None
+        return compare_to_history(result.reference, saved, policy.confidence, policy.session_noise)
 
     def _mount_mismatch(self, result: Result, history: Sequence[Any]) -> str:
         if not history or not result.mount_info:
@@ -363,7 +394,7 @@ class HostperfSession:
                 continue
             measurements = [
                 Measurement(r.request.test, r.request.target.mount or "-", r.summary, r.iterations, r.samples,
-                            {"fstype": next(iter(r.mount_info.values()), {}).get("fstype")} if r.mount_info else {})
+                            _context(r))
                 for r in self.results.values()
                 if r.request.target.env == env and r.summary is not None
             ]
@@ -378,6 +409,26 @@ class HostperfSession:
         values = [v for r in self.results.values() for v in r.orchestration_s
                   if env is None or r.request.target.env == env]
         return statistics.median(values) * 1000 if values else None
+
+
+def _context(result: Result) -> dict[str, Any]:
+    """What is saved beside a measurement: the mount's filesystem and the host reference."""
+    context: dict[str, Any] = {}
+    if result.mount_info:
+        context["fstype"] = next(iter(result.mount_info.values()), {}).get("fstype")
+    if result.reference is not None:
+        context["reference"] = dataclasses.asdict(result.reference)
+    return context
+
+
+def reference_summary(context: Mapping[str, Any]) -> SessionSummary | None:
+    data = context.get("reference")
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return SessionSummary(float(data["median_s"]), float(data["log_median_se"]), int(data["rounds"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _baseline_label(runtime: EnvRuntime) -> str:

@@ -75,8 +75,15 @@ def judge(
     policy: Policy,
     to_native: RatioEstimate | None = None,
     baseline_name: str = "baseline",
+    host_drift: RatioEstimate | None = None,
 ) -> Judgement:
-    """The verdict for one measurement; ``reason`` is the one line shown on failure."""
+    """The verdict for one measurement; ``reason`` is the one line shown on failure.
+
+    ``host_drift`` is the reference workload timed right before this test against the
+    reference saved with the baseline: when the machine itself is off its usual speed, a
+    change of the test cannot be attributed to the code, and a regression or improvement
+    is reported as ``unstable`` instead.
+    """
     to_baseline = None
     session_sd = between_session_sd(history)
     if history:
@@ -96,7 +103,14 @@ def judge(
     interval = (f"{to_baseline.ratio:.3f}x {baseline_name} (CI {to_baseline.ci_low:.3f}-{to_baseline.ci_high:.3f} "
                 f"at {to_baseline.confidence:.2%}, {{p}}, {to_baseline.method})")
     # A change proven beyond the tolerance is reported whatever the noise: the interval
-    # already accounts for it.
+    # already accounts for it. Unless the host itself changed speed meanwhile.
+    proven = to_baseline.ci_low > 1 + policy.tolerance or to_baseline.ci_high < 1 / (1 + policy.tolerance)
+    if proven and host_drift is not None and drifted(host_drift, policy.tolerance):
+        return Judgement(Verdict.UNSTABLE,
+                         f"host drift: the reference workload ran {host_drift.ratio:.2f}x its baseline "
+                         f"(CI {host_drift.ci_low:.2f}-{host_drift.ci_high:.2f}) right before this test, so its "
+                         f"{to_baseline.ratio:.3f}x cannot be blamed on the code; re-run on a quiet machine, or "
+                         "re-save the baseline if the machine changed for good", **common)
     if to_baseline.ci_low > 1 + policy.tolerance:
         return Judgement(Verdict.REGRESSION, f"regression: {interval.format(p=f'p={slower_p:.2g}')}, "
                                              f"tolerance {policy.tolerance:.0%}", **common)
@@ -109,6 +123,12 @@ def judge(
     if to_baseline.ratio > 1 + policy.tolerance or to_baseline.ratio < 1 / (1 + policy.tolerance):
         return Judgement(Verdict.INCONCLUSIVE, f"possible change, not proven: {interval.format(p=p_text)}", **common)
     return Judgement(Verdict.PASS, interval.format(p=p_text), **common)
+
+
+def drifted(host_drift: RatioEstimate, tolerance: float) -> bool:
+    """The machine is measurably off its baseline speed, by more than half the tolerance."""
+    significant = host_drift.ci_low > 1 or host_drift.ci_high < 1
+    return significant and abs(math.log(host_drift.ratio)) > math.log1p(tolerance / 2)
 
 
 def _unenforceable(estimate: RatioEstimate, policy: Policy, session_sd: float | None,

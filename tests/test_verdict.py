@@ -252,3 +252,19 @@ def test_verdict_values():
     assert {v.value for v in Verdict} == {"pass", "regression", "improvement", "overhead",
                                           "inconclusive", "unstable", "no-baseline"}
     assert isinstance(judge(current(1.0), STEADY, POLICY), Judgement)
+
+
+def test_host_drift_turns_a_proven_change_into_unstable() -> None:
+    from pytest_hostperf.stats import RatioEstimate
+    from pytest_hostperf.verdict import Policy, Verdict, judge
+
+    history = [SessionSummary(1e-3 * f, 0.002, 200) for f in (1.0, 1.005, 0.995, 1.002, 0.998)]
+    slower = SessionSummary(1.3e-3, 0.002, 200)
+    policy = Policy(tolerance=0.05, alpha=0.01, comparisons=1)
+    assert judge(slower, history, policy).verdict is Verdict.REGRESSION
+    machine_slow = RatioEstimate(1.25, 1.2, 1.3, 0.98, 1e-6, 1.0, "reference")
+    drifted = judge(slower, history, policy, host_drift=machine_slow)
+    assert drifted.verdict is Verdict.UNSTABLE
+    assert "host drift" in drifted.reason and "1.25x" in drifted.reason
+    machine_steady = RatioEstimate(1.01, 0.99, 1.03, 0.98, 0.2, 0.8, "reference")
+    assert judge(slower, history, policy, host_drift=machine_steady).verdict is Verdict.REGRESSION

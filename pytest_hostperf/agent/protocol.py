@@ -7,6 +7,7 @@ Only plain JSON values cross the boundary, as in pytest-xdist.
 Controller -> agent ("op"):
   {"op": "run", "nodeid": str, "mount": str, "mount_path": str|null,
    "benchmark_options": {..}, "target": {"env": str, "mount": str}}
+  {"op": "reference", "rounds": int}   time the built-in reference workload (host drift)
   {"op": "ping"}
   {"op": "shutdown"}
 Agent -> controller ("event"):
@@ -15,6 +16,7 @@ Agent -> controller ("event"):
   {"event": "result", "nodeid": str, "outcome": "passed"|"failed"|"skipped"|"error",
    "reports": [serialized TestReport, ..], "samples": [float, ..] | null,
    "iterations": int|null, "duration_s": float}
+  {"event": "reference", "samples": [float, ..]}
   {"event": "pong"}
   {"event": "fatal", "message": str}
 This module is stdlib-only: it is imported inside every environment.

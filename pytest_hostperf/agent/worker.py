@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_hostperf.agent import protocol
+from pytest_hostperf.agent import protocol, reference
 from pytest_hostperf.agent.channel import AgentChannel
 from pytest_hostperf.fixtures import CURRENT_ENV_KEY, HostperfEnv
 
@@ -76,6 +76,8 @@ class AgentWorker:
                 break
             if request.get("op") == "ping":
                 self.channel.send({"event": "pong"})
+            elif request.get("op") == "reference":
+                self.channel.send({"event": "reference", "samples": reference.measure(int(request.get("rounds", 30)))})
             elif request.get("op") == "run":
                 self.channel.send(self._run(session, items, request))
             else:
