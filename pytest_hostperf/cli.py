@@ -36,9 +36,9 @@ def _check_native() -> tuple[bool, str]:
 
 
 def _check_docker() -> tuple[bool, str]:
-    try:
-        import docker
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("docker") is None:
         return False, "the docker Python package is missing (pip install docker)"
     try:
         from pytest_hostperf.environments.docker import docker_client

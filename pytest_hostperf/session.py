@@ -8,10 +8,10 @@ hung agent fails the request that hit it and is restarted for the next one.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +27,7 @@ from pytest_hostperf.environments.base import (
     EnvironmentFailure,
 )
 from pytest_hostperf.stats import RatioEstimate, SessionSummary, compare_to_history, ratio_of_medians, summarize
+from pytest_hostperf.settings import Settings
 from pytest_hostperf.targets import Target, budget_for
 from pytest_hostperf.verdict import Judgement, Policy, Verdict, judge
 
@@ -38,33 +39,6 @@ REFERENCE_ROUNDS = 30
 
 FORWARDED_BENCHMARK_OPTIONS = ("max_time", "min_rounds", "min_time", "calibration_precision",
                                "disable_gc", "warmup", "warmup_iterations")
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Everything the session needs from the command line and ini, already validated."""
-
-    project_dir: Path
-    envs: tuple[str, ...]
-    baselines_dir: Path
-    save: bool
-    tolerance: float
-    alpha: float
-    require: tuple[str, ...]
-    max_overhead: Mapping[str, float]
-    timeout_s: float
-    history: int
-    session_noise: float
-    blocks: int
-    image: str | None = None
-    vm_image: str | None = None
-    network: bool = False
-    requirements: tuple[str, ...] = ()
-    json_path: Path | None = None
-    markdown_path: Path | None = None
-    ssh_config: Path | None = None
-    docker_cpus: float | None = None
-    ssh_python: str | None = None
 
 
 @dataclasses.dataclass
@@ -108,6 +82,7 @@ class EnvRuntime:
     def __init__(self, backend: Environment) -> None:
         self.backend = backend
         self.client: AgentClient | None = None
+        self.lock = threading.Lock()  # the prestart thread and the first test may race
         self.failure: EnvironmentFailure | None = None
         self.fingerprint: dict[str, Any] = {}
         self.match: dict[str, Any] = {}
@@ -127,17 +102,21 @@ class HostperfSession:
         self.store = BaselineStore(settings.baselines_dir)
         self._factory = backend_factory
         self.runtimes: dict[str, EnvRuntime] = {}
+        self._runtimes_lock = threading.Lock()
         self.results: dict[str, Result] = {}
         self.comparisons = 1
         self.test_files: tuple[str, ...] = ()
         self.pytest_args: tuple[str, ...] = ()
         self.benchmark_options: dict[str, Any] = {}
-        self.host_fingerprint: dict[str, Any] = {}
-        self.started = time.time()
+        self._prestart: threading.Thread | None = None
 
     # -- environments ---------------------------------------------------------------------
 
     def runtime(self, env: str) -> EnvRuntime:
+        with self._runtimes_lock:
+            return self._runtime(env)
+
+    def _runtime(self, env: str) -> EnvRuntime:
         if env not in self.runtimes:
             try:
                 backend = self._factory(env, self)
@@ -149,9 +128,29 @@ class HostperfSession:
             self.runtimes[env] = EnvRuntime(backend)
         return self.runtimes[env]
 
+    def prestart(self, envs: Sequence[str]) -> None:
+        """Start agents in the background while pytest and the controller finish starting.
+
+        Agent start-up is another process (or a VM), so it overlaps with the controller's
+        own imports on a second core; the first test waits for it (see :meth:`run_group`).
+        """
+        def start_all() -> None:
+            for env in envs:
+                try:
+                    self.agent(env)
+                except Exception:  # noqa: BLE001 - reported when the first test uses it
+                    pass
+
+        self._prestart = threading.Thread(target=start_all, name="hostperf-prestart", daemon=True)
+        self._prestart.start()
+
     def agent(self, env: str) -> AgentClient:
         """The warm agent of ``env``, started on first use; raises EnvironmentFailure."""
         runtime = self.runtime(env)
+        with runtime.lock:
+            return self._agent_locked(env, runtime)
+
+    def _agent_locked(self, env: str, runtime: EnvRuntime) -> AgentClient:
         if runtime.failure is not None:
             raise runtime.failure
         if runtime.client is not None:
@@ -207,6 +206,8 @@ class HostperfSession:
 
     def stop_all(self) -> None:
         """Stop every environment; safe to call twice and from signal handlers."""
+        if self._prestart is not None:
+            self._prestart.join(timeout=60)  # a half-started VM must not escape the cleanup
         for runtime in list(self.runtimes.values()):
             if runtime.client is not None:
                 runtime.client.shutdown(timeout=5)
@@ -224,6 +225,10 @@ class HostperfSession:
         pending = [r for r in requests if r.item_id not in self.results]
         if not pending:
             return
+        if self._prestart is not None:
+            # Measure nothing while an environment is still booting on the other core.
+            self._prestart.join()
+            self._prestart = None
         for request in pending:
             self.results[request.item_id] = Result(request)
         self._time_reference(pending)

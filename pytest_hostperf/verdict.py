@@ -148,8 +148,8 @@ def _unenforceable(estimate: RatioEstimate, policy: Policy, session_sd: float | 
     noise = session_sd * float(norm.ppf(0.5 + estimate.confidence / 2))
     if noise > provable:
         # log1p(2t) - log1p(t) >= noise  <=>  t >= (e^noise - 1) / (2 - e^noise)
-        if noise >= math.log(2):
-            advice = "no tolerance can be enforced at this noise: steady the benchmark"
+        if noise >= math.log(2) or math.expm1(noise) / (2 - math.exp(noise)) > 1:
+            advice = "no practical tolerance works at this noise: steady the benchmark"
         else:
             advice = (f"steady the benchmark or set tolerance >= "
                       f"{math.ceil(100 * math.expm1(noise) / (2 - math.exp(noise)))}%")

@@ -1,0 +1,34 @@
+"""The validated configuration of a hostperf session (from options and ini keys)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the session needs from the command line and ini, already validated."""
+
+    project_dir: Path
+    envs: tuple[str, ...]
+    baselines_dir: Path
+    save: bool
+    tolerance: float
+    alpha: float
+    require: tuple[str, ...]
+    max_overhead: Mapping[str, float]
+    timeout_s: float
+    history: int
+    session_noise: float
+    blocks: int
+    image: str | None = None
+    vm_image: str | None = None
+    network: bool = False
+    requirements: tuple[str, ...] = ()
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    ssh_config: Path | None = None
+    docker_cpus: float | None = None
+    ssh_python: str | None = None
