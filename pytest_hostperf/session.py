@@ -8,6 +8,7 @@ hung agent fails the request that hit it and is restarted for the next one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import statistics
 import tempfile
@@ -65,7 +66,10 @@ class Result:
     summary: SessionSummary | None = None
     judgement: Judgement | None = None
     orchestration_s: list[float] = dataclasses.field(default_factory=list)
-    reference: SessionSummary | None = None   # the host's reference workload, timed before this test
+    # The host's reference workload, timed right before and right after this test: a
+    # hiccup of the machine during the test shows in one of them.
+    reference: SessionSummary | None = None
+    reference_after: SessionSummary | None = None
     mount_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     env_fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     fingerprint_id: str | None = None
@@ -181,6 +185,11 @@ class HostperfSession:
             runtime.failure = exc
             backend.stop()
             raise
+        except Exception as exc:  # noqa: BLE001 - an image build, a VM disk, an engine API error...
+            runtime.failure = EnvironmentFailure(env, f"could not be started: {type(exc).__name__}: {exc}",
+                                                 hint="run `hostperf doctor`; the error above names the step")
+            backend.stop()
+            raise runtime.failure from exc
         runtime.client = client
         runtime.startup_s = time.monotonic() - started
         if not runtime.fingerprint:
@@ -206,8 +215,16 @@ class HostperfSession:
 
     def stop_all(self) -> None:
         """Stop every environment; safe to call twice and from signal handlers."""
+        # Stop first (it kills a VM that is still booting in the prestart thread, which then
+        # fails fast), wait for that thread, then stop again what it may have created since.
+        self._stop_backends()
         if self._prestart is not None:
-            self._prestart.join(timeout=60)  # a half-started VM must not escape the cleanup
+            self._prestart.join(timeout=60)
+            self._prestart = None
+            self._stop_backends()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _stop_backends(self) -> None:
         for runtime in list(self.runtimes.values()):
             if runtime.client is not None:
                 runtime.client.shutdown(timeout=5)
@@ -216,7 +233,6 @@ class HostperfSession:
                 runtime.backend.stop()
             except Exception as exc:  # noqa: BLE001 - keep stopping the others
                 self.progress(f"hostperf: stopping {runtime.backend.name} failed: {exc}")
-        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # -- measuring ------------------------------------------------------------------------
 
@@ -242,11 +258,12 @@ class HostperfSession:
                 if result.outcome in ("failed", "skipped", "error"):
                     continue
                 self._run_once(request, result, options)
+        self._time_reference(pending, after=True)
         for request in pending:
             self._judge(self.results[request.item_id])
 
-    def _time_reference(self, requests: Sequence[Request]) -> None:
-        """Time the reference workload in each environment right before this test.
+    def _time_reference(self, requests: Sequence[Request], after: bool = False) -> None:
+        """Time the reference workload in each environment right before (after) this test.
 
         Its ratio to the reference saved with the baseline tells whether the host itself
         is off its usual speed now; a failure here is left to the test run to report.
@@ -260,7 +277,10 @@ class HostperfSession:
                 continue
             for request in requests:
                 if request.target.env == env:
-                    self.results[request.item_id].reference = summary
+                    if after:
+                        self.results[request.item_id].reference_after = summary
+                    else:
+                        self.results[request.item_id].reference = summary
 
     def _run_once(self, request: Request, result: Result, options: Mapping[str, Any]) -> None:
         env = request.target.env
@@ -361,12 +381,17 @@ class HostperfSession:
                            f"{', '.join(others[:3])} (run `hostperf compare` to see what differs)")
 
     def _host_drift(self, result: Result, history: Sequence[Any], policy: Policy) -> RatioEstimate | None:
-        """The reference workload now vs when the baseline's sessions were saved."""
+        """The reference workload around this test vs when the baseline's sessions were saved.
+
+        Of the timings before and after the test, the one further from 1 counts.
+        """
         saved = [reference_summary(h.context) for h in history]
         saved = [s for s in saved if s is not None]
-        if result.reference is None or not saved:
+        now = [s for s in (result.reference, result.reference_after) if s is not None]
+        if not now or not saved:
             return None
-        return compare_to_history(result.reference, saved, policy.confidence, policy.session_noise)
+        estimates = [compare_to_history(s, saved, policy.confidence, policy.session_noise) for s in now]
+        return max(estimates, key=lambda e: abs(math.log(e.ratio)))
 
     def _mount_mismatch(self, result: Result, history: Sequence[Any]) -> str:
         if not history or not result.mount_info:

@@ -1,0 +1,151 @@
+"""``pytest --hostperf --hostperf-envs=native,qemu`` end to end, booting a real VM.
+
+The accelerator reported is the one that ran (here KVM fails and TCG takes over), the
+VM/native ratio is what software emulation costs, the mounts are the guest's, and no
+qemu process or temporary disk survives a normal run, ``-x``, SIGINT during boot or a
+SIGKILL. Skipped only when qemu is missing and HOSTPERF_REQUIRE_QEMU is unset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.qemu
+
+FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
+
+BODIES = """
+def spin(count):
+    total = 0
+    for i in range(count):
+        total += i % 7
+    return total
+
+def test_cpu(benchmark):
+    benchmark.pedantic(spin, args=(200_000,), rounds=5, iterations=1, warmup_rounds=1)
+
+def test_files(benchmark, hostperf_dir):
+    def write_read():
+        for i in range(20):
+            (hostperf_dir / f"f{i}").write_bytes(b"x" * 256)
+        return sum(len(p.read_bytes()) for p in hostperf_dir.iterdir())
+    assert benchmark(write_read) == 20 * 256
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def qemu_available() -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        if os.environ.get("HOSTPERF_REQUIRE_QEMU"):
+            pytest.fail("HOSTPERF_REQUIRE_QEMU is set but qemu-system-x86_64 is missing (apt-get install qemu-system-x86)")
+        pytest.skip("qemu-system-x86_64 is not installed")
+
+
+def our_vms() -> list[str]:
+    """qemu processes a hostperf session started (they are named hostperf-<session>)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "qemu-system" in (process.info["name"] or "") + cmdline and "hostperf-" in cmdline:
+            found.append(f"{process.pid}: {cmdline[:120]}")
+    return found
+
+
+def hostperf(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*FAST, "--hostperf", "--hostperf-envs=native,qemu",
+                                         "--hostperf-require=qemu", *args, timeout=900)
+
+
+def test_vm_items_accelerator_ratio_and_mounts(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_vm=BODIES)
+    report = pytester.path / "r.json"
+    result = hostperf(pytester, "-v", f"--hostperf-json={report}")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_cpu?qemu? PASSED*", "*test_files?qemu-guest? PASSED*",
+                                 "*test_files?qemu-tmpfs? PASSED*"])
+    rows = {r["item"].split("::")[-1]: r for r in json.loads(report.read_text())["results"]}
+    cpu = rows["test_cpu[qemu]"]
+    outside = cpu["fingerprint"]["outside"]
+    inside = cpu["fingerprint"]["hypervisor"]
+    # The accelerator in the report is the one that ran: qemu's own account and the CPUID
+    # signature seen from inside the guest must agree.
+    if outside["accelerator"] == "tcg":
+        assert inside["signature"] == "TCGTCGTCGTCG"
+        if os.path.exists("/dev/kvm"):
+            assert outside["fallback_reason"], "KVM was tried first; why it failed must be recorded"
+        # Software emulation of CPU-bound Python: roughly 10x here.
+        assert 4 <= cpu["ratio_to_native"]["ratio"] <= 40, cpu["ratio_to_native"]
+    else:
+        assert inside["signature"] == "KVMKVMKVM"
+    assert cpu["fingerprint"]["env_kind"] == "vm"
+    assert next(iter(rows["test_files[qemu-guest]"]["mount_info"].values()))["fstype"] == "ext4"
+    assert next(iter(rows["test_files[qemu-tmpfs]"]["mount_info"].values()))["fstype"] == "tmpfs"
+    assert our_vms() == []
+
+
+def test_no_vm_left_after_x_abort(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_a(benchmark):\n    assert False\n\ndef test_b(benchmark):\n"
+                               "    benchmark(sum, [1])\n")
+    result = hostperf(pytester, "-x")
+    assert result.ret == 1
+    assert our_vms() == []
+
+
+def _start(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
+    pytester.makepyfile(test_q="def test_q(benchmark):\n    benchmark(sum, [1])\n")
+    return subprocess.Popen([sys.executable, "-m", "pytest", *FAST, "--hostperf", "--hostperf-envs=qemu",
+                             "--hostperf-require=qemu"], cwd=pytester.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_vm(timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if our_vms():
+            return
+        time.sleep(0.1)
+    pytest.fail("the session never started its VM")
+
+
+def test_no_vm_left_after_sigint_during_boot(pytester: pytest.Pytester) -> None:
+    process = _start(pytester)
+    try:
+        _wait_for_vm()
+        process.send_signal(signal.SIGINT)  # the VM is still booting
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    deadline = time.monotonic() + 10
+    while our_vms() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert our_vms() == []
+
+
+def test_sigkilled_session_leaves_nothing_once_the_next_one_ran(pytester: pytest.Pytester) -> None:
+    process = _start(pytester)
+    try:
+        _wait_for_vm()
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    # qemu dies with its controller (PR_SET_PDEATHSIG); whatever else is left, the next
+    # session reaps.
+    pytester.makepyfile(test_q="def test_q(benchmark):\n    benchmark(sum, [1])\n")
+    result = hostperf(pytester)
+    assert result.ret == 0, result.stdout.str()
+    assert our_vms() == []
+    from pytest_hostperf.environments.qemu import session_root
+
+    leftovers = [p for p in session_root().glob("*") if p.is_dir()] if session_root().exists() else []
+    assert leftovers == [], leftovers
