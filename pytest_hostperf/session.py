@@ -113,6 +113,8 @@ class HostperfSession:
         self.pytest_args: tuple[str, ...] = ()
         self.benchmark_options: dict[str, Any] = {}
         self._prestart: threading.Thread | None = None
+        self._prestarted = threading.Event()
+        self._session_over = threading.Event()
 
     # -- environments ---------------------------------------------------------------------
 
@@ -144,6 +146,10 @@ class HostperfSession:
                     self.agent(env)
                 except Exception:  # noqa: BLE001 - reported when the first test uses it
                     pass
+            self._prestarted.set()
+            # Stay alive until the session ends: a child started with PR_SET_PDEATHSIG
+            # (the qemu backend's VMs) is killed when the *thread* that started it exits.
+            self._session_over.wait()
 
         self._prestart = threading.Thread(target=start_all, name="hostperf-prestart", daemon=True)
         self._prestart.start()
@@ -217,6 +223,7 @@ class HostperfSession:
         """Stop every environment; safe to call twice and from signal handlers."""
         # Stop first (it kills a VM that is still booting in the prestart thread, which then
         # fails fast), wait for that thread, then stop again what it may have created since.
+        self._session_over.set()
         self._stop_backends()
         if self._prestart is not None:
             self._prestart.join(timeout=60)
@@ -243,8 +250,7 @@ class HostperfSession:
             return
         if self._prestart is not None:
             # Measure nothing while an environment is still booting on the other core.
-            self._prestart.join()
-            self._prestart = None
+            self._prestarted.wait()
         for request in pending:
             self.results[request.item_id] = Result(request)
         self._time_reference(pending)
