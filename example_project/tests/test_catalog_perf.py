@@ -21,6 +21,9 @@ def test_sqlite_load_and_query(benchmark, hostperf_dir):
     assert count > 0
 
 
-@pytest.mark.hostperf(tolerance="15%")  # small-file I/O drifts more between sessions
+# Small-file I/O drifts more between sessions than CPU work, and a host directory shared
+# into a software-emulated VM (virtiofs under TCG) costs ~50x native here: budget it
+# explicitly rather than loosening the session-wide qemu budget.
+@pytest.mark.hostperf(tolerance="15%", max_overhead={"qemu-share": 100})
 def test_small_file_cache(benchmark, hostperf_dir):
     assert benchmark(store.write_cache, hostperf_dir, 100) == 100 * 512
