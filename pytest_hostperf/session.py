@@ -8,6 +8,7 @@ hung agent fails the request that hit it and is restarted for the next one.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import shutil
 import statistics
@@ -36,7 +37,7 @@ Progress = Callable[[str], None]
 
 #: pytest-benchmark options forwarded to every agent (plain values only).
 #: Rounds of the reference workload per test and environment (~1 ms each natively).
-REFERENCE_ROUNDS = 30
+REFERENCE_ROUNDS = 15
 
 FORWARDED_BENCHMARK_OPTIONS = ("max_time", "min_rounds", "min_time", "calibration_precision",
                                "disable_gc", "warmup", "warmup_iterations")
@@ -140,12 +141,19 @@ class HostperfSession:
         Agent start-up is another process (or a VM), so it overlaps with the controller's
         own imports on a second core; the first test waits for it (see :meth:`run_group`).
         """
+        def load_statistics() -> None:
+            # The verdicts need scipy.stats (~0.6 s to import): load it while agents start.
+            importlib.import_module("scipy.stats")
+
         def start_all() -> None:
+            importer = threading.Thread(target=load_statistics, name="hostperf-import", daemon=True)
+            importer.start()
             for env in envs:
                 try:
                     self.agent(env)
                 except Exception:  # noqa: BLE001 - reported when the first test uses it
                     pass
+            importer.join()
             self._prestarted.set()
             # Stay alive until the session ends: a child started with PR_SET_PDEATHSIG
             # (the qemu backend's VMs) is killed when the *thread* that started it exits.
@@ -275,6 +283,9 @@ class HostperfSession:
         is off its usual speed now; a failure here is left to the test run to report.
         """
         for env in dict.fromkeys(r.target.env for r in requests):
+            runtime = self.runtimes.get(env)
+            if not self.settings.save and (runtime is None or runtime.baseline is None):
+                continue  # nothing to compare it with and nothing to save it for
             try:
                 answer = self.agent(env).request({"op": "reference", "rounds": REFERENCE_ROUNDS}, "reference",
                                                  self.settings.timeout_s, "timing the reference workload")
