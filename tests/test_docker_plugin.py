@@ -95,8 +95,7 @@ def test_items_mounts_fingerprint_and_ratio_to_native(project: pytest.Pytester, 
     cpu = rows["test_cpu[docker]"]
     assert cpu["fingerprint"]["env_kind"] in ("container", "container-in-vm")
     assert cpu["fingerprint"]["outside"]["engine"]["kind"] == "Docker Engine"
-    # Truth: no quota, CPU-bound: the container costs nothing.
-    assert 0.95 <= cpu["ratio_to_native"]["ratio"] <= 1.05, cpu["ratio_to_native"]
+    assert cpu["fingerprint"]["python_version"] == sys.version.split()[0]  # same interpreter build
     fstypes = {name: next(iter(r["mount_info"].values()))["fstype"]
                for name, r in rows.items() if name.startswith("test_files[docker")}
     assert fstypes["test_files[docker-tmpfs]"] == "tmpfs"
@@ -109,14 +108,32 @@ def test_items_mounts_fingerprint_and_ratio_to_native(project: pytest.Pytester, 
     assert ours(engine) == {"containers": [], "volumes": []}
 
 
+def median_cpu_ratio(project: pytest.Pytester, *args: str, sessions: int = 3) -> tuple[float, list[Any]]:
+    """Ratio to native of the CPU-bound body, median over separate sessions.
+
+    This machine is shared and noisy: one session's ratio can be off by 10% for reasons
+    outside the container; the median of three is what the figure claims.
+    """
+    rows = []
+    for i in range(sessions):
+        report = project.path / f"r{i}.json"
+        result = hostperf(project, "-k", "cpu", "--hostperf-blocks=5", f"--hostperf-json={report}",
+                          "--hostperf-max-overhead=docker=3", *args)
+        assert result.ret == 0, result.stdout.str()
+        rows.append(records(report)["test_cpu[docker]"])
+    ratios = sorted(r["ratio_to_native"]["ratio"] for r in rows)
+    return ratios[len(ratios) // 2], rows
+
+
+def test_cpu_bound_body_costs_nothing_in_a_container(project: pytest.Pytester, engine: Any) -> None:
+    ratio, rows = median_cpu_ratio(project)
+    assert 0.95 <= ratio <= 1.05, [r["ratio_to_native"] for r in rows]
+
+
 def test_cpu_quota_doubles_the_ratio_to_native(project: pytest.Pytester, engine: Any) -> None:
-    report = project.path / "r.json"
-    result = hostperf(project, "--hostperf-docker-cpus=0.5", "-k", "cpu", f"--hostperf-json={report}",
-                      "--hostperf-max-overhead=docker=3")
-    assert result.ret == 0, result.stdout.str()
-    cpu = records(report)["test_cpu[docker]"]
-    assert cpu["fingerprint"]["cpu_quota"] == 0.5
-    assert 1.8 <= cpu["ratio_to_native"]["ratio"] <= 2.2, cpu["ratio_to_native"]
+    ratio, rows = median_cpu_ratio(project, "--hostperf-docker-cpus=0.5")
+    assert all(r["fingerprint"]["cpu_quota"] == 0.5 for r in rows)
+    assert 1.8 <= ratio <= 2.2, [r["ratio_to_native"] for r in rows]
 
 
 def test_overhead_over_budget_fails_with_its_own_verdict(project: pytest.Pytester, engine: Any) -> None:
