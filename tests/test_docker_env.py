@@ -69,19 +69,8 @@ class StandInLaunch(AgentLaunch):
 
 # --------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="session")
-def engine() -> Any:
-    try:
-        return docker_env.connect()
-    except EnvironmentFailure as exc:
-        if os.environ.get("HOSTPERF_REQUIRE_DOCKER"):
-            pytest.fail(f"HOSTPERF_REQUIRE_DOCKER is set but: {exc}")
-        pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="session")
-def project_image(engine: Any) -> images.ImageRef:
-    return images.ensure_image(engine, TINY, progress=lambda line: None)
 
 
 @pytest.fixture

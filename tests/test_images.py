@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,26 +14,13 @@ from typing import Any, Iterator
 import pytest
 
 from pytest_hostperf import images
-from pytest_hostperf.environments import docker as docker_env
-from pytest_hostperf.environments.base import EnvironmentFailure, session_alive
+from pytest_hostperf.environments.base import session_alive
 
 TINY = Path(__file__).parent / "projects" / "tiny"
 
 
-@pytest.fixture(scope="session")
-def engine() -> Any:
-    try:
-        return docker_env.connect()
-    except EnvironmentFailure as exc:
-        if os.environ.get("HOSTPERF_REQUIRE_DOCKER"):
-            pytest.fail(f"HOSTPERF_REQUIRE_DOCKER is set but: {exc}")
-        pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="session")
-def project_image(engine: Any) -> images.ImageRef:
-    # Builds the base too when the engine does not have it yet (about a minute, once).
-    return images.ensure_image(engine, TINY, progress=lambda line: None)
 
 
 # --------------------------------------------------------------------------- pure helpers
