@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from pytest_hostperf.sampling import thin
 from pytest_hostperf.stats import SessionSummary
 
 SCHEMA_VERSION = 1
@@ -169,7 +170,8 @@ class BaselineStore:
                 sessions = current.benchmarks.setdefault(m.test, {}).setdefault(m.mount, [])
                 sessions[:] = [s for s in sessions if s.session_id != session_id]
                 sessions.append(SavedSession(session_id, stamp, m.summary.median_s, m.summary.log_median_se,
-                                             m.summary.rounds, m.iterations, _thin(m.samples), dict(m.context)))
+                                             m.summary.rounds, m.iterations, tuple(thin(m.samples, SAMPLES_KEPT)),
+                                             dict(m.context)))
                 del sessions[:-max_history]
             _atomic_write(path, dumps(current.to_json()))
         return path
@@ -229,13 +231,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN/inf; a missing value is honest
     return value
-
-
-def _thin(samples: Sequence[float]) -> tuple[float, ...]:
-    if len(samples) <= SAMPLES_KEPT:
-        return tuple(samples)
-    step = len(samples) / SAMPLES_KEPT
-    return tuple(samples[int(i * step)] for i in range(SAMPLES_KEPT))
 
 
 def _atomic_write(path: Path, text: str) -> None:

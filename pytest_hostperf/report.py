@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from pytest_hostperf.baselines import dumps
+from pytest_hostperf.sampling import thin
 from pytest_hostperf.stats import RatioEstimate
 
 if TYPE_CHECKING:
@@ -27,13 +28,6 @@ def _ratio(estimate: RatioEstimate | None) -> dict[str, Any] | None:
         return None
     return {"ratio": estimate.ratio, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high,
             "confidence": estimate.confidence, "method": estimate.method}
-
-
-def _thin(samples: list[float]) -> list[float]:
-    if len(samples) <= REPORT_SAMPLES:
-        return samples
-    step = len(samples) / REPORT_SAMPLES
-    return [samples[int(i * step)] for i in range(REPORT_SAMPLES)]
 
 
 def build_json(session: "HostperfSession") -> dict[str, Any]:
@@ -56,7 +50,7 @@ def build_json(session: "HostperfSession") -> dict[str, Any]:
             "median_s": result.summary.median_s if result.summary else None,
             "rounds": result.summary.rounds if result.summary else 0,
             "iterations": result.iterations,
-            "samples": _thin(result.samples),
+            "samples": thin(result.samples, REPORT_SAMPLES),
             "ratio_to_baseline": _ratio(to_baseline),
             "ratio_to_native": _ratio(judgement.to_native if judgement else None),
             "p_value": to_baseline.p_slower if to_baseline else None,

@@ -17,6 +17,7 @@ import pytest
 from pytest_hostperf.agent import protocol, reference
 from pytest_hostperf.agent.channel import AgentChannel
 from pytest_hostperf.fixtures import CURRENT_ENV_KEY, HostperfEnv
+from pytest_hostperf.sampling import thin
 
 #: Cap on samples sent back per run, evenly spaced in time: the bootstrap uses at most
 #: 2000 per side, baselines keep 200, and encoding them is the agent's main per-test cost
@@ -148,10 +149,7 @@ def _benchmark_measurement(item: pytest.Item) -> dict[str, Any] | None:
     data = list(getattr(stats, "data", None) or [])
     if not data:
         return None
-    if len(data) > MAX_SAMPLES:
-        step = len(data) / MAX_SAMPLES
-        data = [data[int(i * step)] for i in range(MAX_SAMPLES)]
-    return {"samples": data, "iterations": getattr(metadata, "iterations", 1),
+    return {"samples": thin(data, MAX_SAMPLES), "iterations": getattr(metadata, "iterations", 1),
             "rounds": len(stats.data)}
 
 

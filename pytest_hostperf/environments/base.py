@@ -233,11 +233,18 @@ def sweep_label() -> str:
 
 
 def session_alive(session_pid: int) -> bool:
-    """Whether the controller process that owns a labelled resource still runs."""
+    """Whether the controller process that owns a labelled resource still runs.
+
+    A SIGKILLed controller stays a zombie until its parent reaps it: dead for a sweep.
+    """
     try:
         os.kill(session_pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{session_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal check above is all there is
+    return state != "Z"

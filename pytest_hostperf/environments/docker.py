@@ -594,23 +594,15 @@ def sweep_stale(client: "docker.DockerClient") -> list[str]:
         if _is_stale(volume.attrs.get("Labels") or {}, host):
             _quietly(functools.partial(volume.remove, force=True))
             removed.append(f"volume {volume.name}")
-    removed += images.sweep_build_leftovers(client, _controller_alive)
+    removed += images.sweep_build_leftovers(client, session_alive)
     return removed
 
 
 def _is_stale(labels: Mapping[str, str], host: str) -> bool:
     pid = labels.get(LABEL_PID, "")
     # A pid only means something on the machine that wrote it (engines can be shared).
-    return labels.get(LABEL_HOST, host) == host and pid.isdigit() and not _controller_alive(int(pid))
+    return labels.get(LABEL_HOST, host) == host and pid.isdigit() and not session_alive(int(pid))
 
-
-def _controller_alive(pid: int) -> bool:
-    # A SIGKILLed controller stays a zombie until its parent reaps it: dead for us.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        state = ""
-    return state != "Z" and session_alive(pid)
 
 
 def _remove_bind_dir(path: str) -> None:
