@@ -38,6 +38,9 @@ Progress = Callable[[str], None]
 #: pytest-benchmark options forwarded to every agent (plain values only).
 #: Rounds of the reference workload per test and environment (~1 ms each natively).
 REFERENCE_ROUNDS = 15
+#: A reference timed this recently (the previous test's "after") serves as the next
+#: test's "before": nothing but the controller's bookkeeping ran in between.
+REFERENCE_REUSE_S = 0.5
 
 FORWARDED_BENCHMARK_OPTIONS = ("max_time", "min_rounds", "min_time", "calibration_precision",
                                "disable_gc", "warmup", "warmup_iterations")
@@ -95,6 +98,7 @@ class EnvRuntime:
         self.baseline: BaselineFile | None = None
         self.baseline_error: BaselineError | None = None
         self.startup_s: float | None = None
+        self.last_reference: tuple[float, SessionSummary] | None = None  # (monotonic time, timing)
 
 
 class HostperfSession:
@@ -113,8 +117,8 @@ class HostperfSession:
         self.test_files: tuple[str, ...] = ()
         self.pytest_args: tuple[str, ...] = ()
         self.benchmark_options: dict[str, Any] = {}
-        self._prestart: threading.Thread | None = None
-        self._prestarted = threading.Event()
+        self._prestarts: list[tuple[threading.Thread, threading.Event]] = []
+        self._prestarted_envs: set[str] = set()
         self._session_over = threading.Event()
 
     # -- environments ---------------------------------------------------------------------
@@ -139,28 +143,54 @@ class HostperfSession:
         """Start agents in the background while pytest and the controller finish starting.
 
         Agent start-up is another process (or a VM), so it overlaps with the controller's
-        own imports on a second core; the first test waits for it (see :meth:`run_group`).
+        own imports and collection on a second core; the first test waits for every
+        prestart so far (see :meth:`run_group`). Called once early for ``native`` (from
+        the invocation's arguments) and once after collection for the rest.
         """
-        def load_statistics() -> None:
-            # The verdicts need scipy.stats (~0.6 s to import): load it while agents start.
-            importlib.import_module("scipy.stats")
+        envs = [env for env in envs if env not in self._prestarted_envs]
+        if not envs:
+            return
+        self._prestarted_envs.update(envs)
+        done = threading.Event()
 
         def start_all() -> None:
-            importer = threading.Thread(target=load_statistics, name="hostperf-import", daemon=True)
-            importer.start()
-            for env in envs:
-                try:
-                    self.agent(env)
-                except Exception:  # noqa: BLE001 - reported when the first test uses it
-                    pass
-            importer.join()
-            self._prestarted.set()
+            try:
+                for env in envs:
+                    try:
+                        self.agent(env)
+                    except Exception:  # noqa: BLE001 - reported when the first test uses it
+                        pass
+            finally:
+                done.set()
             # Stay alive until the session ends: a child started with PR_SET_PDEATHSIG
             # (the qemu backend's VMs) is killed when the *thread* that started it exits.
             self._session_over.wait()
 
-        self._prestart = threading.Thread(target=start_all, name="hostperf-prestart", daemon=True)
-        self._prestart.start()
+        thread = threading.Thread(target=start_all, name=f"hostperf-prestart-{'-'.join(envs)}", daemon=True)
+        thread.start()
+        self._prestarts.append((thread, done))
+
+    def preload_statistics(self) -> None:
+        """Import scipy.special (~0.25 s) in the background; the first verdict needs it.
+
+        Called after collection, while the main thread only waits for agents: earlier it
+        would hold the GIL against pytest's own collection.
+        """
+        imported = threading.Event()
+
+        def load() -> None:
+            try:
+                importlib.import_module("scipy.special")
+            finally:
+                imported.set()
+
+        importer = threading.Thread(target=load, name="hostperf-import", daemon=True)
+        importer.start()
+        self._prestarts.append((importer, imported))
+
+    def wait_for_prestarts(self) -> None:
+        for _, done in list(self._prestarts):
+            done.wait()
 
     def agent(self, env: str) -> AgentClient:
         """The warm agent of ``env``, started on first use; raises EnvironmentFailure."""
@@ -233,9 +263,10 @@ class HostperfSession:
         # fails fast), wait for that thread, then stop again what it may have created since.
         self._session_over.set()
         self._stop_backends()
-        if self._prestart is not None:
-            self._prestart.join(timeout=60)
-            self._prestart = None
+        if self._prestarts:
+            for thread, _ in self._prestarts:
+                thread.join(timeout=60)
+            self._prestarts = []
             self._stop_backends()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -256,9 +287,8 @@ class HostperfSession:
         pending = [r for r in requests if r.item_id not in self.results]
         if not pending:
             return
-        if self._prestart is not None:
-            # Measure nothing while an environment is still booting on the other core.
-            self._prestarted.wait()
+        # Measure nothing while an environment is still booting on the other core.
+        self.wait_for_prestarts()
         for request in pending:
             self.results[request.item_id] = Result(request)
         self._time_reference(pending)
@@ -286,18 +316,28 @@ class HostperfSession:
             runtime = self.runtimes.get(env)
             if not self.settings.save and (runtime is None or runtime.baseline is None):
                 continue  # nothing to compare it with and nothing to save it for
-            try:
-                answer = self.agent(env).request({"op": "reference", "rounds": REFERENCE_ROUNDS}, "reference",
-                                                 self.settings.timeout_s, "timing the reference workload")
-                summary = summarize(answer["samples"])
-            except (EnvironmentFailure, AgentDied, AgentTimeout, KeyError, ValueError):
-                continue
+            summary = self._recent_reference(runtime) if not after else None
+            if summary is None:
+                try:
+                    answer = self.agent(env).request({"op": "reference", "rounds": REFERENCE_ROUNDS}, "reference",
+                                                     self.settings.timeout_s, "timing the reference workload")
+                    summary = summarize(answer["samples"])
+                except (EnvironmentFailure, AgentDied, AgentTimeout, KeyError, ValueError):
+                    continue
+                self.runtimes[env].last_reference = (time.monotonic(), summary)
             for request in requests:
                 if request.target.env == env:
                     if after:
                         self.results[request.item_id].reference_after = summary
                     else:
                         self.results[request.item_id].reference = summary
+
+    @staticmethod
+    def _recent_reference(runtime: EnvRuntime | None) -> SessionSummary | None:
+        if runtime is None or runtime.last_reference is None:
+            return None
+        measured_at, summary = runtime.last_reference
+        return summary if time.monotonic() - measured_at <= REFERENCE_REUSE_S else None
 
     def _run_once(self, request: Request, result: Result, options: Mapping[str, Any]) -> None:
         env = request.target.env

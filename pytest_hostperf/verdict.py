@@ -27,7 +27,13 @@ import enum
 import math
 from typing import Sequence
 
-from pytest_hostperf.stats import RatioEstimate, SessionSummary, between_session_sd, compare_to_history
+from pytest_hostperf.stats import (
+    Distribution,
+    RatioEstimate,
+    SessionSummary,
+    between_session_sd,
+    compare_to_history,
+)
 
 
 class Verdict(str, enum.Enum):
@@ -143,9 +149,7 @@ def _unenforceable(estimate: RatioEstimate, policy: Policy, session_sd: float | 
     provable = math.log1p(2 * policy.tolerance) - math.log1p(policy.tolerance)
     if session_sd is None or half_width <= provable:
         return None
-    from scipy.stats import norm
-
-    noise = session_sd * float(norm.ppf(0.5 + estimate.confidence / 2))
+    noise = session_sd * Distribution().ppf(0.5 + estimate.confidence / 2)
     if noise > provable:
         # log1p(2t) - log1p(t) >= noise  <=>  t >= (e^noise - 1) / (2 - e^noise)
         if noise >= math.log(2) or math.expm1(noise) / (2 - math.exp(noise)) > 1:

@@ -234,3 +234,27 @@ hostperf_tolerance = 20%
     result = run(sleepy, "--hostperf")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*hostperf_tolerance*lots*"])
+
+
+def test_invocation_paths_and_node_ids_reach_the_early_native_agent(pytester: pytest.Pytester) -> None:
+    # The native agent starts before collection from the invocation's own arguments: a
+    # node id, a file in a subdirectory and a path given from another directory must all
+    # name the same items inside it as in the controller.
+    sub = pytester.mkpydir("suite")
+    (sub / "test_pair.py").write_text(
+        "import time\n\ndef test_one(benchmark):\n    benchmark(time.sleep, 0.001)\n\n"
+        "def test_two(benchmark):\n    benchmark(time.sleep, 0.001)\n")
+    result = run(pytester, "--hostperf", "-v", "suite/test_pair.py::test_two")
+    result.stdout.fnmatch_lines(["*suite/test_pair.py::test_two?native? PASSED*"])
+    assert "test_one" not in result.stdout.str()
+    assert result.ret == 0
+    result = pytester.runpytest_subprocess(*FAST, "--hostperf", "-v", "--rootdir", str(pytester.path),
+                                           str(sub / "test_pair.py"), timeout=180)
+    result.stdout.fnmatch_lines(["*test_one?native? PASSED*", "*test_two?native? PASSED*"])
+    assert result.ret == 0
+
+
+def test_an_invocation_path_that_does_not_exist_is_pytests_own_error(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "--hostperf", "no_such_dir")
+    result.stderr.fnmatch_lines(["*file or directory not found: no_such_dir*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR

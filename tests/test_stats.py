@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from pytest_hostperf.stats import (
+    Distribution,
     SessionSummary,
     between_session_sd,
     compare_to_history,
@@ -270,3 +271,33 @@ def test_ratio_of_medians_needs_samples():
 def test_ratio_of_medians_rejects_nonpositive_and_nonfinite(bad):
     with pytest.raises(ValueError):
         ratio_of_medians(bad, [1.0, 2.0, 3.0], 0.95)
+
+
+@pytest.mark.parametrize("df, q, quantile", [
+    (1, 0.995, 63.656741162871),   # printed t tables
+    (9, 0.975, 2.262157162740),
+    (30, 0.95, 1.697260886504),
+    (None, 0.975, 1.959963984540),
+    (None, 0.995, 2.575829303549),
+])
+def test_distribution_quantiles_match_printed_tables(df, q, quantile):
+    dist = Distribution(df)
+    assert dist.ppf(q) == pytest.approx(quantile, rel=1e-9)
+    assert dist.cdf(quantile) == pytest.approx(q, rel=1e-9)
+    assert dist.sf(quantile) == pytest.approx(1 - q, rel=1e-7)
+
+
+@pytest.mark.parametrize("df", [1, 3, 9, 49, None])
+def test_distribution_agrees_with_scipy_stats(df):
+    reference = sps.t(df) if df is not None else sps.norm()
+    dist = Distribution(df)
+    for x in (-6.0, -1.5, 0.0, 0.3, 2.5, 8.0):
+        assert dist.cdf(x) == pytest.approx(reference.cdf(x), rel=1e-12, abs=1e-300)
+        assert dist.sf(x) == pytest.approx(reference.sf(x), rel=1e-12, abs=1e-300)
+    for q in (1e-6, 0.01, 0.5, 0.9, 0.99833):
+        assert dist.ppf(q) == pytest.approx(reference.ppf(q), rel=1e-9)
+
+
+def test_distribution_refuses_zero_degrees_of_freedom():
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        Distribution(0)
