@@ -1,6 +1,7 @@
 """False alarms on unchanged code and detection of a true slowdown, vs pytest-benchmark.
 
-Runs ``benchmarks/study_project`` (six linear-cost workloads) in fresh pytest sessions:
+Runs ``benchmarks/study_project`` (six CPU-bound and two timer-bound linear-cost workloads)
+in fresh pytest sessions:
 
 1. saves ``--baseline-sessions`` sessions with ``pytest --hostperf --hostperf-save`` and one
    pytest-benchmark baseline (``--benchmark-save``), as each tool's users would;
