@@ -3,9 +3,11 @@
 Alternates the two commands ``--repeat`` times on ``example_project`` (native only, so
 both measure the same tests once) and prints the median wall times, their ratio, the
 agent's start-up time and the per-test orchestration cost (agent round trip beyond the
-test's own run time) from the JSON report. Example:
+test's own run time) from the JSON report. ``--pytest-args`` adds arguments to both
+commands, e.g. to measure without the example's warm-up. Example:
 
     python3 benchmarks/tool_overhead.py --repeat 7
+    python3 benchmarks/tool_overhead.py --repeat 7 --pytest-args="--benchmark-warmup=off"
 """
 
 from __future__ import annotations
@@ -39,15 +41,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--project", type=Path, default=ROOT / "example_project")
+    parser.add_argument("--pytest-args", default="", help="extra arguments for both commands (split on spaces)")
     args = parser.parse_args()
+    extra = args.pytest_args.split()
     plain, hostperf, orchestration, startup = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
-            plain.append(timed([], args.project))
+            plain.append(timed(extra, args.project))
             report = Path(tmp) / f"r{i}.json"
             # Against the project's committed baselines, as in CI: verdicts, reference
             # workload and statistics included.
-            hostperf.append(timed(["--hostperf", "--hostperf-envs=native", f"--hostperf-json={report}"],
+            hostperf.append(timed([*extra, "--hostperf", "--hostperf-envs=native", f"--hostperf-json={report}"],
                                   args.project))
             data = json.loads(report.read_text())
             native = data["environments"]["native"]

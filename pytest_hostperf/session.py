@@ -28,7 +28,14 @@ from pytest_hostperf.environments.base import (
     Environment,
     EnvironmentFailure,
 )
-from pytest_hostperf.stats import RatioEstimate, SessionSummary, compare_to_history, ratio_of_medians, summarize
+from pytest_hostperf.stats import (
+    RatioEstimate,
+    SessionSummary,
+    between_session_sd,
+    compare_to_history,
+    ratio_of_medians,
+    summarize,
+)
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.targets import Target, budget_for
 from pytest_hostperf.verdict import Judgement, Policy, Verdict, judge
@@ -425,9 +432,11 @@ class HostperfSession:
         if note:
             result.judgement = Judgement(Verdict.NO_BASELINE, note, to_native=to_native)
             return
+        saved_references = [s for s in (reference_summary(h.context) for h in history) if s is not None]
         result.judgement = judge(result.summary, [h.summary() for h in history], policy, to_native,
                                  baseline_name=_baseline_label(runtime),
-                                 host_drift=self._host_drift(result, history, policy))
+                                 host_drift=self._host_drift(result, saved_references, policy),
+                                 host_noise=between_session_sd(saved_references))
         if not history and runtime.fingerprint_id:
             others = [p.name for p in self.store.files_for(request.target.env)
                       if p != self.store.path_for(request.target.env, runtime.fingerprint_id)]
@@ -437,13 +446,12 @@ class HostperfSession:
                     reason=f"no baseline for fingerprint {runtime.fingerprint_id}; other machines' baselines: "
                            f"{', '.join(others[:3])} (run `hostperf compare` to see what differs)")
 
-    def _host_drift(self, result: Result, history: Sequence[Any], policy: Policy) -> RatioEstimate | None:
+    def _host_drift(self, result: Result, saved: Sequence[SessionSummary],
+                    policy: Policy) -> RatioEstimate | None:
         """The reference workload around this test vs when the baseline's sessions were saved.
 
         Of the timings before and after the test, the one further from 1 counts.
         """
-        saved = [reference_summary(h.context) for h in history]
-        saved = [s for s in saved if s is not None]
         now = [s for s in (result.reference, result.reference_after) if s is not None]
         if not now or not saved:
             return None

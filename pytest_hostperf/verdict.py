@@ -82,13 +82,16 @@ def judge(
     to_native: RatioEstimate | None = None,
     baseline_name: str = "baseline",
     host_drift: RatioEstimate | None = None,
+    host_noise: float | None = None,
 ) -> Judgement:
     """The verdict for one measurement; ``reason`` is the one line shown on failure.
 
     ``host_drift`` is the reference workload timed right before this test against the
     reference saved with the baseline: when the machine itself is off its usual speed, a
     change of the test cannot be attributed to the code, and a regression or improvement
-    is reported as ``unstable`` instead.
+    is reported as ``unstable`` instead. ``host_noise`` is the standard deviation of the
+    reference workload's log medians over the saved sessions: an ``unstable`` reason
+    uses it to say whether the machine or the benchmark is the noise.
     """
     to_baseline = None
     session_sd = between_session_sd(history)
@@ -124,11 +127,24 @@ def judge(
         return Judgement(Verdict.IMPROVEMENT, f"improvement: {interval.format(p=f'p={faster_p:.2g}')}", **common)
     unproven = _unenforceable(to_baseline, policy, session_sd, len(history))
     if unproven is not None:
-        return Judgement(unproven[0], unproven[1], **common)
+        reason = unproven[1]
+        if unproven[0] is Verdict.UNSTABLE and host_noise is not None and session_sd:
+            reason += "; " + _noise_source(session_sd, host_noise)
+        return Judgement(unproven[0], reason, **common)
     p_text = f"p={slower_p:.2g}" if to_baseline.ratio >= 1 else f"p={faster_p:.2g}"
     if to_baseline.ratio > 1 + policy.tolerance or to_baseline.ratio < 1 / (1 + policy.tolerance):
         return Judgement(Verdict.INCONCLUSIVE, f"possible change, not proven: {interval.format(p=p_text)}", **common)
     return Judgement(Verdict.PASS, interval.format(p=p_text), **common)
+
+
+def _noise_source(session_sd: float, host_noise: float) -> str:
+    """Whether the machine (its reference workload) varied as much as the benchmark did."""
+    if host_noise >= session_sd / 2:
+        return (f"the host's reference workload varied by {host_noise:.1%} over the same sessions, so the "
+                "machine itself is that noisy (shared CPU, neighbours, power states): save baselines and "
+                "gate on a quieter machine or with a larger tolerance")
+    return (f"the host's reference workload was steadier ({host_noise:.1%}), so the benchmark itself varies "
+            "between sessions (warm-up, caches, allocation, I/O)")
 
 
 def drifted(host_drift: RatioEstimate, tolerance: float) -> bool:

@@ -295,3 +295,15 @@ def test_power_of_the_gate_against_session_noise(noise: float, power: float) -> 
         false_alarms += judge(session(0.0), history, policy).verdict is Verdict.REGRESSION
     assert detected / runs >= power, detected
     assert false_alarms / runs <= 0.01, false_alarms
+
+
+def test_unstable_reason_names_the_machine_when_its_reference_varied_as_much():
+    hist = history(0.0, 0.04, -0.04, 0.02, -0.02, 0.03)
+    noisy_host = judge(current(1.0), hist, POLICY, host_noise=0.05)
+    assert noisy_host.verdict is Verdict.UNSTABLE
+    assert "the host's reference workload varied by 5.0% over the same sessions" in noisy_host.reason
+    steady_host = judge(current(1.0), hist, POLICY, host_noise=0.004)
+    assert "reference workload was steadier (0.4%), so the benchmark itself varies" in steady_host.reason
+    # Only `unstable` explains its noise; a pass says nothing about it.
+    quiet = judge(current(1.0), history(0.0, 0.001, -0.001, 0.0005), POLICY, host_noise=0.05)
+    assert quiet.verdict is Verdict.PASS and "reference workload" not in quiet.reason

@@ -66,10 +66,12 @@ def test_zlib_compress(benchmark):
     benchmark(zlib.compress, payload, 6)
 
 
+# A timed wait overshoots by a fixed ~0.1 ms of wake-up latency that does not scale with
+# the wait: with 1-2 ms waits the "10% slowdown" would truly be 7-9%; with 10 ms, 9.9%.
 def test_timer_sleep(benchmark):
-    benchmark(time.sleep, 0.002 * SCALE)
+    benchmark(time.sleep, 0.010 * SCALE)
 
 
 def test_event_wait_timeout(benchmark):
     never_set = threading.Event()
-    benchmark(never_set.wait, 0.001 * SCALE)
+    benchmark(never_set.wait, 0.010 * SCALE)
