@@ -89,13 +89,13 @@ def parse_alpha(text: str) -> float:
     return value
 
 
-def parse_positive_int(text: str, what: str) -> int:
+def parse_positive_int(text: str, what: str, minimum: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} {text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{what} must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
     return value
 
 

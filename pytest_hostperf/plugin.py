@@ -47,6 +47,9 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "between-session noise assumed while a baseline has a single saved session (default 3%%)"),
     ("--hostperf-blocks", "hostperf_blocks", lambda s: opt.parse_positive_int(s, "blocks"), "3",
      "interleaved blocks per test when several environments run it (default 3)"),
+    ("--hostperf-confirm", "hostperf_confirm", lambda s: opt.parse_positive_int(s, "confirm", minimum=0), "2",
+     "re-measure a test that reads as a regression up to N times, after a pause, and judge the fastest "
+     "attempt: a machine's transient slowdown passes, a real regression stays (default 2; 0 = off)"),
     ("--hostperf-image", "hostperf_image", str, None,
      "Docker image to run the agent in, instead of the one hostperf builds (needs python3, pytest, pytest-benchmark)"),
     ("--hostperf-vm-image", "hostperf_vm_image", str, None, "bootable VM disk to use instead of the one hostperf builds"),
@@ -129,7 +132,7 @@ def _settings(config: pytest.Config) -> Settings:
         tolerance=values["hostperf_tolerance"], alpha=values["hostperf_alpha"], require=require,
         max_overhead=values["hostperf_max_overhead"] or {}, timeout_s=values["hostperf_timeout"],
         history=values["hostperf_history"], session_noise=values["hostperf_session_noise"],
-        blocks=values["hostperf_blocks"], image=values["hostperf_image"], vm_image=values["hostperf_vm_image"],
+        blocks=values["hostperf_blocks"], confirm=values["hostperf_confirm"], image=values["hostperf_image"], vm_image=values["hostperf_vm_image"],
         network=bool(config.getoption("hostperf_network")),
         requirements=tuple(config.getini("hostperf_requirements")),
         json_path=path(values["hostperf_json"]), markdown_path=path(values["hostperf_markdown"]),

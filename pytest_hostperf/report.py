@@ -61,6 +61,7 @@ def build_json(session: "HostperfSession") -> dict[str, Any]:
             "fingerprint": runtime.fingerprint if runtime else {},
             "mount_info": result.mount_info,
             "orchestration_ms": [round(v * 1000, 3) for v in result.orchestration_s],
+            "attempt_medians_s": list(result.attempt_medians),
         })
     environments = {
         name: {"fingerprint_id": rt.fingerprint_id, "startup_s": rt.startup_s,
@@ -97,8 +98,11 @@ def read_json(path: Path) -> dict[str, Any]:
 # -- rendering ------------------------------------------------------------------------------
 
 def _time(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
+    return "-" if seconds is None else format_seconds(seconds)
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration in the largest unit below it, three significant digits: 2.41 ms."""
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"

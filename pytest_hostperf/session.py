@@ -36,6 +36,7 @@ from pytest_hostperf.stats import (
     ratio_of_medians,
     summarize,
 )
+from pytest_hostperf.report import format_seconds
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.targets import Target, budget_for
 from pytest_hostperf.verdict import Judgement, Policy, Verdict, judge
@@ -48,6 +49,9 @@ REFERENCE_ROUNDS = 15
 #: A reference timed this recently (the previous test's "after") serves as the next
 #: test's "before": nothing but the controller's bookkeeping ran in between.
 REFERENCE_REUSE_S = 0.5
+#: Pause before re-measuring a regression (--hostperf-confirm): longer than most of a
+#: shared machine's slow phases (median ~0.1 s, longest ~2 s measured here).
+CONFIRM_PAUSE_S = 1.0
 
 FORWARDED_BENCHMARK_OPTIONS = ("max_time", "min_rounds", "min_time", "calibration_precision",
                                "disable_gc", "warmup", "warmup_iterations")
@@ -85,6 +89,7 @@ class Result:
     env_fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     fingerprint_id: str | None = None
     baseline_path: str | None = None
+    attempt_medians: list[float] = dataclasses.field(default_factory=list)  # when re-measured
 
     @property
     def verdict(self) -> Verdict | None:
@@ -298,7 +303,7 @@ class HostperfSession:
         self.wait_for_prestarts()
         for request in pending:
             self.results[request.item_id] = Result(request)
-        self._time_reference(pending)
+        self._assign_references(pending, self._time_reference(pending), after=False)
         blocks = self.settings.blocks if len({r.target.env for r in pending}) > 1 else 1
         options = dict(self.benchmark_options)
         if blocks > 1 and "max_time" in options:
@@ -309,21 +314,73 @@ class HostperfSession:
                 if result.outcome in ("failed", "skipped", "error"):
                     continue
                 self._run_once(request, result, options)
-        self._time_reference(pending, after=True)
+        self._assign_references(pending, self._time_reference(pending, after=True), after=True)
         for request in pending:
             self._judge(self.results[request.item_id])
+        for request in pending:
+            self._confirm(request, dict(self.benchmark_options))
 
-    def _time_reference(self, requests: Sequence[Request], after: bool = False) -> None:
+    def _confirm(self, request: Request, options: Mapping[str, Any]) -> None:
+        """Re-measure a regression after a pause, up to ``confirm`` times; judge the fastest.
+
+        Baselines hold typical sessions. On a shared host a test can run while the
+        machine is slow for a moment (here: another tenant on the sibling hyperthread,
+        1.6x slower in phases of 0.1-2 s; ``benchmarks/machine_noise.py``), and that reads
+        as a regression. A real regression is slow in every attempt; a moment's slowness
+        is gone in one of them. A proven change that the host-drift guard blamed on the
+        machine is re-measured too: if the machine is back to speed and the test is
+        still slow, it is the code.
+        """
+        first = self.results[request.item_id]
+        attempts = [first]
+        chosen = first
+        while _worth_re_measuring(chosen) and len(attempts) <= self.settings.confirm:
+            time.sleep(CONFIRM_PAUSE_S)
+            retry = Result(request)
+            retry.reference = self._time_reference([request], fresh=True).get(request.target.env)
+            self._run_once(request, retry, options)
+            if retry.outcome != "passed" or not retry.samples:
+                break  # the first attempt's verdict stands; a flaky re-run is not evidence
+            retry.reference_after = self._time_reference([request], fresh=True).get(request.target.env)
+            self._judge(retry, to_native=first.judgement.to_native if first.judgement else None)
+            attempts.append(retry)
+            chosen = min(attempts, key=lambda a: a.summary.median_s if a.summary else math.inf)
+        if len(attempts) == 1 or chosen.judgement is None:
+            return
+        medians = ", ".join(format_seconds(a.summary.median_s) for a in attempts if a.summary)
+        chosen.judgement = dataclasses.replace(
+            chosen.judgement,
+            reason=f"{chosen.judgement.reason} [re-measured {len(attempts) - 1}x after a pause: medians "
+                   f"{medians}; judged on the fastest]")
+        chosen.attempt_medians = [a.summary.median_s for a in attempts if a.summary]
+        chosen.orchestration_s = [v for a in attempts for v in a.orchestration_s]
+        self.results[request.item_id] = chosen
+
+    def _assign_references(self, requests: Sequence[Request], timings: Mapping[str, SessionSummary],
+                           after: bool) -> None:
+        for request in requests:
+            summary = timings.get(request.target.env)
+            if summary is None:
+                continue
+            if after:
+                self.results[request.item_id].reference_after = summary
+            else:
+                self.results[request.item_id].reference = summary
+
+    def _time_reference(self, requests: Sequence[Request], after: bool = False,
+                        fresh: bool = False) -> dict[str, SessionSummary]:
         """Time the reference workload in each environment right before (after) this test.
 
         Its ratio to the reference saved with the baseline tells whether the host itself
         is off its usual speed now; a failure here is left to the test run to report.
+        A "before" reuses the previous test's "after" when it is recent, unless ``fresh``.
         """
+        timings: dict[str, SessionSummary] = {}
         for env in dict.fromkeys(r.target.env for r in requests):
             runtime = self.runtimes.get(env)
             if not self.settings.save and (runtime is None or runtime.baseline is None):
                 continue  # nothing to compare it with and nothing to save it for
-            summary = self._recent_reference(runtime) if not after else None
+            summary = self._recent_reference(runtime) if not (after or fresh) else None
             if summary is None:
                 try:
                     answer = self.agent(env).request({"op": "reference", "rounds": REFERENCE_ROUNDS}, "reference",
@@ -332,12 +389,8 @@ class HostperfSession:
                 except (EnvironmentFailure, AgentDied, AgentTimeout, KeyError, ValueError):
                     continue
                 self.runtimes[env].last_reference = (time.monotonic(), summary)
-            for request in requests:
-                if request.target.env == env:
-                    if after:
-                        self.results[request.item_id].reference_after = summary
-                    else:
-                        self.results[request.item_id].reference = summary
+            timings[env] = summary
+        return timings
 
     @staticmethod
     def _recent_reference(runtime: EnvRuntime | None) -> SessionSummary | None:
@@ -408,7 +461,7 @@ class HostperfSession:
 
     # -- judging --------------------------------------------------------------------------
 
-    def _judge(self, result: Result) -> None:
+    def _judge(self, result: Result, to_native: RatioEstimate | None = None) -> None:
         if result.outcome != "passed" or not result.samples:
             return
         request = result.request
@@ -420,7 +473,8 @@ class HostperfSession:
                             _default_budgets())
         policy = Policy(tolerance, self.settings.alpha, self.comparisons, self.settings.session_noise,
                         budget if request.target.kind != "native" else None)
-        to_native = self._ratio_to_native(result, policy.confidence)
+        # A re-measurement keeps the first attempt's ratio: only that one was interleaved.
+        to_native = to_native or self._ratio_to_native(result, policy.confidence)
         if runtime.baseline_error is not None:
             result.judgement = Judgement(Verdict.NO_BASELINE, str(runtime.baseline_error), to_native=to_native)
             return
@@ -450,13 +504,16 @@ class HostperfSession:
                     policy: Policy) -> RatioEstimate | None:
         """The reference workload around this test vs when the baseline's sessions were saved.
 
-        Of the timings before and after the test, the one further from 1 counts.
+        Of the timings before and after the test, the one closer to 1 counts: the guard
+        is for a machine that changed speed for longer than the test (throttled, moved,
+        a lasting neighbour). A moment's slowness is the re-measurement's job
+        (:meth:`_confirm`); blaming it on the host here would hide real regressions.
         """
         now = [s for s in (result.reference, result.reference_after) if s is not None]
         if not now or not saved:
             return None
         estimates = [compare_to_history(s, saved, policy.confidence, policy.session_noise) for s in now]
-        return max(estimates, key=lambda e: abs(math.log(e.ratio)))
+        return min(estimates, key=lambda e: abs(math.log(e.ratio)))
 
     def _mount_mismatch(self, result: Result, history: Sequence[Any]) -> str:
         if not history or not result.mount_info:
@@ -524,6 +581,11 @@ def reference_summary(context: Mapping[str, Any]) -> SessionSummary | None:
         return SessionSummary(float(data["median_s"]), float(data["log_median_se"]), int(data["rounds"]))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _worth_re_measuring(result: Result) -> bool:
+    judgement = result.judgement
+    return judgement is not None and (judgement.verdict is Verdict.REGRESSION or judgement.blamed_on_host)
 
 
 def _baseline_label(runtime: EnvRuntime) -> str:

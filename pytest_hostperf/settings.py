@@ -23,6 +23,7 @@ class Settings:
     history: int
     session_noise: float
     blocks: int
+    confirm: int = 2          # re-measurements of a regression before it is reported
     image: str | None = None
     vm_image: str | None = None
     network: bool = False

@@ -73,6 +73,7 @@ class Judgement:
     to_native: RatioEstimate | None = None
     baseline_sessions: int = 0
     session_sd: float | None = None
+    blamed_on_host: bool = False  # a proven change that host drift made `unstable`
 
 
 def judge(
@@ -119,7 +120,7 @@ def judge(
                          f"host drift: the reference workload ran {host_drift.ratio:.2f}x its baseline "
                          f"(CI {host_drift.ci_low:.2f}-{host_drift.ci_high:.2f}) right before this test, so its "
                          f"{to_baseline.ratio:.3f}x cannot be blamed on the code; re-run on a quiet machine, or "
-                         "re-save the baseline if the machine changed for good", **common)
+                         "re-save the baseline if the machine changed for good", blamed_on_host=True, **common)
     if to_baseline.ci_low > 1 + policy.tolerance:
         return Judgement(Verdict.REGRESSION, f"regression: {interval.format(p=f'p={slower_p:.2g}')}, "
                                              f"tolerance {policy.tolerance:.0%}", **common)
