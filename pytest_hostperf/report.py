@@ -56,6 +56,7 @@ def build_json(session: "HostperfSession") -> dict[str, Any]:
             "p_value": to_baseline.p_slower if to_baseline else None,
             "baseline_sessions": judgement.baseline_sessions if judgement else 0,
             "between_session_sd": judgement.session_sd if judgement else None,
+            "host_slowdown": judgement.host_slowdown if judgement else None,
             "baseline": result.baseline_path,
             "fingerprint_id": result.fingerprint_id,
             "fingerprint": runtime.fingerprint if runtime else {},

@@ -39,7 +39,7 @@ from pytest_hostperf.stats import (
 from pytest_hostperf.report import format_seconds
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.targets import Target, budget_for
-from pytest_hostperf.verdict import Judgement, Policy, Verdict, judge
+from pytest_hostperf.verdict import Judgement, Policy, Verdict, host_slowdown, judge
 
 Progress = Callable[[str], None]
 
@@ -344,7 +344,7 @@ class HostperfSession:
             retry.reference_after = self._time_reference([request], fresh=True).get(request.target.env)
             self._judge(retry, to_native=first.judgement.to_native if first.judgement else None)
             attempts.append(retry)
-            chosen = min(attempts, key=lambda a: a.summary.median_s if a.summary else math.inf)
+            chosen = _fastest_trusted(attempts)
         if len(attempts) == 1 or chosen.judgement is None:
             return
         medians = ", ".join(format_seconds(a.summary.median_s) for a in attempts if a.summary)
@@ -489,7 +489,9 @@ class HostperfSession:
         saved_references = [s for s in (reference_summary(h.context) for h in history) if s is not None]
         result.judgement = judge(result.summary, [h.summary() for h in history], policy, to_native,
                                  baseline_name=_baseline_label(runtime),
-                                 host_drift=self._host_drift(result, saved_references, policy),
+                                 host_slowdown=host_slowdown(
+                                     [s for s in (result.reference, result.reference_after) if s is not None],
+                                     saved_references),
                                  host_noise=between_session_sd(saved_references))
         if not history and runtime.fingerprint_id:
             others = [p.name for p in self.store.files_for(request.target.env)
@@ -499,21 +501,6 @@ class HostperfSession:
                     result.judgement,
                     reason=f"no baseline for fingerprint {runtime.fingerprint_id}; other machines' baselines: "
                            f"{', '.join(others[:3])} (run `hostperf compare` to see what differs)")
-
-    def _host_drift(self, result: Result, saved: Sequence[SessionSummary],
-                    policy: Policy) -> RatioEstimate | None:
-        """The reference workload around this test vs when the baseline's sessions were saved.
-
-        Of the timings before and after the test, the one closer to 1 counts: the guard
-        is for a machine that changed speed for longer than the test (throttled, moved,
-        a lasting neighbour). A moment's slowness is the re-measurement's job
-        (:meth:`_confirm`); blaming it on the host here would hide real regressions.
-        """
-        now = [s for s in (result.reference, result.reference_after) if s is not None]
-        if not now or not saved:
-            return None
-        estimates = [compare_to_history(s, saved, policy.confidence, policy.session_noise) for s in now]
-        return min(estimates, key=lambda e: abs(math.log(e.ratio)))
 
     def _mount_mismatch(self, result: Result, history: Sequence[Any]) -> str:
         if not history or not result.mount_info:
@@ -581,6 +568,12 @@ def reference_summary(context: Mapping[str, Any]) -> SessionSummary | None:
         return SessionSummary(float(data["median_s"]), float(data["log_median_se"]), int(data["rounds"]))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _fastest_trusted(attempts: Sequence[Result]) -> Result:
+    """The fastest attempt measured while the machine was at speed, else the fastest."""
+    trusted = [a for a in attempts if not (a.judgement and a.judgement.blamed_on_host)]
+    return min(trusted or attempts, key=lambda a: a.summary.median_s if a.summary else math.inf)
 
 
 def _worth_re_measuring(result: Result) -> bool:

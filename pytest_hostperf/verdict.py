@@ -73,7 +73,8 @@ class Judgement:
     to_native: RatioEstimate | None = None
     baseline_sessions: int = 0
     session_sd: float | None = None
-    blamed_on_host: bool = False  # a proven change that host drift made `unstable`
+    blamed_on_host: bool = False  # a proven change that host slowness made `unstable`
+    host_slowdown: float | None = None  # reference around the test / its best saved speed
 
 
 def judge(
@@ -82,15 +83,16 @@ def judge(
     policy: Policy,
     to_native: RatioEstimate | None = None,
     baseline_name: str = "baseline",
-    host_drift: RatioEstimate | None = None,
+    host_slowdown: float | None = None,
     host_noise: float | None = None,
 ) -> Judgement:
     """The verdict for one measurement; ``reason`` is the one line shown on failure.
 
-    ``host_drift`` is the reference workload timed right before this test against the
-    reference saved with the baseline: when the machine itself is off its usual speed, a
-    change of the test cannot be attributed to the code, and a regression or improvement
-    is reported as ``unstable`` instead. ``host_noise`` is the standard deviation of the
+    ``host_slowdown`` is how much slower than its best saved speed the machine ran the
+    reference workload around this measurement (see :func:`host_slowdown`): when the
+    machine itself is slower than the tolerance, a change of the test cannot be
+    attributed to the code, and a regression or improvement is reported as ``unstable``
+    instead. ``host_noise`` is the standard deviation of the
     reference workload's log medians over the saved sessions: an ``unstable`` reason
     uses it to say whether the machine or the benchmark is the noise.
     """
@@ -99,7 +101,7 @@ def judge(
     if history:
         to_baseline = compare_to_history(current, history, policy.confidence, policy.session_noise)
     common = dict(to_baseline=to_baseline, to_native=to_native,
-                  baseline_sessions=len(history), session_sd=session_sd)
+                  baseline_sessions=len(history), session_sd=session_sd, host_slowdown=host_slowdown)
 
     if to_native is not None and policy.max_overhead is not None and to_native.ci_low > policy.max_overhead:
         return Judgement(Verdict.OVERHEAD,
@@ -115,10 +117,10 @@ def judge(
     # A change proven beyond the tolerance is reported whatever the noise: the interval
     # already accounts for it. Unless the host itself changed speed meanwhile.
     proven = to_baseline.ci_low > 1 + policy.tolerance or to_baseline.ci_high < 1 / (1 + policy.tolerance)
-    if proven and host_drift is not None and drifted(host_drift, policy.tolerance):
+    if proven and host_slowdown is not None and host_slowdown > 1 + policy.tolerance:
         return Judgement(Verdict.UNSTABLE,
-                         f"host drift: the reference workload ran {host_drift.ratio:.2f}x its baseline "
-                         f"(CI {host_drift.ci_low:.2f}-{host_drift.ci_high:.2f}) right before this test, so its "
+                         f"host slow: the reference workload ran {host_slowdown:.2f}x its best saved speed around "
+                         f"this test, more than the {policy.tolerance:.0%} tolerance, so the test's "
                          f"{to_baseline.ratio:.3f}x cannot be blamed on the code; re-run on a quiet machine, or "
                          "re-save the baseline if the machine changed for good", blamed_on_host=True, **common)
     if to_baseline.ci_low > 1 + policy.tolerance:
@@ -148,10 +150,20 @@ def _noise_source(session_sd: float, host_noise: float) -> str:
             "between sessions (warm-up, caches, allocation, I/O)")
 
 
-def drifted(host_drift: RatioEstimate, tolerance: float) -> bool:
-    """The machine is measurably off its baseline speed, by more than half the tolerance."""
-    significant = host_drift.ci_low > 1 or host_drift.ci_high < 1
-    return significant and abs(math.log(host_drift.ratio)) > math.log1p(tolerance / 2)
+def host_slowdown(now: Sequence[SessionSummary], saved: Sequence[SessionSummary]) -> float | None:
+    """How much slower than its best saved speed the machine ran the reference workload.
+
+    ``now`` holds the reference timed right before and right after a measurement, and
+    the *faster* of them counts: slow at both ends means the machine was slow for longer
+    than the test (a throttled CPU, a lasting neighbour), which is when a slower test
+    says nothing about the code. A moment's slowness at one end is left to the
+    re-measurement. The best saved speed is the fastest saved session's reference: on a
+    shared machine the saved references are a mix of quiet and busy moments, and only
+    the quiet ones describe the machine.
+    """
+    if not now or not saved:
+        return None
+    return min(s.median_s for s in now) / min(s.median_s for s in saved)
 
 
 def _unenforceable(estimate: RatioEstimate, policy: Policy, session_sd: float | None,

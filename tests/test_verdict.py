@@ -254,20 +254,35 @@ def test_verdict_values():
     assert isinstance(judge(current(1.0), STEADY, POLICY), Judgement)
 
 
-def test_host_drift_turns_a_proven_change_into_unstable() -> None:
-    from pytest_hostperf.stats import RatioEstimate
+def test_a_slow_host_turns_a_proven_change_into_unstable() -> None:
     from pytest_hostperf.verdict import Policy, Verdict, judge
 
     history = [SessionSummary(1e-3 * f, 0.002, 200) for f in (1.0, 1.005, 0.995, 1.002, 0.998)]
     slower = SessionSummary(1.3e-3, 0.002, 200)
     policy = Policy(tolerance=0.05, alpha=0.01, comparisons=1)
     assert judge(slower, history, policy).verdict is Verdict.REGRESSION
-    machine_slow = RatioEstimate(1.25, 1.2, 1.3, 0.98, 1e-6, 1.0, "reference")
-    drifted = judge(slower, history, policy, host_drift=machine_slow)
-    assert drifted.verdict is Verdict.UNSTABLE
-    assert "host drift" in drifted.reason and "1.25x" in drifted.reason
-    machine_steady = RatioEstimate(1.01, 0.99, 1.03, 0.98, 0.2, 0.8, "reference")
-    assert judge(slower, history, policy, host_drift=machine_steady).verdict is Verdict.REGRESSION
+    slow_host = judge(slower, history, policy, host_slowdown=1.25)
+    assert slow_host.verdict is Verdict.UNSTABLE and slow_host.blamed_on_host
+    assert "host slow: the reference workload ran 1.25x its best saved speed" in slow_host.reason
+    assert slow_host.host_slowdown == 1.25
+    # Within the tolerance the machine is at its speed: the regression is the code's.
+    at_speed = judge(slower, history, policy, host_slowdown=1.04)
+    assert at_speed.verdict is Verdict.REGRESSION and not at_speed.blamed_on_host
+    # A slow host never turns a pass into anything else.
+    assert judge(history[0], history, policy, host_slowdown=1.6).verdict is Verdict.PASS
+
+
+def test_host_slowdown_takes_the_quicker_probe_against_the_best_saved_speed() -> None:
+    from pytest_hostperf.verdict import host_slowdown
+
+    saved = [SessionSummary(m, 0.01, 15) for m in (1.6e-3, 1.0e-3, 1.02e-3, 1.55e-3)]
+    # Slow at one end only: a moment, left to the re-measurement.
+    assert host_slowdown([SessionSummary(1.6e-3, 0.01, 15), SessionSummary(1.01e-3, 0.01, 15)],
+                         saved) == pytest.approx(1.01)
+    # Slow at both ends: the machine was slow throughout.
+    assert host_slowdown([SessionSummary(1.6e-3, 0.01, 15), SessionSummary(1.5e-3, 0.01, 15)],
+                         saved) == pytest.approx(1.5)
+    assert host_slowdown([], saved) is None and host_slowdown([saved[0]], []) is None
 
 
 @pytest.mark.parametrize("noise, power", [(0.005, 0.90), (0.01, 0.55)])
