@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import statistics
 from typing import Sequence
 
 from pytest_hostperf.stats import (
@@ -119,7 +120,7 @@ def judge(
     proven = to_baseline.ci_low > 1 + policy.tolerance or to_baseline.ci_high < 1 / (1 + policy.tolerance)
     if proven and host_slowdown is not None and host_slowdown > 1 + policy.tolerance:
         return Judgement(Verdict.UNSTABLE,
-                         f"host slow: the reference workload ran {host_slowdown:.2f}x its best saved speed around "
+                         f"host slow: the reference workload ran {host_slowdown:.2f}x its speed in the baseline around "
                          f"this test, more than the {policy.tolerance:.0%} tolerance, so the test's "
                          f"{to_baseline.ratio:.3f}x cannot be blamed on the code; re-run on a quiet machine, or "
                          "re-save the baseline if the machine changed for good", blamed_on_host=True, **common)
@@ -151,19 +152,20 @@ def _noise_source(session_sd: float, host_noise: float) -> str:
 
 
 def host_slowdown(now: Sequence[SessionSummary], saved: Sequence[SessionSummary]) -> float | None:
-    """How much slower than its best saved speed the machine ran the reference workload.
+    """How much slower than its usual speed the machine ran the reference workload.
 
     ``now`` holds the reference timed right before and right after a measurement, and
     the *faster* of them counts: slow at both ends means the machine was slow for longer
     than the test (a throttled CPU, a lasting neighbour), which is when a slower test
     says nothing about the code. A moment's slowness at one end is left to the
-    re-measurement. The best saved speed is the fastest saved session's reference: on a
-    shared machine the saved references are a mix of quiet and busy moments, and only
-    the quiet ones describe the machine.
+    re-measurement. The usual speed is the median of the references saved with this
+    test's baseline sessions: the machine as it was when the baseline was measured.
+    (Not its best: on a shared machine the quiet state itself spans +-10%, and against
+    the best moment nearly every probe would read as slow.)
     """
     if not now or not saved:
         return None
-    return min(s.median_s for s in now) / min(s.median_s for s in saved)
+    return min(s.median_s for s in now) / statistics.median(s.median_s for s in saved)
 
 
 def _unenforceable(estimate: RatioEstimate, policy: Policy, session_sd: float | None,
