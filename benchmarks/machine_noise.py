@@ -6,9 +6,9 @@ It prints:
 
 * the fast state (5th percentile of a round) and the share of rounds more than 25% slower;
 * how long the slow and fast phases last (runs of consecutive rounds in one state);
-* how much slower a round is while the other CPU is busy. On a VM whose two vCPUs are
-  hyperthreads of one physical core (or share it with another tenant's vCPU) this is
-  the slow state itself: the noise comes from whoever runs on the sibling;
+* how much slower a round is while the VM's other CPU is busy: if it is about 1.0x,
+  the slow phases come from outside the VM (other tenants, the hypervisor), not from
+  what runs beside the benchmark;
 * the spread of 0.5 s window medians (what one benchmark of a session sees) and the
   standard deviation a verdict would need at the default gate.
 

@@ -324,8 +324,9 @@ class HostperfSession:
         """Re-measure a regression after a pause, up to ``confirm`` times; judge the fastest.
 
         Baselines hold typical sessions. On a shared host a test can run while the
-        machine is slow for a moment (here: another tenant on the sibling hyperthread,
-        1.6x slower in phases of 0.1-2 s; ``benchmarks/machine_noise.py``), and that reads
+        machine is slow for a moment (here: pure Python runs up to 1.6x slower in phases
+        of milliseconds to seconds that come from outside the VM, whatever the VM itself
+        does; ``benchmarks/machine_noise.py``), and that reads
         as a regression. A real regression is slow in every attempt; a moment's slowness
         is gone in one of them. A proven change that the host-drift guard blamed on the
         machine is re-measured too: if the machine is back to speed and the test is
