@@ -39,6 +39,12 @@ def spin(count):
 def test_cpu(benchmark):
     benchmark.pedantic(spin, args=(3_000_000,), rounds=4, iterations=1, warmup_rounds=1)
 
+def test_quota_spin(benchmark):
+    # ~0.2 s rounds (a quota throttles in 100 ms periods), two per block after one
+    # warm-up round: the first round after an idle spell starts with unused quota and
+    # reads ~1.6x, not 2x. Twenty blocks alternate native and docker every ~2 s.
+    benchmark.pedantic(spin, args=(3_000_000,), rounds=2, iterations=1, warmup_rounds=1)
+
 def test_short_spin(benchmark):
     # ~20 ms rounds: with no quota to see, short rounds let native and docker alternate
     # every ~0.1 s, finer than this shared machine's slow phases (ms to s).
@@ -144,8 +150,9 @@ def test_cpu_bound_body_costs_nothing_in_a_container(project: pytest.Pytester, e
 
 def test_cpu_quota_doubles_the_ratio_to_native(project: pytest.Pytester, engine: Any) -> None:
     # Rounds of ~0.2 s, longer than the CFS period (100 ms): the quota throttles each alike.
-    # Ten blocks of four rounds alternate native and docker every ~1 s.
-    ratio, rows = median_ratio(project, "test_cpu", 10, "--hostperf-docker-cpus=0.5")
+    # Ten blocks of four rounds (alternating every ~3 s) gave medians of three sessions
+    # from 1.76 to 2.29 on this machine; single-round blocks read ~1.6 (see test_quota_spin).
+    ratio, rows = median_ratio(project, "test_quota_spin", 20, "--hostperf-docker-cpus=0.5")
     assert all(r["fingerprint"]["cpu_quota"] == 0.5 for r in rows)
     assert 1.8 <= ratio <= 2.2, [r["ratio_to_native"] for r in rows]
 
