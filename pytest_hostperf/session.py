@@ -325,12 +325,11 @@ class HostperfSession:
 
         Baselines hold typical sessions. On a shared host a test can run while the
         machine is slow for a moment (here: pure Python runs up to 1.6x slower in phases
-        of milliseconds to seconds that come from outside the VM, whatever the VM itself
-        does; ``benchmarks/machine_noise.py``), and that reads
-        as a regression. A real regression is slow in every attempt; a moment's slowness
-        is gone in one of them. A proven change that the host-drift guard blamed on the
-        machine is re-measured too: if the machine is back to speed and the test is
-        still slow, it is the code.
+        of milliseconds to seconds that come from outside the VM;
+        ``benchmarks/machine_noise.py``), and that reads as a regression. A real
+        regression is slow in every attempt; a moment's slowness is gone in one of them.
+        A proven change that the host guard blamed on the machine is re-measured too: if
+        the machine is back to speed and the test is still slow, it is the code.
         """
         first = self.results[request.item_id]
         attempts = [first]

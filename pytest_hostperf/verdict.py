@@ -15,6 +15,8 @@ The rules, in order:
    the ratio lies entirely beyond the tolerance. This implies significance at the
    session's family-wise level, so the false-alarm rate over all comparisons of a
    session stays at alpha.
+   Unless the host itself ran slower than the tolerance around the measurement (its
+   reference workload at both ends, :func:`host_slowdown`): then ``unstable``.
 5. ``inconclusive``: the point estimate is beyond the tolerance but the interval reaches
    back inside it: maybe a change, not proven. Not a failure.
 6. ``pass``.
@@ -75,7 +77,7 @@ class Judgement:
     baseline_sessions: int = 0
     session_sd: float | None = None
     blamed_on_host: bool = False  # a proven change that host slowness made `unstable`
-    host_slowdown: float | None = None  # reference around the test / its best saved speed
+    host_slowdown: float | None = None  # reference around the test / its usual speed in the baseline
 
 
 def judge(
@@ -89,8 +91,8 @@ def judge(
 ) -> Judgement:
     """The verdict for one measurement; ``reason`` is the one line shown on failure.
 
-    ``host_slowdown`` is how much slower than its best saved speed the machine ran the
-    reference workload around this measurement (see :func:`host_slowdown`): when the
+    ``host_slowdown`` is how much slower than in the baseline's sessions the machine ran
+    the reference workload around this measurement (see :func:`host_slowdown`): when the
     machine itself is slower than the tolerance, a change of the test cannot be
     attributed to the code, and a regression or improvement is reported as ``unstable``
     instead. ``host_noise`` is the standard deviation of the
