@@ -16,7 +16,8 @@ The rules, in order:
    session's family-wise level, so the false-alarm rate over all comparisons of a
    session stays at alpha.
    Unless the host itself ran slower than the tolerance around the measurement (its
-   reference workload at both ends, :func:`host_slowdown`): then ``unstable``.
+   reference workload at both ends, :func:`host_slowdown`) and by enough to explain
+   the slowdown: then ``unstable``.
 5. ``inconclusive``: the point estimate is beyond the tolerance but the interval reaches
    back inside it: maybe a change, not proven. Not a failure.
 6. ``pass``.
@@ -120,7 +121,11 @@ def judge(
     # A change proven beyond the tolerance is reported whatever the noise: the interval
     # already accounts for it. Unless the host itself changed speed meanwhile.
     proven = to_baseline.ci_low > 1 + policy.tolerance or to_baseline.ci_high < 1 / (1 + policy.tolerance)
-    if proven and host_slowdown is not None and host_slowdown > 1 + policy.tolerance:
+    # A slow host can explain a slowdown up to its own size (CPU-bound code slows about as
+    # much as the reference), never a larger one, and never a speed-up.
+    host_explains = (host_slowdown is not None and host_slowdown > 1 + policy.tolerance
+                     and 1 + policy.tolerance < to_baseline.ci_low <= host_slowdown * (1 + policy.tolerance))
+    if host_explains:
         return Judgement(Verdict.UNSTABLE,
                          f"host slow: the reference workload ran {host_slowdown:.2f}x its speed in the baseline around "
                          f"this test, more than the {policy.tolerance:.0%} tolerance, so the test's "

@@ -268,6 +268,12 @@ def test_a_slow_host_turns_a_proven_change_into_unstable() -> None:
     # Within the tolerance the machine is at its speed: the regression is the code's.
     at_speed = judge(slower, history, policy, host_slowdown=1.04)
     assert at_speed.verdict is Verdict.REGRESSION and not at_speed.blamed_on_host
+    # A host 10% slow cannot explain a 30% slowdown: that is the code.
+    beyond_host = judge(slower, history, policy, host_slowdown=1.10)
+    assert beyond_host.verdict is Verdict.REGRESSION and beyond_host.host_slowdown == 1.10
+    # Nor can a slow host explain a speed-up.
+    faster = SessionSummary(0.7e-3, 0.002, 200)
+    assert judge(faster, history, policy, host_slowdown=1.25).verdict is Verdict.IMPROVEMENT
     # A slow host never turns a pass into anything else.
     assert judge(history[0], history, policy, host_slowdown=1.6).verdict is Verdict.PASS
 
