@@ -31,7 +31,8 @@ import numpy as np
 # The distributions come from scipy.special (Student's t and normal CDFs and their
 # inverses, the routines scipy.stats itself calls): ~0.25 s to import where scipy.stats
 # costs ~0.85 s, on a machine whose second core is busy starting the agent. Imported
-# where used, so the controller can load it in the background (session.prestart).
+# where used, so the controller can load it in the background
+# (HostperfSession.preload_statistics).
 
 #: IQR of a standard normal; turns an IQR into a robust standard-deviation estimate.
 _IQR_TO_SD = 1.3489795003921634
