@@ -26,8 +26,10 @@ from pytest_hostperf.environments.base import (
     AgentDied,
     AgentTimeout,
     Environment,
+    EnvironmentContext,
     EnvironmentFailure,
 )
+from pytest_hostperf.progress import Reporter
 from pytest_hostperf.stats import (
     RatioEstimate,
     SessionSummary,
@@ -115,11 +117,12 @@ class EnvRuntime:
 
 class HostperfSession:
     def __init__(self, settings: Settings, progress: Progress,
-                 backend_factory: Callable[[str, "HostperfSession"], Environment]) -> None:
+                 backend_factory: Callable[[str, EnvironmentContext], Environment]) -> None:
         self.settings = settings
         self.progress = progress
         self.session_id = uuid.uuid4().hex[:12]
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"hostperf-{self.session_id}-"))
+        self.context = EnvironmentContext(settings, self.session_id, self.work_dir, Reporter(progress))
         self.store = BaselineStore(settings.baselines_dir)
         self._factory = backend_factory
         self.runtimes: dict[str, EnvRuntime] = {}
@@ -142,7 +145,7 @@ class HostperfSession:
     def _runtime(self, env: str) -> EnvRuntime:
         if env not in self.runtimes:
             try:
-                backend = self._factory(env, self)
+                backend = self._factory(env, self.context)
             except EnvironmentFailure as exc:
                 runtime = EnvRuntime(_Unavailable(env))
                 runtime.failure = exc

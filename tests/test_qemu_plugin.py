@@ -68,7 +68,10 @@ def hostperf(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_vm_items_accelerator_ratio_and_mounts(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_vm=BODIES)
     report = pytester.path / "r.json"
-    result = hostperf(pytester, "-v", f"--hostperf-json={report}")
+    # The subject is the mechanism (accelerator, mounts, ratio direction), not this host's
+    # TCG speed: a share under TCG read 51.9x native on one machine and ~40x on another,
+    # so the overhead gate is opened wide here and the ratio is checked against itself.
+    result = hostperf(pytester, "-v", f"--hostperf-json={report}", "--hostperf-max-overhead=qemu:tcg=100000")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*test_cpu?qemu? PASSED*", "*test_files?qemu-guest? PASSED*",
                                  "*test_files?qemu-tmpfs? PASSED*"])
@@ -82,8 +85,9 @@ def test_vm_items_accelerator_ratio_and_mounts(pytester: pytest.Pytester) -> Non
         assert inside["signature"] == "TCGTCGTCGTCG"
         if os.path.exists("/dev/kvm"):
             assert outside["fallback_reason"], "KVM was tried first; why it failed must be recorded"
-        # Software emulation of CPU-bound Python: roughly 10x here.
-        assert 4 <= cpu["ratio_to_native"]["ratio"] <= 40, cpu["ratio_to_native"]
+        # Software emulation of CPU-bound Python: 12-19x on the machines we have seen; its
+        # size depends on the host, its direction does not.
+        assert cpu["ratio_to_native"]["ci_low"] > 2, cpu["ratio_to_native"]
     else:
         assert inside["signature"] == "KVMKVMKVM"
     assert cpu["fingerprint"]["env_kind"] == "vm"

@@ -469,13 +469,14 @@ class _Settings(SimpleNamespace):
 
 def test_end_to_end_native_and_ssh(sshd: SshServer, pytester: pytest.Pytester,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_hostperf.environments.base import EnvironmentContext
     from pytest_hostperf.environments.registry import create_backend
+    from pytest_hostperf.progress import SILENT
 
-    session = SimpleNamespace(settings=_Settings(project_dir=pytester.path, ssh_config=sshd.client_config),
-                              session_id="probe", work_dir=pytester.path, progress=lambda line: None)
-    backend = create_backend(f"ssh:{HOST}", session)  # type: ignore[arg-type]
-    if getattr(backend, "ssh_config", None) is None:
-        pytest.skip("the registry does not pass --hostperf-ssh-config to SshEnvironment yet")
+    settings = _Settings(project_dir=pytester.path, ssh_config=sshd.client_config)
+    context = EnvironmentContext(settings, "probe", pytester.path, SILENT)  # type: ignore[arg-type]
+    backend = create_backend(f"ssh:{HOST}", context)
+    assert getattr(backend, "ssh_config", None) == sshd.client_config, "the registry must pass --hostperf-ssh-config"
     monkeypatch.setenv("HOSTPERF_SSH_PYTHON", PYTHON)  # sshd sessions may lack pyenv on PATH
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_e2e="""

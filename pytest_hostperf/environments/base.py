@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pytest_hostperf.agent import protocol
+from pytest_hostperf.progress import Reporter
+from pytest_hostperf.settings import Settings
 
 
 def failure_text(head: str, hint: str = "", log_tail: str = "") -> str:
@@ -29,6 +31,20 @@ def failure_text(head: str, hint: str = "", log_tail: str = "") -> str:
     return text
 
 
+@dataclasses.dataclass(frozen=True)
+class EnvironmentContext:
+    """What a backend is built from: the session's settings and where it may put things.
+
+    Handed to :func:`~pytest_hostperf.environments.registry.create_backend` (and to the
+    ``pytest_hostperf_make_environment`` hook), never the session object itself.
+    """
+
+    settings: Settings
+    session_id: str      # labels every resource, so a sweep can find what a killed run left
+    work_dir: Path       # private to this session, removed at its end
+    reporter: Reporter   # progress lines (image builds, VM boots)
+
+
 class EnvironmentFailure(Exception):
     """An environment could not be prepared or used; the message names it and the fix."""
 
@@ -37,8 +53,6 @@ class EnvironmentFailure(Exception):
         self.hint = hint
         self.log_tail = log_tail
         super().__init__(failure_text(f"environment {env!r}: {message}", hint, log_tail))
-
-
 
 
 class AgentTimeout(Exception):
