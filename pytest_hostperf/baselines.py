@@ -4,8 +4,9 @@ Layout: ``<dir>/<env>-<fingerprint id>.json``. A file holds, per test and mount,
 bounded history of saved sessions (median, within-session spread and a thinned set of
 raw samples), so between-session noise can be estimated and old samples re-analysed.
 Files are written sorted and indented (scalar lists on one line) so a diff reads well,
-atomically (temp file + rename) and under an exclusive lock on the directory, so two
-processes saving at once both land. A file that cannot be read is never overwritten.
+atomically (temp files + rename, every environment of a session or none) and under an
+exclusive lock on the directory, so two processes saving at once both land. A file that
+cannot be read, or holds a value no timing can be, is never overwritten.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from pytest_hostperf.model import Record, RecordError, SessionSummary, count, non_negative, positive
 from pytest_hostperf.sampling import thin
-from pytest_hostperf.stats import SessionSummary
 
 SCHEMA_VERSION = 1
 TOOL = "pytest-hostperf"
@@ -44,6 +45,8 @@ class BaselineError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class SavedSession:
+    """One saved session of one test and mount: the unit of the between-session history."""
+
     session_id: str
     saved_at: str
     median_s: float
@@ -56,6 +59,30 @@ class SavedSession:
     def summary(self) -> SessionSummary:
         return SessionSummary(self.median_s, self.log_median_se, self.rounds)
 
+    def reference(self) -> SessionSummary | None:
+        """The host's reference workload as timed beside this session, if it was."""
+        data = self.context.get("reference")
+        return SessionSummary.from_json(data) if isinstance(data, Mapping) else None
+
+    @classmethod
+    def from_record(cls, record: Record, session_id: str, saved_at: str) -> SavedSession:
+        """What a measured record leaves in the history: summary, thinned samples, context."""
+        if record.summary is None or not record.samples:
+            raise ValueError(f"{record.test} [{record.mount_key}]: nothing measured to save")
+        if not all(math.isfinite(x) and x > 0 for x in record.samples):
+            raise ValueError(f"{record.test} [{record.mount_key}]: samples must be positive finite timings")
+        context: dict[str, Any] = {}
+        if record.fstype:
+            context["fstype"] = record.fstype
+        if record.references:
+            context["reference"] = record.references[0].to_json()
+        if record.accepted is not None:
+            context["accepted"] = {"reason": record.accepted,
+                                   "verdict": record.verdict.value if record.verdict else None}
+        summary = record.summary
+        return cls(session_id, saved_at, summary.median_s, summary.log_median_se, summary.rounds,
+                   record.iterations, tuple(thin(record.samples, SAMPLES_KEPT)), context)
+
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["samples"] = [float(f"{x:.6g}") for x in self.samples]
@@ -63,29 +90,50 @@ class SavedSession:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "SavedSession":
+    def from_json(cls, data: Mapping[str, Any], where: str = "session") -> SavedSession:
+        """Read one history entry; a value no timing can be is a :class:`RecordError` naming it.
+
+        Hand-edited files are the reason: a NaN median turns a 2x regression into a pass
+        and a zero one divides by zero, so neither may reach the statistics.
+        """
+        if not isinstance(data, Mapping):
+            raise RecordError(f"{where}: expected an object")
+        context = data.get("context", {})
+        if not isinstance(context, Mapping):
+            raise RecordError(f"{where}.context: expected an object")
+        if "reference" in context:
+            SessionSummary.from_json(context["reference"], f"{where}.context.reference")
         return cls(
             session_id=str(data["session_id"]),
             saved_at=str(data["saved_at"]),
-            median_s=float(data["median_s"]),
-            log_median_se=float(data["log_median_se"]),
-            rounds=int(data["rounds"]),
-            iterations=int(data.get("iterations", 1)),
-            samples=tuple(float(x) for x in data.get("samples", ())),
-            context=dict(data.get("context", {})),
+            median_s=positive(data.get("median_s"), f"{where}.median_s"),
+            log_median_se=non_negative(data.get("log_median_se"), f"{where}.log_median_se"),
+            rounds=count(data.get("rounds"), f"{where}.rounds"),
+            iterations=count(data.get("iterations", 1), f"{where}.iterations"),
+            samples=tuple(positive(x, f"{where}.samples[{i}]") for i, x in enumerate(data.get("samples", ()))),
+            context=dict(context),
         )
 
 
 @dataclasses.dataclass(frozen=True)
-class Measurement:
-    """One result to save: test, mount, and what this session measured."""
+class EnvironmentSave:
+    """What one environment saves at the end of a session: its identity and its records."""
 
-    test: str
-    mount: str
-    summary: SessionSummary
-    iterations: int
-    samples: Sequence[float]
-    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    environment: str
+    fingerprint_id: str
+    match: Mapping[str, Any]
+    fingerprint: Mapping[str, Any]
+    records: Sequence[Record]
+
+
+class BaselineSaveError(OSError):
+    """Saving failed (read-only directory, full disk); no baseline file was changed."""
+
+    def __init__(self, directory: Path, problem: str) -> None:
+        self.directory = directory
+        super().__init__(f"baselines NOT saved to {directory}: {problem}. No baseline file was changed; "
+                         "free space or fix the directory's permissions, then run the session again "
+                         "with --hostperf-save")
 
 
 @dataclasses.dataclass
@@ -143,38 +191,58 @@ class BaselineStore:
         fingerprint_id: str,
         match: Mapping[str, Any],
         fingerprint: Mapping[str, Any],
-        measurements: Sequence[Measurement],
+        records: Sequence[Record],
         session_id: str,
         max_history: int = DEFAULT_HISTORY,
         now: _dt.datetime | None = None,
     ) -> Path:
-        """Append this session to the file's history (read-merge-write under a lock)."""
+        """Append this session to one environment's file (see :meth:`save_all`)."""
+        (path,) = self.save_all([EnvironmentSave(environment, fingerprint_id, match, fingerprint, records)],
+                                session_id, max_history, now)
+        return path
+
+    def save_all(self, saves: Sequence[EnvironmentSave], session_id: str, max_history: int = DEFAULT_HISTORY,
+                 now: _dt.datetime | None = None) -> list[Path]:
+        """Append this session to every environment's file: all of them or none.
+
+        Under the directory lock every file is read (an unreadable one raises
+        :class:`BaselineError` and nothing is written), every new text is written to a
+        temporary file beside its target and synced, and only then are they renamed
+        over the targets. A full disk or a read-only directory fails while staging and
+        leaves every file as it was (:class:`BaselineSaveError`).
+        """
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path_for(environment, fingerprint_id)
         stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BaselineSaveError(self.directory, f"cannot create the directory ({exc})") from exc
         with _directory_lock(self.directory):
-            # Read under the lock: a corrupt file raises here and is left untouched.
-            current = read_baseline(path) if path.exists() else BaselineFile(
-                path, environment, fingerprint_id, dict(match), {}, {})
-            if current.fingerprint_id != fingerprint_id or current.environment != environment:
-                raise BaselineError(path, f"holds {current.environment}/{current.fingerprint_id}, "
-                                          f"not {environment}/{fingerprint_id}",
-                                    "it was renamed by hand; restore its original name or move it away")
-            current.fingerprint = dict(fingerprint)
-            current.match = dict(match)
-            for m in measurements:
-                if not all(math.isfinite(x) and x > 0 for x in m.samples):
-                    raise ValueError(f"{m.test} [{m.mount}]: samples must be positive finite timings")
-                sessions = current.benchmarks.setdefault(m.test, {}).setdefault(m.mount, [])
-                sessions[:] = [s for s in sessions if s.session_id != session_id]
-                sessions.append(SavedSession(session_id, stamp, m.summary.median_s, m.summary.log_median_se,
-                                             m.summary.rounds, m.iterations, tuple(thin(m.samples, SAMPLES_KEPT)),
-                                             dict(m.context)))
-                del sessions[:-max_history]
-            _atomic_write(path, dumps(current.to_json()))
-        return path
+            texts = {}
+            for save in saves:
+                path = self.path_for(save.environment, save.fingerprint_id)
+                texts[path] = dumps(self._merged(path, save, session_id, stamp, max_history).to_json())
+            _replace_all(self.directory, texts)
+        return list(texts)
+
+    def _merged(self, path: Path, save: EnvironmentSave, session_id: str, stamp: str,
+                max_history: int) -> BaselineFile:
+        # Read under the lock: a corrupt file raises here and is left untouched.
+        current = read_baseline(path) if path.exists() else BaselineFile(
+            path, save.environment, save.fingerprint_id, dict(save.match), {}, {})
+        if current.fingerprint_id != save.fingerprint_id or current.environment != save.environment:
+            raise BaselineError(path, f"holds {current.environment}/{current.fingerprint_id}, "
+                                      f"not {save.environment}/{save.fingerprint_id}",
+                                "it was renamed by hand; restore its original name or move it away")
+        current.fingerprint = dict(save.fingerprint)
+        current.match = dict(save.match)
+        for record in save.records:
+            sessions = current.benchmarks.setdefault(record.test, {}).setdefault(record.mount_key, [])
+            sessions[:] = [s for s in sessions if s.session_id != session_id]
+            sessions.append(SavedSession.from_record(record, session_id, stamp))
+            del sessions[:-max_history]
+        return current
 
 
 def read_baseline(path: Path) -> BaselineFile:
@@ -198,12 +266,17 @@ def read_baseline(path: Path) -> BaselineFile:
                             "with --hostperf-save after moving this file away")
     try:
         benchmarks = {
-            str(test): {str(mount): [SavedSession.from_json(s) for s in sessions]
+            str(test): {str(mount): [SavedSession.from_json(s, f"benchmarks[{test!r}][{mount!r}][{i}]")
+                                     for i, s in enumerate(sessions)]
                         for mount, sessions in mounts.items()}
             for test, mounts in data["benchmarks"].items()
         }
         return BaselineFile(path, str(data["environment"]), str(data["fingerprint_id"]),
                             dict(data.get("match", {})), dict(data.get("fingerprint", {})), benchmarks)
+    except RecordError as exc:
+        raise BaselineError(path, f"holds an impossible value: {exc}",
+                            f"a hand edit or a bad merge? correct the value or restore the file (git checkout -- "
+                            f"{path}); hostperf never overwrites a file it cannot read") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BaselineError(path, f"has an unexpected structure ({type(exc).__name__}: {exc})", fix) from exc
 
@@ -233,7 +306,32 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _replace_all(directory: Path, texts: Mapping[Path, str]) -> None:
+    """Stage every text in a synced temporary file, then rename them all over their targets."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in texts.items():
+            staged.append((_stage(path, text), path))
+    except BaseException as exc:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise BaselineSaveError(directory, f"{type(exc).__name__}: {exc}") from exc
+        raise
+    # Renames within one directory allocate no space: once everything is staged, it lands
+    # (a rename failing anyway, which needs a fault of the filesystem, leaves no temp file).
+    for index, (tmp, path) in enumerate(staged):
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            for left, _ in staged[index:]:
+                with contextlib.suppress(OSError):
+                    os.unlink(left)
+            raise BaselineSaveError(directory, f"renaming {path.name} failed ({exc})") from exc
+
+
+def _stage(path: Path, text: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file 0600; a baseline is shared through git like any file.
@@ -242,11 +340,11 @@ def _atomic_write(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return tmp
 
 
 def _mode_for(path: Path) -> int:

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Iterable
 
 from pytest_hostperf.baselines import BaselineError, BaselineFile, read_baseline
+from pytest_hostperf.model import Record, Verdict
+from pytest_hostperf.report.json import ReportError, read_records
 from pytest_hostperf.stats import SessionSummary, summarize
-from pytest_hostperf.verdict import Judgement, Policy, Verdict, judge
+from pytest_hostperf.verdict import Judgement, Policy, judge
 
 
 class CompareError(Exception):
@@ -29,39 +31,21 @@ class Row:
         return self.judgement.verdict
 
 
-@dataclasses.dataclass(frozen=True)
-class _Current:
-    env: str
-    test: str
-    mount: str
-    summary: SessionSummary
-    fingerprint_id: str | None
-
-
-def _load_current(path: Path) -> list[_Current]:
+def _load_current(path: Path) -> list[tuple[Record, SessionSummary]]:
+    """The measurements to judge: a report's records, or each test's last saved session."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CompareError(f"{path}: cannot read it as JSON ({exc})") from exc
     if isinstance(data, dict) and "results" in data:
-        if data.get("tool") != "pytest-hostperf":
-            raise CompareError(f"{path}: not a pytest-hostperf report (make one with --hostperf-json=PATH)")
-        rows = []
-        for index, record in enumerate(data["results"]):
-            if not record.get("samples"):
-                continue
-            try:
-                rows.append(_Current(record["env"], record["test"], record.get("mount") or "-",
-                                     summarize(record["samples"]), record.get("fingerprint_id")))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CompareError(f"{path}: result #{index} is malformed ({type(exc).__name__}: {exc}); "
-                                   "regenerate the report with --hostperf-json") from exc
-        return rows
+        try:
+            return [_summarized(path, r) for r in read_records(path) if r.samples]
+        except ReportError as exc:
+            raise CompareError(str(exc)) from exc
     baseline = _read(path)
-    return [
-        _Current(baseline.environment, test, mount, sessions[-1].summary(), baseline.fingerprint_id)
-        for test, mounts in baseline.benchmarks.items() for mount, sessions in mounts.items() if sessions
-    ]
+    return [(Record(test, baseline.environment, None if mount == "-" else mount, fingerprint_id=baseline.fingerprint_id,
+                    samples=saved[-1].samples), saved[-1].summary())
+            for test, mounts in baseline.benchmarks.items() for mount, saved in mounts.items() if saved]
 
 
 def _read(path: Path) -> BaselineFile:
@@ -75,23 +59,31 @@ def compare_files(current: Path, baseline: Path, tolerance: float, alpha: float)
     """Judge every test of ``current`` that ``baseline`` also has."""
     reference = _read(baseline)
     candidates = _load_current(current)
-    matching = [c for c in candidates if c.env == reference.environment]
+    matching = [c for c in candidates if c[0].env == reference.environment]
     if not matching:
-        envs = sorted({c.env for c in candidates}) or ["nothing measured"]
+        envs = sorted({c.env for c, _ in candidates}) or ["nothing measured"]
         raise CompareError(f"{current} has results for {', '.join(envs)}, but {baseline} is a baseline of "
                            f"{reference.environment!r}; pick the baseline file of the same environment")
-    comparable = [c for c in matching if reference.history(c.test, c.mount)]
+    comparable = [c for c, _ in matching if reference.history(c.test, c.mount_key)]
     rows = []
-    for c in matching:
+    for c, summary in matching:
         same_session = c.fingerprint_id == reference.fingerprint_id
-        history = [s.summary() for s in reference.history(c.test, c.mount)]
+        history = [s.summary() for s in reference.history(c.test, c.mount_key)]
         if current.resolve() == baseline.resolve() or (same_session and history and
-                                                       c.summary == history[-1]):
+                                                       summary == history[-1]):
             history = history[:-1]  # a file compared with itself: its last session vs the rest
         policy = Policy(tolerance, alpha, max(1, len(comparable)))
-        rows.append(Row(c.test, c.env, c.mount, c.summary.median_s,
-                        judge(c.summary, history, policy, baseline_name=baseline.name)))
+        rows.append(Row(c.test, c.env, c.mount_key, summary.median_s,
+                        judge(summary, history, policy, baseline_name=baseline.name)))
     return rows
+
+
+def _summarized(path: Path, record: Record) -> tuple[Record, SessionSummary]:
+    """A report's record with a summary recomputed from its raw samples, as a session does."""
+    try:
+        return record, summarize(record.samples)
+    except ValueError as exc:
+        raise CompareError(f"{path}: {record.test} [{record.env}]: {exc}") from exc
 
 
 def render(rows: Iterable[Row]) -> list[str]:

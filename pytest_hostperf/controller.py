@@ -1,8 +1,10 @@
 """The controller's pytest hooks: one item per environment, reports from agents' results.
 
-Registered by :mod:`pytest_hostperf.plugin` only with ``--hostperf``. The work is done by
-:class:`~pytest_hostperf.session.HostperfSession`; this module translates between pytest
-and it.
+Registered by :mod:`pytest_hostperf.plugin` only with ``--hostperf``. This module only
+translates between pytest and the run loop (:mod:`pytest_hostperf.run`): at configure
+it makes the environment pool and starts the native agent; after collection it hands
+the plan over once (:class:`~pytest_hostperf.run.session.SessionRun`); each item asks
+for its record; at the end it writes the reports, then saves the baselines.
 """
 
 from __future__ import annotations
@@ -10,49 +12,81 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from pytest_hostperf import report
-from pytest_hostperf.environments.registry import create_backend
-from pytest_hostperf.session import FORWARDED_BENCHMARK_OPTIONS, HostperfSession, Request, Result
+from pytest_hostperf.baselines import BaselineError, BaselineSaveError
+from pytest_hostperf.environments.base import Environment, EnvironmentContext, EnvironmentFailure
+from pytest_hostperf.model import Outcome, Record, Verdict
+from pytest_hostperf.options import DEFAULT_MAX_OVERHEAD, Kinds
+from pytest_hostperf.progress import Reporter
+from pytest_hostperf.report.json import write_json
+from pytest_hostperf.report.markdown import render_markdown
+from pytest_hostperf.report.terminal import render_terminal
+from pytest_hostperf.run import workdir
+from pytest_hostperf.run.plan import FORWARDED_BENCHMARK_OPTIONS, Plan, Request
+from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool
+from pytest_hostperf.run.session import SessionRun
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.targets import MarkerError, MarkerSettings, Target, parse_marker, plan_targets
 
 TARGET_ARG = "_hostperf_target"
 REQUEST_KEY = pytest.StashKey[Request]()
+#: Signals that end the session like Ctrl-C does: stop every environment, then exit.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class HostperfPlugin:
     """The controller's hooks, registered only with ``--hostperf``."""
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, kinds: Kinds) -> None:
         self.config = config
-        self.session = HostperfSession(settings, self._progress, create_backend)
-        self.groups: dict[str, list[pytest.Item]] = {}
+        self.settings = settings
+        self.kinds = kinds
+        workdir.sweep_stale()  # what a SIGKILLed session left in $TMPDIR
+        session_id = uuid.uuid4().hex[:12]
+        self.work_dir = workdir.create(session_id)
+        context = EnvironmentContext(settings, session_id, self.work_dir, Reporter(self._write_line))
+        self.pool = EnvironmentPool(context, self._make_environment)
+        self.run: SessionRun | None = None
+        self.json_report: dict[str, Any] | None = None
+        self.saved: list[Path] = []
+        self.save_problem = ""
         self._install_cleanup()
         self._start_native_early(config)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def _progress(self, line: str) -> None:
+    def _write_line(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.ensure_newline()
             reporter.write_line(line)
 
-    def _install_cleanup(self) -> None:
-        # pytest turns SIGINT into KeyboardInterrupt and still unconfigures; SIGTERM and a
-        # hard interpreter exit get the same cleanup here. SIGKILL cannot be caught: every
-        # backend labels what it creates and sweeps stale resources at the next start.
-        atexit.register(self.session.stop_all)
-        if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            def on_term(signum: int, frame: Any) -> None:
-                raise KeyboardInterrupt(f"signal {signum}")
+    def _make_environment(self, name: str, context: EnvironmentContext) -> Environment:
+        backend: Environment | None = self.config.hook.pytest_hostperf_make_environment(name=name, context=context)
+        if backend is None:
+            raise EnvironmentFailure(name, "no installed plugin makes this kind of environment",
+                                     hint="a plugin that declares it in pytest_hostperf_environment_kinds must "
+                                          "also implement pytest_hostperf_make_environment")
+        return backend
 
-            signal.signal(signal.SIGTERM, on_term)
+    def _install_cleanup(self) -> None:
+        # pytest turns SIGINT into KeyboardInterrupt and still unconfigures; SIGTERM, SIGHUP
+        # (the terminal closed) and a hard interpreter exit get the same cleanup here.
+        # SIGKILL cannot be caught: every backend labels what it creates and the next
+        # session sweeps it (workdir.sweep_stale for the work dir).
+        atexit.register(self._stop)
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                signal.signal(signum, _interrupt)
+
+    def _stop(self) -> None:
+        self.pool.stop_all()
+        workdir.remove(self.work_dir)
 
     def _start_native_early(self, config: pytest.Config) -> None:
         """Start the native agent now, before collection, as xdist starts its workers.
@@ -63,18 +97,15 @@ class HostperfPlugin:
         controller will collect. Other environments start after collection, when it is
         known that a test uses them (a VM boot is not worth risking on a guess).
         """
-        if "native" not in self.session.settings.envs or config.option.pyargs:
+        if "native" not in self.settings.envs or config.option.pyargs:
             return
         files = _invocation_paths(config)
-        if files is None:
-            return
-        self.session.test_files = files
-        self.session.pytest_args = _forwarded_args(config)
-        self.session.prestart(["native"])
+        if files is not None:
+            self.pool.prestart(["native"], AgentArgs(files, _forwarded_args(config)))
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        self.session.stop_all()
-        atexit.unregister(self.session.stop_all)
+        self._stop()
+        atexit.unregister(self._stop)
 
     # -- collection -----------------------------------------------------------------------
 
@@ -84,15 +115,15 @@ class HostperfPlugin:
             return
         marker = metafunc.definition.get_closest_marker("hostperf")
         try:
-            settings = parse_marker(marker.kwargs, marker.args) if marker else MarkerSettings()
+            settings = parse_marker(marker.kwargs, marker.args, self.kinds) if marker else MarkerSettings()
         except MarkerError as exc:
             raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.hostperf: {exc}") from None
         uses_dir = "hostperf_dir" in metafunc.fixturenames
-        targets = plan_targets(self.session.settings.envs, settings, uses_dir)
+        targets = plan_targets(self.settings.envs, settings, uses_dir, self.kinds)
         if not targets:
             raise pytest.UsageError(
                 f"{metafunc.definition.nodeid}: @pytest.mark.hostperf(envs={list(settings.envs or ())}) "
-                f"selects none of the session's environments ({','.join(self.session.settings.envs)})")
+                f"selects none of the session's environments ({','.join(self.settings.envs)})")
         # A parameter the test function does not declare (as pytest-repeat does): it only
         # gives each environment its own item and id.
         metafunc.fixturenames.append(TARGET_ARG)
@@ -100,69 +131,94 @@ class HostperfPlugin:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         files: set[str] = set()
-        self.groups.clear()
+        requests = []
         for item in session.items:
             target = _target_of(item)
             if target is None:
                 continue
             marker = item.get_closest_marker("hostperf")
-            settings = parse_marker(marker.kwargs) if marker else MarkerSettings()
-            test = _agent_nodeid(item, target)
-            item.stash[REQUEST_KEY] = Request(item.nodeid, test, target, settings.tolerance, settings.max_overhead)
-            self.groups.setdefault(test, []).append(item)
+            settings = parse_marker(marker.kwargs, (), self.kinds) if marker else MarkerSettings()
+            request = Request(item.nodeid, _agent_nodeid(item, target), target, settings.tolerance,
+                              settings.max_overhead)
+            item.stash[REQUEST_KEY] = request
+            requests.append(request)
             files.add(str(item.path.relative_to(self.config.rootpath)))
-        self.session.comparisons = max(1, sum(len(g) for g in self.groups.values()))
-        self.session.test_files = tuple(sorted(files))
-        self.session.pytest_args = _forwarded_args(self.config)
-        self.session.benchmark_options = _benchmark_options(self.config)
-        used = {item.stash[REQUEST_KEY].target.env for group in self.groups.values() for item in group}
-        self.session.preload_statistics()
-        self.session.prestart([env for env in self.session.settings.envs if env in used])
+        plan = Plan(tuple(requests), AgentArgs(tuple(sorted(files)), _forwarded_args(self.config)),
+                    _benchmark_options(self.config))
+        self.run = SessionRun(plan, self.pool, self.settings, DEFAULT_MAX_OVERHEAD)
+        self.run.start()
 
     # -- running --------------------------------------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
         request = item.stash.get(REQUEST_KEY, None)
-        if request is None:
+        if request is None or self.run is None:
             return None
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        group = self.groups.get(request.test, [item])
-        self.session.run_group([g.stash[REQUEST_KEY] for g in group])
-        for rep in _reports_for(item, self.session.results[item.nodeid]):
+        self.run.run_test(request.test)
+        for rep in _reports_for(item, self.run.record(item.nodeid), self.settings.strict):
             item.ihook.pytest_runtest_logreport(report=rep)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
 
     # -- reporting ------------------------------------------------------------------------
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.saved: list[Path] = []
-        if self.session.settings.save:
-            self.saved = self.session.save_baselines()
-        data = report.build_json(self.session)
-        settings = self.session.settings
-        if settings.json_path:
-            report.write_json(settings.json_path, data)
-        markdown = report.render_markdown(data)
-        if settings.markdown_path:
-            settings.markdown_path.parent.mkdir(parents=True, exist_ok=True)
-            settings.markdown_path.write_text(markdown, encoding="utf-8")
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.run is None:
+            return
+        data = self.run.report()
+        self.json_report = data
+        # Reports first: a failed save below must not lose them.
+        if self.settings.json_path:
+            write_json(self.settings.json_path, data)
+        markdown = render_markdown(data)
+        if self.settings.markdown_path:
+            self.settings.markdown_path.parent.mkdir(parents=True, exist_ok=True)
+            self.settings.markdown_path.write_text(markdown, encoding="utf-8")
         summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_file:
             with open(summary_file, "a", encoding="utf-8") as handle:
                 handle.write(markdown + "\n")
-        self.json_report = data
+        if self.settings.save and self.run.records:
+            self._save(session, exitstatus)
+
+    def _save(self, session: pytest.Session, exitstatus: int) -> None:
+        """Save from a session that ran to its end; never a failing item (unless accepted)."""
+        assert self.run is not None
+        cut_short = (exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail
+                     or not self.run.complete)
+        if cut_short:
+            self.save_problem = ("baselines NOT saved: the session did not run to its end (-x/--maxfail, "
+                                 "Ctrl-C or a signal stopped it); a partial session would skew the history")
+            return
+        try:
+            self.saved = self.run.save_baselines()
+        except (BaselineError, BaselineSaveError) as exc:
+            self.save_problem = f"ERROR: {exc}"
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        left_out = [r for r in self.run.records.values() if r.summary is not None and r.fails]
+        if left_out:
+            self.save_problem = (f"{len(left_out)} failing item(s) not saved, so a regression never becomes the "
+                                 f"baseline: {', '.join(r.item for r in left_out[:5])}"
+                                 f"{' ...' if len(left_out) > 5 else ''} (accept a known change with "
+                                 "--hostperf-accept=GLOB --hostperf-accept-reason=TEXT)")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        data = getattr(self, "json_report", None)
-        if data is None:
+        if self.json_report is None:
             return
         terminalreporter.write_sep("=", "hostperf")
-        for line in report.render_terminal(data):
+        for line in render_terminal(self.json_report):
             terminalreporter.write_line(line)
-        for path in getattr(self, "saved", []):
+        for path in self.saved:
             terminalreporter.write_line(f"hostperf: baseline saved to {path}")
+        if self.save_problem:
+            terminalreporter.write_line(f"hostperf: {self.save_problem}", red=self.save_problem.startswith("ERROR"))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _target_of(item: pytest.Item) -> Target | None:
@@ -226,34 +282,45 @@ def _benchmark_options(config: pytest.Config) -> dict[str, Any]:
     return {k: v for k, v in forwarded.items() if v is not None}
 
 
-def _reports_for(item: pytest.Item, result: Result) -> Iterator[pytest.TestReport]:
+def _reports_for(item: pytest.Item, record: Record, strict: bool) -> Iterator[pytest.TestReport]:
     config = item.config
-    reports = [config.hook.pytest_report_from_serializable(config=config, data=d) for d in result.reports]
+    reports = [config.hook.pytest_report_from_serializable(config=config, data=d) for d in record.reports]
     reports = [r for r in reports if isinstance(r, pytest.TestReport)]
     if not reports:
-        reports = [_synthetic(item, result)]
-    judgement = result.judgement
+        reports = [_synthetic(item, record)]
+    failure = _failure(record, strict)
     for rep in reports:
         rep.nodeid = item.nodeid
         rep.location = item.location
         if rep.when == "call":
-            if judgement is not None:
-                rep.user_properties.append(("hostperf_verdict", judgement.verdict.value))
-                rep.sections.append(("hostperf", judgement.reason))
-                if judgement.verdict.fails and rep.passed:
-                    rep.outcome = "failed"
-                    rep.longrepr = f"hostperf {judgement.verdict.value} [{result.request.target.id}]: {judgement.reason}"
-            elif result.message and rep.passed:
-                rep.sections.append(("hostperf", result.message))
+            if record.verdict is not None:
+                rep.user_properties.append(("hostperf_verdict", record.verdict.value))
+            if record.reason:
+                rep.sections.append(("hostperf", record.reason))
+            if failure and rep.passed:
+                rep.outcome = "failed"
+                rep.longrepr = failure
         yield rep
 
 
-def _synthetic(item: pytest.Item, result: Result) -> pytest.TestReport:
+def _failure(record: Record, strict: bool) -> str:
+    """Why a passing test body still fails its item (a verdict, the gate off), or ''."""
+    label = f"[{record.target}]"
+    if record.outcome is Outcome.ERROR:
+        return record.reason
+    if record.verdict is not None and record.verdict.fails and record.accepted is None:
+        return f"hostperf {record.verdict.value} {label}: {record.reason}"
+    if strict and record.verdict is Verdict.NO_BASELINE:
+        return f"hostperf no-baseline {label} (--hostperf-strict): {record.reason}"
+    return ""
+
+
+def _synthetic(item: pytest.Item, record: Record) -> pytest.TestReport:
     """A report for an item whose environment never ran it (skipped, crashed, timed out)."""
     path, lineno, _ = item.location
-    if result.outcome == "skipped":
+    if record.outcome is Outcome.SKIPPED:
         return pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1), "skipped",
-                                 (str(item.path), (lineno or 0) + 1, f"Skipped: {result.message}"), "setup")
-    when = "setup" if result.outcome == "error" else "call"
+                                 (str(item.path), (lineno or 0) + 1, f"Skipped: {record.reason}"), "setup")
+    when = "setup" if record.outcome is Outcome.ERROR else "call"
     return pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1), "failed",
-                             result.message or "the environment returned no result", when)
+                             record.reason or "the environment returned no result", when)

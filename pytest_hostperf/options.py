@@ -6,12 +6,47 @@ Kept free of pytest so the CLI and the plugin share one definition of every form
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
-from typing import Final, Mapping
+from typing import Final, Iterable, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvironmentKind:
+    """A kind of environment a user can name in ``--hostperf-envs`` and what it offers.
+
+    The built-in kinds are :data:`BUILTIN_KINDS`; a plugin adds its own through the
+    ``pytest_hostperf_environment_kinds`` hook (and builds them through
+    ``pytest_hostperf_make_environment``).
+    """
+
+    name: str                   # "docker", or a plugin's "podman-machine"
+    mounts: tuple[str, ...]     # places hostperf_dir can live; the first is the default
+    takes_target: bool = False  # named as KIND:TARGET (ssh:HOST)
+
+    def __post_init__(self) -> None:
+        if not _KIND.match(self.name):
+            raise ValueError(f"environment kind {self.name!r}: use lower-case letters, digits and '-'")
+        if not self.mounts:
+            raise ValueError(f"environment kind {self.name!r} must offer at least one mount")
+
+
+_KIND = re.compile(r"^[a-z][a-z0-9-]*$")
+
+#: The kinds this package builds itself (environments/registry.py).
+BUILTIN_KINDS: Final = (
+    EnvironmentKind("native", ("host",)),
+    EnvironmentKind("docker", ("bind", "volume", "tmpfs", "layer")),
+    EnvironmentKind("qemu", ("guest", "share", "tmpfs")),
+    EnvironmentKind("ssh", ("remote",), takes_target=True),
+)
+#: Kinds by name: what parsing accepts when no plugin adds any.
+Kinds = Mapping[str, EnvironmentKind]
+BUILTIN: Final[Kinds] = {kind.name: kind for kind in BUILTIN_KINDS}
 
 #: Backends a user can name; ``ssh:HOST`` carries its target.
-ENV_KINDS: Final = ("native", "docker", "qemu", "ssh")
+ENV_KINDS: Final = tuple(BUILTIN)
 
 #: Budgets for ratio to native when none is configured. A container shares the host
 #: kernel, so CPU work should cost ~1.0x and file sharing on Linux ~1.3x; a VM with
@@ -27,35 +62,51 @@ DEFAULT_MAX_OVERHEAD: Final[Mapping[str, float]] = {
 
 #: Mounts each environment kind offers for ``hostperf_dir``; the first is the default.
 #: Declared here (not asked of a running backend) so collection needs no engine.
-MOUNTS: Final[Mapping[str, tuple[str, ...]]] = {
-    "native": ("host",),
-    "docker": ("bind", "volume", "tmpfs", "layer"),
-    "qemu": ("guest", "share", "tmpfs"),
-    "ssh": ("remote",),
-}
+MOUNTS: Final[Mapping[str, tuple[str, ...]]] = {kind.name: kind.mounts for kind in BUILTIN_KINDS}
 ACCELERATORS: Final = ("kvm", "hvf", "tcg")
 
-_HOST = re.compile(r"^[A-Za-z0-9_.@:-]+$")
+#: A target host: a name from the ssh config, user@host, host:port. Never starting with
+#: '-': ssh would read "-Jx" or "-Fevil" as an option of its own.
+_HOST = re.compile(r"^[A-Za-z0-9_.@][A-Za-z0-9_.@:-]*$")
 
 
-def parse_envs(text: str) -> tuple[str, ...]:
+def kinds_by_name(kinds: Iterable[EnvironmentKind]) -> dict[str, EnvironmentKind]:
+    """Kinds keyed by name; two plugins claiming one name is an error naming it."""
+    by_name: dict[str, EnvironmentKind] = {}
+    for kind in kinds:
+        if kind.name in by_name and by_name[kind.name] != kind:
+            raise ValueError(f"environment kind {kind.name!r} is declared twice, differently")
+        by_name[kind.name] = kind
+    return by_name
+
+
+def _kind_list(kinds: Kinds) -> str:
+    names = [f"{k.name}:{'HOST' if k.name == 'ssh' else 'TARGET'}" if k.takes_target else k.name
+             for k in kinds.values()]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def parse_envs(text: str, kinds: Kinds = BUILTIN) -> tuple[str, ...]:
     """``native,docker,qemu,ssh:HOST`` -> tuple of environment names, order kept."""
     names: list[str] = []
     for raw in text.split(","):
         name = raw.strip()
         if not name:
             continue
-        kind, _, target = name.partition(":")
-        if kind not in ENV_KINDS:
+        kind_name, _, target = name.partition(":")
+        kind = kinds.get(kind_name)
+        if kind is None:
             raise argparse.ArgumentTypeError(
                 f"unknown environment {name!r}; expected a comma-separated list of "
-                f"native, docker, qemu or ssh:HOST (for example: --hostperf-envs=native,docker)")
-        if kind == "ssh" and not (target and _HOST.match(target)):
+                f"{_kind_list(kinds)} (for example: --hostperf-envs=native,docker)")
+        if kind.takes_target and not (target and _HOST.match(target)):
             raise argparse.ArgumentTypeError(
-                f"environment {name!r} needs a host: ssh:HOST, where HOST is a name from your ssh config "
-                "(for example ssh:lima-default)")
-        if kind != "ssh" and target:
-            raise argparse.ArgumentTypeError(f"environment {name!r}: only ssh takes a ':' target")
+                f"environment {name!r} needs a host: {kind.name}:HOST, where HOST is a name from your ssh config "
+                f"(for example {kind.name}:lima-default); a host may not start with '-'")
+        if not kind.takes_target and target:
+            takers = [k.name for k in kinds.values() if k.takes_target]
+            raise argparse.ArgumentTypeError(f"environment {name!r}: only {' and '.join(takers) or 'none'} "
+                                             f"take a ':' target, {kind.name} does not")
         if name not in names:
             names.append(name)
     if not names:
@@ -119,7 +170,7 @@ def parse_cpus(text: str) -> float:
     return _positive(text, "CPU limit", "is not a number; for example 0.5 or 2")
 
 
-def parse_budgets(text: str | Mapping[str, object]) -> dict[str, float]:
+def parse_budgets(text: str | Mapping[str, object], kinds: Kinds = BUILTIN) -> dict[str, float]:
     """``docker=1.10,docker-bind=1.5,qemu:tcg=20`` (or a mapping) -> {key: ratio}."""
     items = text.items() if isinstance(text, Mapping) else (
         part.split("=", 1) if "=" in part else (part, "")
@@ -128,7 +179,7 @@ def parse_budgets(text: str | Mapping[str, object]) -> dict[str, float]:
     budgets: dict[str, float] = {}
     for key, raw in items:
         key = str(key).strip()
-        if not _budget_key_ok(key):
+        if not _budget_key_ok(key, kinds):
             raise argparse.ArgumentTypeError(
                 f"overhead budget {key!r}: unknown environment, mount or accelerator; keys look like "
                 "docker, docker-bind, qemu-share, qemu:tcg (for example docker=1.10,docker-bind=1.5)")
@@ -145,13 +196,16 @@ def parse_budgets(text: str | Mapping[str, object]) -> dict[str, float]:
     return budgets
 
 
-def _budget_key_ok(key: str) -> bool:
+def _budget_key_ok(key: str, kinds: Kinds = BUILTIN) -> bool:
     """``docker``, ``docker-bind``, ``qemu:tcg``, ``ssh:HOST``, ``ssh:HOST-remote``."""
-    kind, sep, rest = key.partition(":")
-    if sep and kind == "ssh":
-        host, _, mount = rest.rpartition("-") if rest.endswith("-remote") else (rest, "", "")
-        return bool(host and _HOST.match(host))
+    kind_name, sep, rest = key.partition(":")
     if sep:
-        return kind == "qemu" and rest in ACCELERATORS
-    kind, _, mount = key.partition("-")
-    return kind in ENV_KINDS and (not mount or mount in MOUNTS[kind])
+        kind = kinds.get(kind_name)
+        if kind is not None and kind.takes_target:
+            host = rest[: -len("-remote")] if rest.endswith("-remote") else rest
+            return bool(host and _HOST.match(host))
+        return kind_name == "qemu" and rest in ACCELERATORS
+    for kind in kinds.values():
+        if key == kind.name or (key.startswith(kind.name + "-") and key[len(kind.name) + 1:] in kind.mounts):
+            return True
+    return False

@@ -22,19 +22,21 @@ from pytest_hostperf.settings import Settings
 
 #: (option, ini key, type, default, help) for every value option; ini keys mirror options.
 _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ...] = (
-    ("--hostperf-envs", "hostperf_envs", opt.parse_envs, "native",
-     "environments to run each benchmark in, comma-separated: native, docker, qemu, ssh:HOST "
-     "(default: native). Example: --hostperf-envs=native,docker,qemu"),
+    # Environment names and budget keys are checked against the kinds the plugins declare
+    # (pytest_hostperf_environment_kinds) at configure time, when every plugin is loaded.
+    ("--hostperf-envs", "hostperf_envs", str, "native",
+     "environments to run each benchmark in, comma-separated: native, docker, qemu, ssh:HOST, or a kind "
+     "a plugin adds (default: native). Example: --hostperf-envs=native,docker,qemu"),
     ("--hostperf-baselines", "hostperf_baselines", str, None,
      "directory of baseline files (default: baselines/ under the rootdir)"),
     ("--hostperf-tolerance", "hostperf_tolerance", opt.parse_fraction, "5%",
      "smallest slowdown that counts as a regression, e.g. 5%% or 0.05 (default 5%%)"),
     ("--hostperf-alpha", "hostperf_alpha", opt.parse_alpha, "0.01",
      "family-wise false-alarm rate over all comparisons of a session (default 0.01)"),
-    ("--hostperf-require", "hostperf_require", lambda s: opt.parse_envs(s) if s else (), "",
+    ("--hostperf-require", "hostperf_require", str, "",
      "environments that must work: if one cannot start, its tests error instead of being skipped. "
      "Example: --hostperf-require=docker,qemu"),
-    ("--hostperf-max-overhead", "hostperf_max_overhead", opt.parse_budgets, "",
+    ("--hostperf-max-overhead", "hostperf_max_overhead", str, "",
      "budgets for the ratio to native, e.g. docker=1.10,docker-bind=1.5,qemu:tcg=20; "
      "an item whose ratio's lower confidence bound exceeds its budget fails with verdict 'overhead'"),
     ("--hostperf-json", "hostperf_json", str, None, "write the JSON report (one record per test x env x mount) to PATH"),
@@ -43,8 +45,9 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "seconds one test may take in an environment before its agent is killed and restarted (default 300)"),
     ("--hostperf-history", "hostperf_history", lambda s: opt.parse_positive_int(s, "history"), "10",
      "saved sessions kept per test in a baseline (default 10)"),
-    ("--hostperf-session-noise", "hostperf_session_noise", lambda s: opt.parse_fraction(s, "session noise"), "3%",
-     "between-session noise assumed while a baseline has a single saved session (default 3%%)"),
+    ("--hostperf-session-noise", "hostperf_session_noise", lambda s: opt.parse_fraction(s, "session noise"), "25%",
+     "between-session noise assumed while a baseline has fewer than 3 saved sessions, unless the "
+     "sessions themselves or the host's reference workload show more (default 25%%)"),
     ("--hostperf-blocks", "hostperf_blocks", lambda s: opt.parse_positive_int(s, "blocks"), "3",
      "interleaved blocks per test when several environments run it (default 3)"),
     ("--hostperf-confirm", "hostperf_confirm", lambda s: opt.parse_positive_int(s, "confirm", minimum=0), "2",
@@ -59,6 +62,9 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "CPU limit for the container, like docker run --cpus (e.g. 0.5); default: no limit"),
     ("--hostperf-ssh-config", "hostperf_ssh_config", str, None,
      "OpenSSH config file for ssh:HOST environments (default: your ~/.ssh/config)"),
+    ("--hostperf-accept-reason", "hostperf_accept_reason", str, None,
+     "why the changes matched by --hostperf-accept are accepted; stored beside the saved session. "
+     "Example: --hostperf-accept-reason='json parser switched to the safe mode (#123)'"),
 )
 
 
@@ -70,6 +76,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="append this session's measurements to the baselines (per environment fingerprint)")
     group.addoption("--hostperf-network", action="store_true", default=False,
                     help="give containers and VMs a network (off by default)")
+    group.addoption("--hostperf-strict", action="store_true", default=None,
+                    help="an item the gate cannot cover (no baseline for its environment's fingerprint) fails "
+                         "instead of passing ungated (ini hostperf_strict = true)")
+    group.addoption("--hostperf-accept", action="append", default=None, metavar="NODEID_GLOB",
+                    help="with --hostperf-save: accept the regressions/overheads of matching items into the "
+                         "baseline instead of failing them; needs --hostperf-accept-reason. Repeatable. "
+                         "Example: --hostperf-accept='tests/test_io.py::*' (ini hostperf_accept, one per line)")
+    parser.addini("hostperf_strict", type="bool", default=False,
+                  help="an item without a baseline fails (like --hostperf-strict)")
+    parser.addini("hostperf_accept", type="linelist", default=[],
+                  help="node-id globs whose failing verdicts --hostperf-save accepts (like --hostperf-accept)")
     parser.addini("hostperf_requirements", type="linelist", default=[],
                   help="extra pip requirements installed into the docker/qemu image (one per line)")
     for name, ini, kind, default, text in _VALUE_OPTIONS:
@@ -85,6 +102,14 @@ def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_hostperf import builtin_environments, hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+    if not pluginmanager.is_registered(builtin_environments):
+        pluginmanager.register(builtin_environments, "hostperf-builtin-environments")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(fixtures_module):
         config.pluginmanager.register(fixtures_module, "hostperf-fixtures")
@@ -92,24 +117,39 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from pytest_hostperf.controller import HostperfPlugin
 
-    config.pluginmanager.register(HostperfPlugin(config, _settings(config)), "hostperf-controller")
+    kinds = environment_kinds(config)
+    config.pluginmanager.register(HostperfPlugin(config, _settings(config, kinds), kinds), "hostperf-controller")
+
+
+def environment_kinds(config: pytest.Config) -> opt.Kinds:
+    """Every environment kind the installed plugins declare (the built-in ones included)."""
+    try:
+        return opt.kinds_by_name(kind for declared in config.hook.pytest_hostperf_environment_kinds()
+                                 for kind in declared)
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest_hostperf_environment_kinds: {exc}") from None
 
 
 def _value(config: pytest.Config, name: str, ini: str, parse: Callable[[str], Any]) -> Any:
+    """The option's value, else the ini key's; an empty ini value is parsed like an empty option."""
     given = config.getoption(name)
-    if given is not None:
-        return given
-    raw = config.getini(ini)
-    if raw in (None, ""):
-        return parse("") if ini in ("hostperf_require", "hostperf_max_overhead") else None
+    raw = given if given is not None else config.getini(ini)
+    if raw is None or (raw == "" and parse is str):
+        return None  # unset, or a path/name set to nothing
+    where = f"{name}={raw!r}" if given is not None else f"ini option {ini} = {raw!r}"
     try:
         return parse(str(raw))
     except argparse.ArgumentTypeError as exc:
-        raise pytest.UsageError(f"ini option {ini} = {raw!r}: {exc}") from None
+        raise pytest.UsageError(f"{where}: {exc}") from None
 
 
-def _settings(config: pytest.Config) -> Settings:
-    values = {ini: _value(config, name, ini, parse) for name, ini, parse, _, _ in _VALUE_OPTIONS}
+def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings:
+    parsers: dict[str, Callable[[str], Any]] = {
+        "hostperf_envs": lambda text: opt.parse_envs(text, kinds),
+        "hostperf_require": lambda text: opt.parse_envs(text, kinds) if text.strip() else (),
+        "hostperf_max_overhead": lambda text: opt.parse_budgets(text, kinds),
+    }
+    values = {ini: _value(config, name, ini, parsers.get(ini, parse)) for name, ini, parse, _, _ in _VALUE_OPTIONS}
     root = config.rootpath
     baselines = Path(values["hostperf_baselines"]) if values["hostperf_baselines"] else root / "baselines"
     if not baselines.is_absolute():
@@ -123,12 +163,24 @@ def _settings(config: pytest.Config) -> Settings:
             f"add them: --hostperf-envs={','.join(envs + tuple(missing))}")
     if config.getoption("benchmark_disable", False) or config.getoption("benchmark_skip", False):
         raise pytest.UsageError("--hostperf measures benchmarks; drop --benchmark-disable/--benchmark-skip")
+    save = bool(config.getoption("hostperf_save"))
+    accept = tuple(config.getoption("hostperf_accept") or config.getini("hostperf_accept") or ())
+    accept_reason = values["hostperf_accept_reason"] or None
+    if accept and not save:
+        raise pytest.UsageError("--hostperf-accept accepts changes into the baseline, so it needs --hostperf-save; "
+                                "add --hostperf-save (or drop --hostperf-accept to only look)")
+    if accept and not accept_reason:
+        raise pytest.UsageError("--hostperf-accept needs a reason stored beside the saved session: add "
+                                "--hostperf-accept-reason='TEXT' (for example the change or issue that explains it)")
+    strict = config.getoption("hostperf_strict")
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
     return Settings(
-        project_dir=root, envs=envs, baselines_dir=baselines, save=bool(config.getoption("hostperf_save")),
+        project_dir=root, envs=envs, baselines_dir=baselines, save=save,
+        strict=bool(strict if strict is not None else config.getini("hostperf_strict")),
+        accept=accept, accept_reason=accept_reason,
         tolerance=values["hostperf_tolerance"], alpha=values["hostperf_alpha"], require=require,
         max_overhead=values["hostperf_max_overhead"] or {}, timeout_s=values["hostperf_timeout"],
         history=values["hostperf_history"], session_noise=values["hostperf_session_noise"],

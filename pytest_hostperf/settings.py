@@ -24,6 +24,10 @@ class Settings:
     session_noise: float
     blocks: int
     confirm: int = 2          # re-measurements of a regression before it is reported
+    strict: bool = False      # an item without a baseline fails instead of passing ungated
+    #: --hostperf-accept: node-id globs whose failing verdicts are accepted into the baseline
+    accept: tuple[str, ...] = ()
+    accept_reason: str | None = None
     image: str | None = None
     vm_image: str | None = None
     network: bool = False

@@ -22,11 +22,12 @@ All intervals are on the ratio scale (``new/old``); 1.10 means 10% slower.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Sequence
 
 import numpy as np
+
+from pytest_hostperf.model import RatioEstimate, SessionSummary
 
 # The distributions come from scipy.special (Student's t and normal CDFs and their
 # inverses, the routines scipy.stats itself calls): ~0.25 s to import where scipy.stats
@@ -38,26 +39,6 @@ import numpy as np
 _IQR_TO_SD = 1.3489795003921634
 #: Asymptotic efficiency factor of the median vs the mean for normal data (sqrt(pi/2)).
 _MEDIAN_SE_FACTOR = 1.2533141373155001
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionSummary:
-    """What one session measured for one benchmark, as kept in a baseline."""
-
-    median_s: float
-    log_median_se: float    # standard error of log(median) from within-session spread
-    rounds: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RatioEstimate:
-    ratio: float
-    ci_low: float
-    ci_high: float
-    confidence: float
-    p_slower: float   # one-sided p-value of H0 "not slower" (ratio <= 1)
-    p_faster: float   # one-sided p-value of H0 "not faster" (ratio >= 1)
-    method: str
 
 
 def summarize(samples: Sequence[float]) -> SessionSummary:
@@ -186,3 +167,7 @@ def _thin(data: np.ndarray, max_points: int) -> np.ndarray:
         return data
     index = np.linspace(0, data.size - 1, max_points).round().astype(int)
     return data[index]
+
+
+__all__ = ["SessionSummary", "RatioEstimate", "summarize", "between_session_sd", "compare_to_history",
+           "Distribution", "ratio_of_medians"]

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from pytest_hostperf.options import MOUNTS, parse_budgets, parse_envs, parse_fraction
+from pytest_hostperf.options import BUILTIN, MOUNTS, Kinds, parse_budgets, parse_envs, parse_fraction
 
 MARKER_KEYS = ("envs", "mounts", "max_overhead", "tolerance")
 
@@ -20,8 +20,13 @@ class MarkerError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Target:
+    """One place a test runs: an environment and (for tests using hostperf_dir) a mount."""
+
     env: str
     mount: str | None   # None: the test does not use hostperf_dir
+    #: Whether the kind offers one mount only (then the id omits it); None: look it up in
+    #: the built-in kinds. Set by :func:`plan_targets` for plugin kinds.
+    single_mount: bool | None = dataclasses.field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
@@ -29,7 +34,8 @@ class Target:
 
     @property
     def id(self) -> str:
-        if self.mount is None or len(MOUNTS[self.kind]) == 1:
+        single = self.single_mount if self.single_mount is not None else len(MOUNTS.get(self.kind, ())) == 1
+        if self.mount is None or single:
             return self.env
         return f"{self.env}-{self.mount}"
 
@@ -45,7 +51,7 @@ class MarkerSettings:
     tolerance: float | None = None
 
 
-def parse_marker(kwargs: Mapping[str, Any], args: Sequence[Any] = ()) -> MarkerSettings:
+def parse_marker(kwargs: Mapping[str, Any], args: Sequence[Any] = (), kinds: Kinds = BUILTIN) -> MarkerSettings:
     if args:
         raise MarkerError("takes keyword arguments only, e.g. @pytest.mark.hostperf(envs=['native', 'docker'])")
     unknown = sorted(set(kwargs) - set(MARKER_KEYS))
@@ -54,18 +60,18 @@ def parse_marker(kwargs: Mapping[str, Any], args: Sequence[Any] = ()) -> MarkerS
     try:
         envs = _names(kwargs["envs"], "envs") if "envs" in kwargs else None
         if envs is not None:
-            envs = parse_envs(",".join(envs))
+            envs = parse_envs(",".join(envs), kinds)
         mounts = _names(kwargs["mounts"], "mounts") if "mounts" in kwargs else None
         if mounts is not None:
-            known = {m for ms in MOUNTS.values() for m in ms}
+            known = {m for kind in kinds.values() for m in kind.mounts}
             bad = [m for m in mounts if m not in known]
             if bad:
                 raise MarkerError(f"mounts: unknown mount(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
         overhead = kwargs.get("max_overhead")
         if overhead is not None:
             if isinstance(overhead, (int, float)) and not isinstance(overhead, bool):
-                overhead = {kind: overhead for kind in ("docker", "qemu", "ssh")}
-            overhead = parse_budgets(overhead)
+                overhead = {kind: overhead for kind in kinds if kind != "native"}
+            overhead = parse_budgets(overhead, kinds)
         tolerance = parse_fraction(kwargs["tolerance"]) if "tolerance" in kwargs else None
     except argparse.ArgumentTypeError as exc:
         raise MarkerError(str(exc)) from None
@@ -80,7 +86,8 @@ def _names(value: Any, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def plan_targets(session_envs: Sequence[str], settings: MarkerSettings, uses_dir: bool) -> list[Target]:
+def plan_targets(session_envs: Sequence[str], settings: MarkerSettings, uses_dir: bool,
+                 kinds: Kinds = BUILTIN) -> list[Target]:
     """The targets of one test, in environment order then mount order."""
     envs = [e for e in session_envs if settings.envs is None or e in settings.envs
             or e.split(":", 1)[0] in settings.envs]
@@ -90,12 +97,12 @@ def plan_targets(session_envs: Sequence[str], settings: MarkerSettings, uses_dir
         if not uses_dir and settings.mounts is None:
             targets.append(Target(env, None))
             continue
-        offered = MOUNTS[kind]
+        offered = kinds[kind].mounts
         wanted = [m for m in offered if settings.mounts is None or m in settings.mounts]
         # An environment that offers none of the requested mounts still runs on its
         # default mount: "compare my bind mount" should not silently drop native.
         for mount in wanted or offered[:1]:
-            targets.append(Target(env, mount))
+            targets.append(Target(env, mount, len(offered) == 1))
     return targets
 
 

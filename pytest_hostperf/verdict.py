@@ -26,11 +26,11 @@ The rules, in order:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import statistics
 from typing import Sequence
 
+from pytest_hostperf.model import Verdict
 from pytest_hostperf.stats import (
     Distribution,
     RatioEstimate,
@@ -38,20 +38,6 @@ from pytest_hostperf.stats import (
     between_session_sd,
     compare_to_history,
 )
-
-
-class Verdict(str, enum.Enum):
-    PASS = "pass"
-    REGRESSION = "regression"
-    IMPROVEMENT = "improvement"
-    OVERHEAD = "overhead"
-    INCONCLUSIVE = "inconclusive"
-    UNSTABLE = "unstable"
-    NO_BASELINE = "no-baseline"
-
-    @property
-    def fails(self) -> bool:
-        return self in (Verdict.REGRESSION, Verdict.OVERHEAD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,3 +192,6 @@ def _unenforceable(estimate: RatioEstimate, policy: Policy, session_sd: float | 
             f"(CI {estimate.ci_low:.3f}-{estimate.ci_high:.3f}); save more sessions with --hostperf-save "
             "to gate at this tolerance")
     return None
+
+
+__all__ = ["Verdict", "Policy", "Judgement", "judge", "host_slowdown"]

@@ -16,10 +16,9 @@ from pytest_hostperf.baselines import (
     SCHEMA_VERSION,
     BaselineError,
     BaselineStore,
-    Measurement,
     read_baseline,
 )
-from pytest_hostperf.stats import SessionSummary
+from pytest_hostperf.model import Record, SessionSummary
 
 FID = "1a2b3c4d5e6f"
 MATCH = {"cpu_model": "Xeon", "kernel": "6.1"}
@@ -28,13 +27,16 @@ NOW = dt.datetime(2026, 11, 27, 6, 0, 0, tzinfo=dt.timezone.utc)
 
 
 def measurement(test: str = "tests/test_x.py::test_a", mount: str = "-", median: float = 1e-3,
-                samples=None, context=None) -> Measurement:
+                samples=None, fstype=None) -> Record:
     samples = list(samples) if samples is not None else [median * (1 + 0.01 * i) for i in range(-2, 3)]
-    return Measurement(test, mount, SessionSummary(median, 0.004, len(samples)), 10, samples, context or {})
+    return Record(test, "native", None if mount == "-" else mount, samples=tuple(samples), iterations=10,
+                  summary=SessionSummary(median, 0.004, len(samples)),
+                  mount_info={"/m": {"fstype": fstype}} if fstype else {})
 
 
-def save(store: BaselineStore, session_id: str, measurements, env="native", fid=FID, **kw) -> Path:
-    return store.save(env, fid, MATCH, FINGERPRINT, measurements, session_id, now=NOW, **kw)
+def save(store: BaselineStore, session_id: str, measurements, env="native", fid=FID, fingerprint=None,
+         **kw) -> Path:
+    return store.save(env, fid, MATCH, fingerprint or FINGERPRINT, measurements, session_id, now=NOW, **kw)
 
 
 def listing(directory: Path) -> list[str]:
@@ -45,7 +47,7 @@ def listing(directory: Path) -> list[str]:
 
 def test_save_load_round_trip(tmp_path):
     store = BaselineStore(tmp_path / "baselines")
-    m1 = measurement("t::a", "-", 1.5e-3, [1.4e-3, 1.5e-3, 1.6e-3], {"python": "3.11"})
+    m1 = measurement("t::a", "-", 1.5e-3, [1.4e-3, 1.5e-3, 1.6e-3], fstype="ext4")
     m2 = measurement("t::b", "bind", 2.0e-3)
     path = save(store, "s1", [m1, m2])
     assert path == tmp_path / "baselines" / f"native-{FID}.json"
@@ -63,7 +65,7 @@ def test_save_load_round_trip(tmp_path):
     assert saved.rounds == 3
     assert saved.iterations == 10
     assert saved.samples == (1.4e-3, 1.5e-3, 1.6e-3)
-    assert saved.context == {"python": "3.11"}
+    assert saved.context == {"fstype": "ext4"}
     assert saved.summary() == SessionSummary(1.5e-3, 0.004, 3)
     assert [s.median_s for s in loaded.history("t::b", "bind")] == [2.0e-3]
     assert loaded.history("t::b", "-") == []
@@ -121,11 +123,10 @@ def test_samples_are_thinned_and_rounded(tmp_path):
 
 def test_nonfinite_numbers_become_null(tmp_path):
     store = BaselineStore(tmp_path)
-    path = save(store, "s1", [measurement(context={"load": float("nan"), "peak": float("inf")})])
+    path = save(store, "s1", [measurement()], fingerprint={"load": float("nan"), "peak": float("inf")})
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    (saved,) = read_baseline(path).history("tests/test_x.py::test_a", "-")
-    assert saved.context == {"load": None, "peak": None}
+    assert read_baseline(path).fingerprint == {"load": None, "peak": None}
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def test_unserializable_context_leaves_original_unchanged(tmp_path):
     path = save(store, "s1", [measurement()])
     before = path.read_bytes()
     with pytest.raises(TypeError):
-        save(store, "s2", [measurement(context={"obj": object()})])
+        save(store, "s2", [measurement()], fingerprint={"obj": object()})
     assert path.read_bytes() == before
     assert listing(tmp_path) == [path.name]
 
@@ -220,8 +221,8 @@ def _concurrent_worker(directory: str, worker: int, barrier) -> None:
     store = BaselineStore(directory)
     barrier.wait()
     for i in range(5):
-        m = Measurement(f"t::worker{worker}", "-", SessionSummary(1e-3 * (1 + worker), 0.01, 20), 1,
-                        [1e-3] * 20)
+        m = Record(f"t::worker{worker}", "native", samples=(1e-3,) * 20,
+                   summary=SessionSummary(1e-3 * (1 + worker), 0.01, 20))
         store.save("native", FID, MATCH, FINGERPRINT, [m], f"w{worker}-s{i}")
 
 

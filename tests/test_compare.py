@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_hostperf.baselines import BaselineStore, Measurement
+from pytest_hostperf.baselines import BaselineStore
 from pytest_hostperf.compare import CompareError, compare_files, render
+from pytest_hostperf.model import Record, Verdict
 from pytest_hostperf.stats import summarize
-from pytest_hostperf.verdict import Verdict
 
 FID = "0123456789ab"
 TEST_A = "tests/test_perf.py::test_a"
@@ -36,7 +36,8 @@ def make_baseline(directory: Path, env: str = "native", tests=(TEST_A,), mount: 
         ms = []
         for test in tests:
             s = samples(rng, shift=shift)
-            ms.append(Measurement(test, mount, summarize(s), 100, s))
+            ms.append(Record(test, env, None if mount == "-" else mount, samples=tuple(s), iterations=100,
+                             summary=summarize(s)))
         path = store.save(env, FID, {"cpu": "x"}, {"cpu": "x"}, ms, f"session-{i}")
     return path
 

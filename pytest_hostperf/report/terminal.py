@@ -1,0 +1,86 @@
+"""The terminal table at the end of a session, rendered from the JSON report dict."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+COLUMNS = ("test", "env", "median", "vs baseline [CI]", "vs native [CI]", "verdict")
+#: Verdicts that get a line of their own under the table.
+EXPLAINED = ("regression", "overhead", "unstable", "inconclusive")
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration in the largest unit below it, three significant digits: 2.41 ms."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _time(seconds: float | None) -> str:
+    return "-" if seconds is None else format_seconds(seconds)
+
+
+def _ratio_text(ratio: Mapping[str, Any] | None) -> str:
+    if not ratio:
+        return "-"
+    return f"{ratio['ratio']:.2f}x [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]"
+
+
+def rows(data: Mapping[str, Any]) -> Iterable[tuple[str, ...]]:
+    """One row of cells per record, in :data:`COLUMNS` order."""
+    for r in data["results"]:
+        verdict = r["verdict"] or r["outcome"]
+        if r.get("accepted") and r["verdict"]:
+            verdict += " (accepted)"
+        yield (r["test"], r["target"], _time(r["median_s"]), _ratio_text(r["ratio_to_baseline"]),
+               _ratio_text(r["ratio_to_native"]), verdict)
+
+
+def render_terminal(data: Mapping[str, Any]) -> list[str]:
+    table = [COLUMNS, *rows(data)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.extend(footer(data))
+    return lines
+
+
+def footer(data: Mapping[str, Any]) -> list[str]:
+    """Settings, one line per environment, the coverage line, one line per notable verdict."""
+    settings = data["settings"]
+    lines = [f"tolerance {settings['tolerance']:.0%}, alpha {settings['alpha']} over "
+             f"{settings['comparisons']} comparisons (Bonferroni); baselines in {settings['baselines']}"]
+    for name, env in data["environments"].items():
+        parts = [f"{name}:"]
+        if env["error"]:
+            parts.append(f"unavailable: {env['error'].splitlines()[0]}")
+        else:
+            if env["startup_s"] is not None:
+                parts.append(f"ready in {env['startup_s']:.1f} s")
+            if env["orchestration_ms_median"] is not None:
+                parts.append(f"orchestration {env['orchestration_ms_median']:.1f} ms/test (median)")
+            parts.append(f"fingerprint {env['fingerprint_id']}")
+        if env.get("baseline_error"):
+            parts.append(f"BASELINE ERROR: {env['baseline_error']}")
+        lines.append(" ".join(parts))
+    coverage = coverage_line(data)
+    if coverage:
+        lines.append(coverage)
+    for r in data["results"]:
+        if r["verdict"] in EXPLAINED:
+            lines.append(f"{r['verdict'].upper()} {r['item']}: {r['reason']}")
+    return lines
+
+
+def coverage_line(data: Mapping[str, Any]) -> str:
+    """One line: how many measured items the gate did not cover, and why (per environment)."""
+    uncovered = [r for r in data["results"] if r["verdict"] == "no-baseline"]
+    if not uncovered:
+        return ""
+    judged = [r for r in data["results"] if r["verdict"]]
+    envs = dict.fromkeys(r["env"] for r in uncovered)
+    why = "; ".join(f"{env}: {data['environments'].get(env, {}).get('uncovered') or 'no saved baseline'}"
+                    for env in envs)
+    strict = " (--hostperf-strict: these fail)" if data["settings"].get("strict") else ""
+    return f"NOT GATED: {len(uncovered)} of {len(judged)} items have no baseline{strict}: {why}"
