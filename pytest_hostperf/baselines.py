@@ -275,8 +275,8 @@ def read_baseline(path: Path) -> BaselineFile:
                             dict(data.get("match", {})), dict(data.get("fingerprint", {})), benchmarks)
     except RecordError as exc:
         raise BaselineError(path, f"holds an impossible value: {exc}",
-                            f"a hand edit or a bad merge? correct the value or restore the file (git checkout -- "
-                            f"{path}); hostperf never overwrites a file it cannot read") from exc
+                            f"correct the hand edit or restore the file (git checkout -- {path}); "
+                            "hostperf never overwrites a file it cannot read") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BaselineError(path, f"has an unexpected structure ({type(exc).__name__}: {exc})", fix) from exc
 

@@ -53,7 +53,8 @@ def _check_docker() -> tuple[bool, str]:
     images = client.images.list(filters={"label": "io.hostperf.kind"})
     tags = sorted(t for image in images for t in image.tags)
     return True, (f"{engine.get('kind')} {engine.get('version')} ({engine.get('storage_driver')}, "
-                  f"{engine.get('cpus')} CPUs); hostperf images: {', '.join(tags) or 'none yet (hostperf image build)'}")
+                  f"{engine.get('cpus')} CPUs); hostperf images: "
+                  f"{', '.join(tags) or 'none yet (hostperf image build)'}")
 
 
 def _check_qemu() -> tuple[bool, str]:
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.set_defaults(func=cmd_image_base)
     build = image_sub.add_parser("build", help="build (or reuse) the project image; --vm also the VM disk")
     build.add_argument("--project", default=".", help="project directory (default: .)")
-    build.add_argument("--base", default="hostperf-base:bookworm", help="local base image (default: hostperf-base:bookworm)")
+    build.add_argument("--base", default="hostperf-base:bookworm",
+                       help="local base image (default: hostperf-base:bookworm)")
     build.add_argument("--image", default=None, help="use this image as it is instead of building one")
     build.add_argument("--requirement", "-r", action="append", help="extra pip requirement (repeatable)")
     build.add_argument("--vm", action="store_true", help="also build the bootable VM disk from the image")

@@ -14,7 +14,7 @@ import os
 import signal
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import pytest
 
@@ -321,6 +321,6 @@ def _synthetic(item: pytest.Item, record: Record) -> pytest.TestReport:
     if record.outcome is Outcome.SKIPPED:
         return pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1), "skipped",
                                  (str(item.path), (lineno or 0) + 1, f"Skipped: {record.reason}"), "setup")
-    when = "setup" if record.outcome is Outcome.ERROR else "call"
+    when: Literal["setup", "call"] = "setup" if record.outcome is Outcome.ERROR else "call"
     return pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1), "failed",
                              record.reason or "the environment returned no result", when)

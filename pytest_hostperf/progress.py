@@ -35,7 +35,7 @@ class Reporter:
         """Something the user should know that does not stop the session."""
         self._sink(f"{self.prefix}: WARNING: {text}")
 
-    def child(self, name: str) -> "Reporter":
+    def child(self, name: str) -> Reporter:
         return Reporter(self._sink, f"{self.prefix}: {name}")
 
     def __call__(self, text: str) -> None:

@@ -9,9 +9,11 @@ Two questions are asked of the data, with different noise models:
   session's log median is compared with them through a prediction interval
   (Student's t with K-1 degrees of freedom, K = saved sessions). Within-session noise is
   already inside the between-session spread of medians; it sets a floor so that K
-  identical-looking sessions never yield a zero-width interval. With one saved session the
-  between-session noise cannot be estimated; a documented prior (``session_noise``) is
-  used instead and the verdict says so.
+  identical-looking sessions never yield a zero-width interval. With fewer than
+  :data:`SHORT_HISTORY` saved sessions the between-session noise cannot be estimated; a
+  conservative prior (``session_noise``, 25% by default: this machine's sessions differ
+  by 15-28%) is assumed, raised to whatever the sessions themselves or the host's
+  reference workload showed, and the verdict says how little such a history proves.
 
 * **Against native** (virtualization overhead). Both environments are measured in the
   same session, in interleaved blocks, so slow drift hits both alike; the ratio of medians
@@ -35,6 +37,8 @@ from pytest_hostperf.model import RatioEstimate, SessionSummary
 # where used, so the controller can load it in the background
 # (HostperfSession.preload_statistics).
 
+#: Saved sessions needed before their own spread is trusted as the between-session noise.
+SHORT_HISTORY = 3
 #: IQR of a standard normal; turns an IQR into a robust standard-deviation estimate.
 _IQR_TO_SD = 1.3489795003921634
 #: Asymptotic efficiency factor of the median vs the mean for normal data (sqrt(pi/2)).
@@ -64,12 +68,16 @@ def compare_to_history(
     history: Sequence[SessionSummary],
     confidence: float,
     session_noise: float,
+    host_noise: float | None = None,
 ) -> RatioEstimate:
     """Ratio of the current median to the baseline's typical median, with a prediction CI.
 
-    ``confidence`` is two-sided (0.99 -> 0.5% in each tail). ``session_noise`` is the
-    prior between-session standard deviation (on the log scale, ~relative) used when the
-    history has a single session.
+    ``confidence`` is two-sided (0.99 -> 0.5% in each tail). With at least
+    :data:`SHORT_HISTORY` saved sessions the between-session noise is their own spread
+    (Student's t, K-1 degrees of freedom). With fewer it is assumed: the largest of
+    ``session_noise`` (the prior, a standard deviation of log medians), the saved
+    sessions' own spread and ``host_noise`` (the spread of the host's reference workload
+    over the sessions, this one included); the normal quantile is used, as for a known SD.
     """
     if not history:
         raise ValueError("history is empty")
@@ -77,16 +85,20 @@ def compare_to_history(
     logs = np.log([h.median_s for h in history])
     diff = math.log(current.median_s) - float(np.mean(logs))
     within = math.sqrt(current.log_median_se ** 2 + float(np.mean([h.log_median_se ** 2 for h in history])))
-    if k >= 2:
+    if k >= SHORT_HISTORY:
         spread = max(float(np.std(logs, ddof=1)), within / math.sqrt(2))
-        se = spread * math.sqrt(1.0 + 1.0 / k)
         dist = Distribution(df=k - 1)
         method = f"prediction t-test over {k} baseline sessions"
     else:
-        se = math.sqrt(within ** 2 + session_noise ** 2)
+        sources = {"--hostperf-session-noise": session_noise, "the saved sessions' spread":
+                   float(np.std(logs, ddof=1)) if k > 1 else 0.0, "the host reference's spread": host_noise or 0.0,
+                   "the within-session spread": within / math.sqrt(2)}
+        source = max(sources, key=lambda name: sources[name])
+        spread = sources[source]
         dist = Distribution()
-        method = f"1 baseline session, assumed session noise {session_noise:.1%}"
-    se = max(se, 1e-12)
+        method = (f"{k} baseline session{'s' if k > 1 else ''}, between-session noise assumed {spread:.1%} "
+                  f"(from {source})")
+    se = max(spread * math.sqrt(1.0 + 1.0 / k), 1e-12)
     z = diff / se
     half = float(dist.ppf(0.5 + confidence / 2)) * se
     return RatioEstimate(
@@ -166,8 +178,9 @@ def _thin(data: np.ndarray, max_points: int) -> np.ndarray:
     if data.size <= max_points:
         return data
     index = np.linspace(0, data.size - 1, max_points).round().astype(int)
-    return data[index]
+    thinned: np.ndarray = data[index]
+    return thinned
 
 
-__all__ = ["SessionSummary", "RatioEstimate", "summarize", "between_session_sd", "compare_to_history",
+__all__ = ["SHORT_HISTORY", "SessionSummary", "RatioEstimate", "summarize", "between_session_sd", "compare_to_history",
            "Distribution", "ratio_of_medians"]

@@ -32,6 +32,7 @@ from typing import Sequence
 
 from pytest_hostperf.model import Verdict
 from pytest_hostperf.stats import (
+    SHORT_HISTORY,
     Distribution,
     RatioEstimate,
     SessionSummary,
@@ -47,7 +48,7 @@ class Policy:
     tolerance: float            # 0.05 = a slowdown must be more than 5% to fail
     alpha: float                # family-wise false-alarm rate of the session
     comparisons: int            # how many comparisons the session makes (Bonferroni)
-    session_noise: float = 0.03  # prior between-session SD when only one session is saved
+    session_noise: float = 0.25  # prior between-session SD while fewer than SHORT_HISTORY sessions are saved
     max_overhead: float | None = None  # budget for ratio to native, e.g. 1.10
 
     @property
@@ -82,56 +83,70 @@ def judge(
     the reference workload around this measurement (see :func:`host_slowdown`): when the
     machine itself is slower than the tolerance, a change of the test cannot be
     attributed to the code, and a regression or improvement is reported as ``unstable``
-    instead. ``host_noise`` is the standard deviation of the
-    reference workload's log medians over the saved sessions: an ``unstable`` reason
-    uses it to say whether the machine or the benchmark is the noise.
+    instead. ``host_noise`` is the standard deviation of the reference workload's log
+    medians over the sessions: with a short history it raises the assumed session noise,
+    and an ``unstable`` reason uses it to say whether the machine or the benchmark is
+    the noise.
     """
     to_baseline = None
     session_sd = between_session_sd(history)
     if history:
-        to_baseline = compare_to_history(current, history, policy.confidence, policy.session_noise)
-    common = dict(to_baseline=to_baseline, to_native=to_native,
-                  baseline_sessions=len(history), session_sd=session_sd, host_slowdown=host_slowdown)
+        to_baseline = compare_to_history(current, history, policy.confidence, policy.session_noise, host_noise)
+
+    def made(verdict: Verdict, reason: str, blamed_on_host: bool = False) -> Judgement:
+        return Judgement(verdict, reason, to_baseline, to_native, len(history), session_sd, blamed_on_host,
+                         host_slowdown)
 
     if to_native is not None and policy.max_overhead is not None and to_native.ci_low > policy.max_overhead:
-        return Judgement(Verdict.OVERHEAD,
-                         f"overhead {to_native.ratio:.2f}x native "
-                         f"(CI {to_native.ci_low:.2f}-{to_native.ci_high:.2f}) exceeds budget {policy.max_overhead:.2f}x",
-                         **common)
+        return made(Verdict.OVERHEAD, f"overhead {to_native.ratio:.2f}x native "
+                                      f"(CI {to_native.ci_low:.2f}-{to_native.ci_high:.2f}) "
+                                      f"exceeds budget {policy.max_overhead:.2f}x")
     if to_baseline is None:
-        return Judgement(Verdict.NO_BASELINE, "no saved baseline for this test here (save one with --hostperf-save)",
-                         **common)
+        return made(Verdict.NO_BASELINE, "no saved baseline for this test here (save one with --hostperf-save)")
     slower_p, faster_p = to_baseline.p_slower, to_baseline.p_faster
-    interval = (f"{to_baseline.ratio:.3f}x {baseline_name} (CI {to_baseline.ci_low:.3f}-{to_baseline.ci_high:.3f} "
+    interval = (f"{to_baseline.ratio:.3f}x {baseline_name} "
+                f"(CI {to_baseline.ci_low:.3f}-{to_baseline.ci_high:.3f} "
                 f"at {to_baseline.confidence:.2%}, {{p}}, {to_baseline.method})")
     # A change proven beyond the tolerance is reported whatever the noise: the interval
     # already accounts for it. Unless the host itself changed speed meanwhile.
-    proven = to_baseline.ci_low > 1 + policy.tolerance or to_baseline.ci_high < 1 / (1 + policy.tolerance)
     # A slow host can explain a slowdown up to its own size (CPU-bound code slows about as
     # much as the reference), never a larger one, and never a speed-up.
     host_explains = (host_slowdown is not None and host_slowdown > 1 + policy.tolerance
                      and 1 + policy.tolerance < to_baseline.ci_low <= host_slowdown * (1 + policy.tolerance))
     if host_explains:
-        return Judgement(Verdict.UNSTABLE,
-                         f"host slow: the reference workload ran {host_slowdown:.2f}x its speed in the baseline around "
-                         f"this test, more than the {policy.tolerance:.0%} tolerance, so the test's "
-                         f"{to_baseline.ratio:.3f}x cannot be blamed on the code; re-run on a quiet machine, or "
-                         "re-save the baseline if the machine changed for good", blamed_on_host=True, **common)
+        assert host_slowdown is not None
+        return made(Verdict.UNSTABLE,
+                    f"host slow: the reference workload ran {host_slowdown:.2f}x its speed in the baseline around "
+                    f"this test, more than the {policy.tolerance:.0%} tolerance, so the test's "
+                    f"{to_baseline.ratio:.3f}x cannot be blamed on the code; re-run on a quiet machine, or "
+                    "re-save the baseline if the machine changed for good", blamed_on_host=True)
     if to_baseline.ci_low > 1 + policy.tolerance:
-        return Judgement(Verdict.REGRESSION, f"regression: {interval.format(p=f'p={slower_p:.2g}')}, "
-                                             f"tolerance {policy.tolerance:.0%}", **common)
+        return made(Verdict.REGRESSION, f"regression: {interval.format(p=f'p={slower_p:.2g}')}, "
+                                        f"tolerance {policy.tolerance:.0%}")
     if to_baseline.ci_high < 1 / (1 + policy.tolerance):
-        return Judgement(Verdict.IMPROVEMENT, f"improvement: {interval.format(p=f'p={faster_p:.2g}')}", **common)
+        return made(Verdict.IMPROVEMENT, f"improvement: {interval.format(p=f'p={faster_p:.2g}')}")
+    short = _short_history_note(to_baseline, policy, len(history))
     unproven = _unenforceable(to_baseline, policy, session_sd, len(history))
     if unproven is not None:
         reason = unproven[1]
         if unproven[0] is Verdict.UNSTABLE and host_noise is not None and session_sd:
             reason += "; " + _noise_source(session_sd, host_noise)
-        return Judgement(unproven[0], reason, **common)
+        return made(unproven[0], reason + short)
     p_text = f"p={slower_p:.2g}" if to_baseline.ratio >= 1 else f"p={faster_p:.2g}"
     if to_baseline.ratio > 1 + policy.tolerance or to_baseline.ratio < 1 / (1 + policy.tolerance):
-        return Judgement(Verdict.INCONCLUSIVE, f"possible change, not proven: {interval.format(p=p_text)}", **common)
-    return Judgement(Verdict.PASS, interval.format(p=p_text), **common)
+        return made(Verdict.INCONCLUSIVE, f"possible change, not proven: {interval.format(p=p_text)}{short}")
+    return made(Verdict.PASS, interval.format(p=p_text) + short)
+
+
+def _short_history_note(estimate: RatioEstimate, policy: Policy, sessions: int) -> str:
+    """How little a history of fewer than SHORT_HISTORY sessions proves, in one clause."""
+    if sessions >= SHORT_HISTORY:
+        return ""
+    half = math.log(estimate.ci_high) - math.log(estimate.ratio)
+    slower = (1 + policy.tolerance) * math.exp(half)
+    return (f"; only {sessions} saved session{'s' if sessions > 1 else ''}: a short history proves little, "
+            f"only a change beyond {slower:.2f}x (or below {1 / slower:.2f}x) could be proven; save at least "
+            f"{SHORT_HISTORY} sessions with --hostperf-save")
 
 
 def _noise_source(session_sd: float, host_noise: float) -> str:

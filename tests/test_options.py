@@ -11,9 +11,9 @@ from pytest_hostperf.options import (
     DEFAULT_MAX_OVERHEAD,
     parse_alpha,
     parse_budgets,
+    parse_cpus,
     parse_envs,
     parse_fraction,
-    parse_cpus,
     parse_positive_int,
     parse_seconds,
 )

@@ -148,12 +148,30 @@ def test_compare_to_history_single_session_uses_normal_and_session_noise():
     history = [SessionSummary(1.0, 0.01, 50)]
     current = SessionSummary(math.exp(0.05), 0.02, 50)
     r = compare_to_history(current, history, confidence=0.95, session_noise=0.03)
-    se = math.sqrt(0.02 ** 2 + 0.01 ** 2 + 0.03 ** 2)
+    se = 0.03 * math.sqrt(1 + 1 / 1)  # the prediction SE of one new session against one saved
     assert r.ratio == pytest.approx(math.exp(0.05), rel=1e-9)
     assert r.ci_low == pytest.approx(math.exp(0.05 - Z_0975 * se), rel=1e-5)
     assert r.ci_high == pytest.approx(math.exp(0.05 + Z_0975 * se), rel=1e-5)
     assert r.p_slower == pytest.approx(float(sps.norm.sf(0.05 / se)), rel=1e-9)
-    assert "1 baseline session" in r.method and "3.0%" in r.method
+    assert "1 baseline session" in r.method and "3.0%" in r.method and "--hostperf-session-noise" in r.method
+
+
+def test_a_short_history_assumes_the_largest_noise_it_has_evidence_for():
+    one = [SessionSummary(1.0, 0.01, 50)]
+    two = _history([0.0, 0.4])  # two sessions 49% apart: SD of log medians 0.283
+    current = SessionSummary(1.0, 0.01, 50)
+    prior = compare_to_history(current, one, 0.95, session_noise=0.25)
+    assert prior.ci_high == pytest.approx(math.exp(Z_0975 * 0.25 * math.sqrt(2)), rel=1e-5)
+    by_host = compare_to_history(current, one, 0.95, session_noise=0.25, host_noise=0.4)
+    assert by_host.ci_high == pytest.approx(math.exp(Z_0975 * 0.4 * math.sqrt(2)), rel=1e-5)
+    assert "host reference" in by_host.method
+    by_sessions = compare_to_history(SessionSummary(math.exp(0.2), 0.01, 50), two, 0.95, session_noise=0.25)
+    half = Z_0975 * 0.4 / math.sqrt(2) * math.sqrt(1.5)
+    assert by_sessions.ci_high == pytest.approx(math.exp(0.0 + half), rel=1e-5)
+    assert "2 baseline sessions" in by_sessions.method and "saved sessions' spread" in by_sessions.method
+    # three sessions: their own spread and Student's t, the prior no longer counts
+    three = _history([0.0, 0.01, -0.01])
+    assert compare_to_history(current, three, 0.95, 0.25).method == "prediction t-test over 3 baseline sessions"
 
 
 def test_compare_to_history_session_noise_only_matters_for_one_session():

@@ -56,7 +56,7 @@ class AgentChannel:
     def _readline(self) -> bytes:
         # Byte-wise on an unbuffered file: a buffered reader could swallow bytes that a
         # later select() on the same fd would then never see.
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             byte = self._reader.read(1)
             if not byte:

@@ -150,7 +150,7 @@ def _benchmark_measurement(item: pytest.Item) -> dict[str, Any] | None:
     if not data:
         return None
     return {"samples": thin(data, MAX_SAMPLES), "iterations": getattr(metadata, "iterations", 1),
-            "rounds": len(stats.data)}
+            "rounds": len(data)}
 
 
 def _warm_timer_precision(config: pytest.Config) -> None:

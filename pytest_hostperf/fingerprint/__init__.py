@@ -145,7 +145,7 @@ def _cpu_freq_max_mhz() -> float | None:
     if psutil is not None:
         try:
             freq = psutil.cpu_freq()
-        except Exception:  # psutil raises NotImplementedError/OSError on some platforms
+        except Exception:  # noqa: BLE001 - psutil raises NotImplementedError/OSError on some platforms
             freq = None
         if freq is not None and freq.max:
             return float(freq.max)
@@ -161,7 +161,7 @@ def _cpu_count_physical() -> int | None:
     if psutil is not None:
         try:
             count = psutil.cpu_count(logical=False)
-        except Exception:  # see above
+        except Exception:  # noqa: BLE001 - see above
             count = None
         if count:
             return int(count)

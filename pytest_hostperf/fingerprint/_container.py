@@ -114,7 +114,8 @@ def detect_container(root: str, mounts: list[_files.MountEntry]) -> tuple[dict[s
             runtimes.append("docker")
         else:
             where = f"{root_mount.fstype} on {root_mount.source}" if root_mount else "not a container layer"
-            notes.append(f"/.dockerenv ignored: / is {where} (probably left over from the image this system was built from)")
+            notes.append(f"/.dockerenv ignored: / is {where} "
+                         "(probably left over from the image this system was built from)")
     if root_is_layer and evidence and root_mount is not None:
         evidence.append(f"/ is {root_mount.fstype}")
 

@@ -166,7 +166,7 @@ def memory_total_bytes(root: str) -> int | None:
             return None
         try:
             return int(psutil.virtual_memory().total)
-        except Exception:  # psutil raises its own errors on exotic platforms
+        except Exception:  # noqa: BLE001 - psutil raises its own errors on exotic platforms
             return None
     return None
 
@@ -212,7 +212,7 @@ def cpuid(leaf: int) -> tuple[int, int, int, int] | None:
         finally:
             # The ctypes view exports the mmap's buffer; it must go before close().
             del anchor
-    except Exception:  # anything odd in ctypes means "unknown", never a failed run
+    except Exception:  # noqa: BLE001 - anything odd in ctypes means "unknown", never a failed run
         return None
     finally:
         try:

@@ -44,7 +44,7 @@ def _kind(info: Mapping[str, Any], version: Mapping[str, Any]) -> str:
     kernel = _text(info.get("KernelVersion")).lower()
     platform = _text(_dict(version.get("Platform")).get("Name"))
     labels = info.get("Labels")
-    labels_text = " ".join(l for l in labels if isinstance(l, str)) if isinstance(labels, list) else ""
+    labels_text = " ".join(label for label in labels if isinstance(label, str)) if isinstance(labels, list) else ""
     for product in ("Docker Desktop", "OrbStack", "Rancher Desktop"):
         if product in operating_system or product in platform:
             return product

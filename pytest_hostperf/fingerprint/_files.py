@@ -143,7 +143,8 @@ def _parse_mountinfo(text: str) -> list[MountEntry]:
         # Per-mount and superblock options, as /proc/mounts shows them, without repeats.
         merged = [opt for opt in (fields[5] + "," + super_options).split(",") if opt]
         options = ",".join(dict.fromkeys(merged))
-        entries.append(MountEntry(source, unescape(fields[4]), unescape(tail[0]), unescape(options), unescape(fields[3])))
+        entries.append(MountEntry(source, unescape(fields[4]), unescape(tail[0]), unescape(options),
+                                  unescape(fields[3])))
     return entries
 
 

@@ -109,7 +109,7 @@ def collect_hypervisor(
     if signature_probe is not None:
         try:
             signature = signature_probe()
-        except Exception:  # a probe must never cost the run; fall back to files
+        except Exception:  # noqa: BLE001 - a probe must never cost the run; fall back to files
             signature = None
 
     clocks = ([current] if current else []) + available

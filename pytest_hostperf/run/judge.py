@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from pytest_hostperf.baselines import BaselineError, BaselineFile, BaselineStore, SavedSession, read_baseline
 from pytest_hostperf.fingerprint import mismatches
@@ -114,8 +114,10 @@ class Judge:
         verdict = judge(summary, [h.summary() for h in history], policy, to_native,
                         baseline_name=f"{state.backend.name}-{state.fingerprint_id}",
                         host_slowdown=host_slowdown(attempt.references, saved_references),
-                        host_noise=between_session_sd(saved_references))
-        if not history:
+                        # the host's spread over the saved sessions and this one: evidence of
+                        # session noise that a short history cannot give about the test itself
+                        host_noise=between_session_sd([*saved_references, *attempt.references[:1]]))
+        if verdict.verdict is Verdict.NO_BASELINE:
             verdict = dataclasses.replace(verdict, reason=f"no baseline: {self.uncovered(state)}")
         return verdict
 
@@ -162,7 +164,7 @@ def _mount_mismatch(attempt: Attempt, history: Sequence[SavedSession]) -> str:
     """A baseline measured on another filesystem is not comparable: say so instead."""
     if not history or not attempt.mount_info:
         return ""
-    info = next(iter(attempt.mount_info.values()), {})
+    info: Any = next(iter(attempt.mount_info.values()), {})
     now = info.get("fstype") if isinstance(info, Mapping) else None
     then = history[-1].context.get("fstype")
     if now and then and now != then:

@@ -37,7 +37,10 @@ class SessionRun:
         """Start the plan's environments and load the statistics in the background."""
         # scipy.special (~0.25 s) is needed by the first verdict; after collection the main
         # thread only waits for agents, so the import no longer competes with collection.
-        self.pool.in_background(lambda: importlib.import_module("scipy.special"), "hostperf-import")
+        def load_statistics() -> None:
+            importlib.import_module("scipy.special")
+
+        self.pool.in_background(load_statistics, "hostperf-import")
         self.pool.prestart(self.plan.envs, self.plan.agent_args)
 
     def run_test(self, test: str) -> None:
