@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import multiprocessing
@@ -15,7 +16,9 @@ from pytest_hostperf.baselines import (
     SAMPLES_KEPT,
     SCHEMA_VERSION,
     BaselineError,
+    BaselineSaveError,
     BaselineStore,
+    EnvironmentSave,
     read_baseline,
 )
 from pytest_hostperf.model import Record, SessionSummary
@@ -347,3 +350,78 @@ def test_save_keeps_the_file_mode(tmp_path):
     path.chmod(0o644)
     save(store, "s2", [measurement()])
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# -- hand-edited values (issue #8, 4) and all-or-none saves (issue #8, 5) ------------------------
+
+@pytest.mark.parametrize("key, value", [
+    ("median_s", float("nan")), ("median_s", 0.0), ("median_s", -1e-3), ("median_s", float("inf")),
+    ("median_s", "fast"), ("log_median_se", float("nan")), ("log_median_se", -0.01), ("rounds", 0),
+    ("samples", [1e-3, 0.0]),
+])
+def test_an_impossible_value_is_rejected_with_the_path_and_the_key(tmp_path, key, value):
+    store = BaselineStore(tmp_path)
+    path = save(store, "s1", [measurement()])
+    data = json.loads(path.read_text())
+    data["benchmarks"]["tests/test_x.py::test_a"]["-"][0][key] = value
+    path.write_text(json.dumps(data))  # json writes NaN and Infinity as Python reads them back
+    with pytest.raises(BaselineError) as info:
+        read_baseline(path)
+    message = str(info.value)
+    assert str(path) in message and f"benchmarks['tests/test_x.py::test_a']['-'][0].{key}" in message
+    before = path.read_bytes()
+    with pytest.raises(BaselineError):
+        save(store, "s2", [measurement()])
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0])
+def test_an_impossible_saved_reference_is_rejected(tmp_path, value):
+    store = BaselineStore(tmp_path)
+    ref = SessionSummary(1e-3, 0.01, 15)
+    path = save(store, "s1", [dataclasses.replace(measurement(), references=(ref,))])
+    data = json.loads(path.read_text())
+    assert data["benchmarks"]["tests/test_x.py::test_a"]["-"][0]["context"]["reference"]["median_s"] == 1e-3
+    data["benchmarks"]["tests/test_x.py::test_a"]["-"][0]["context"]["reference"]["median_s"] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match=r"\[0\]\.context\.reference\.median_s"):
+        read_baseline(path)
+
+
+def test_save_all_writes_every_environment_or_none(tmp_path, monkeypatch):
+    store = BaselineStore(tmp_path)
+    first = save(store, "s1", [measurement()], env="native")
+    second = save(store, "s1", [measurement()], env="docker")
+    before = {p: p.read_bytes() for p in (first, second)}
+    real_fsync, calls = os.fsync, []
+
+    def full_disk_at_the_second_file(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_at_the_second_file)
+    saves = [EnvironmentSave(env, FID, MATCH, FINGERPRINT, [measurement(median=5e-3)]) for env in ("native", "docker")]
+    with pytest.raises(BaselineSaveError) as info:
+        store.save_all(saves, "s2", now=NOW)
+    monkeypatch.undo()
+    assert "No space left on device" in str(info.value) and "No baseline file was changed" in str(info.value)
+    assert {p: p.read_bytes() for p in (first, second)} == before
+    assert listing(tmp_path) == sorted(p.name for p in (first, second))
+    store.save_all(saves, "s2", now=NOW)  # with space again, both land
+    for path in (first, second):
+        assert [s.session_id for s in read_baseline(path).history("tests/test_x.py::test_a", "-")] == ["s1", "s2"]
+
+
+def test_a_read_only_directory_is_a_save_error_naming_it(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories; tests/test_gate.py uses a read-only mount")
+    store = BaselineStore(tmp_path)
+    save(store, "s1", [measurement()])
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(BaselineSaveError, match=str(tmp_path)):
+            save(store, "s2", [measurement()])
+    finally:
+        tmp_path.chmod(0o700)

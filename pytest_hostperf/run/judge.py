@@ -78,8 +78,8 @@ class Judge:
             except BaselineError:
                 continue
             return f"fingerprint {state.fingerprint_id} differs from {_short(other)} in: {', '.join(differ)}"
-        return (f"no baseline for fingerprint {state.fingerprint_id} in {self.store.directory} "
-                "(save one with --hostperf-save)")
+        return (f"nothing saved for fingerprint {state.fingerprint_id} in {self.store.directory} "
+                "(save with --hostperf-save)")
 
     # -- judging ----------------------------------------------------------------------------
 
