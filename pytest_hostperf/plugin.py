@@ -126,8 +126,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def environment_kinds(config: pytest.Config) -> opt.Kinds:
     """Every environment kind the installed plugins declare (the built-in ones included)."""
     try:
-        return opt.kinds_by_name(kind for declared in config.hook.pytest_hostperf_environment_kinds()
-                                 for kind in declared)
+        # pluggy calls the last registered first; reversed, the built-in kinds come first.
+        declared = reversed(config.hook.pytest_hostperf_environment_kinds())
+        return opt.kinds_by_name(kind for kinds in declared for kind in kinds)
     except ValueError as exc:
         raise pytest.UsageError(f"pytest_hostperf_environment_kinds: {exc}") from None
 

@@ -50,6 +50,7 @@ def test_pytest_help_documents_every_option(pytester: pytest.Pytester) -> None:
     for option in ("--hostperf ", "--hostperf-envs", "--hostperf-save", "--hostperf-baselines", "--hostperf-json",
                    "--hostperf-markdown", "--hostperf-tolerance", "--hostperf-alpha", "--hostperf-require",
                    "--hostperf-max-overhead", "--hostperf-timeout", "--hostperf-image", "--hostperf-vm-image",
-                   "--hostperf-ssh-config", "--hostperf-network"):
+                   "--hostperf-ssh-config", "--hostperf-network", "--hostperf-strict", "--hostperf-accept",
+                   "--hostperf-accept-reason", "--hostperf-session-noise", "--hostperf-confirm"):
         assert option in text
         assert option.strip() in (ROOT / "README.md").read_text()

@@ -199,3 +199,16 @@ def test_malformed_report_is_a_compare_error(tmp_path, baseline, bad_record):
     with pytest.raises(CompareError) as info:
         compare_files(report, baseline, tolerance=0.05, alpha=0.01)
     assert str(report) in str(info.value)
+
+
+@pytest.mark.parametrize("text", [
+    '{"tool": "pytest-hostperf", "results": [1]}',
+    '{"tool": "pytest-hostperf", "results": [{"test": "t", "env": "native", "samples": "fast"}]}',
+    '{"tool": "pytest-hostperf", "results": [{"test": "t", "env": "native", "samples": [1e-3], "verdict": "meh"}]}',
+])
+def test_cli_malformed_report_is_a_clear_error_not_a_traceback(tmp_path, baseline, text):
+    report = tmp_path / "report.json"
+    report.write_text(text, encoding="utf-8")
+    code, out, err = finish(start_cli(report, baseline))
+    assert code == 2 and out == ""
+    assert err.startswith(f"hostperf compare: {report}: result #0 is malformed") and "Traceback" not in err

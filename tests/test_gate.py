@@ -14,26 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sessions import SLEEPY, run
 
 pytest_plugins = ["pytester"]
 
-FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
-SLEEPY = """
-import time
-from pathlib import Path
-
-DELAY = float(Path(__file__).with_name("delay.txt").read_text())
-
-def test_sleepy(benchmark):
-    benchmark(time.sleep, DELAY)
-
+SLEEPY = SLEEPY + """
 def test_steady(benchmark):
     benchmark(time.sleep, 0.002)
 """
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*FAST, *args, timeout=180)
 
 
 @pytest.fixture
@@ -82,16 +70,6 @@ def test_a_regression_is_never_saved_unless_accepted_with_a_reason(sleepy: pytes
     assert len(saved) == 4
     assert saved[-1]["context"]["accepted"] == {"reason": "slower on purpose (#8)", "verdict": "regression"}
     assert work_dirs(sleepy) == []
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--hostperf-accept=*"], "*--hostperf-accept accepts changes into the baseline, so it needs --hostperf-save*"),
-    (["--hostperf-save", "--hostperf-accept=*"], "*--hostperf-accept needs a reason*--hostperf-accept-reason=*"),
-])
-def test_accepting_is_deliberate(sleepy: pytest.Pytester, args: list[str], message: str) -> None:
-    result = run(sleepy, "--hostperf", *args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([message])
 
 
 def test_a_session_stopped_by_maxfail_saves_nothing(pytester: pytest.Pytester) -> None:

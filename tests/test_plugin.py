@@ -10,25 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from sessions import FAST, SLEEPY, run
 
 pytest_plugins = ["pytester"]
-
-FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
-
-SLEEPY = """
-import os, time
-from pathlib import Path
-
-DELAY = float(Path(__file__).with_name("delay.txt").read_text())
-
-def test_sleepy(benchmark):
-    benchmark(time.sleep, DELAY)
-"""
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*FAST, *args, timeout=180)
-
 
 @pytest.fixture
 def sleepy(pytester: pytest.Pytester) -> pytest.Pytester:
@@ -212,6 +196,9 @@ def test_b_after(benchmark):
     (["--hostperf-alpha=2"], "*alpha '2' must be between 0 and 0.5*"),
     (["--hostperf-require=docker"], "*--hostperf-require names docker*--hostperf-envs=native,docker*"),
     (["--hostperf-confirm=-1"], "*confirm must be at least 0, got -1*"),
+    # accepting a change into the baseline is deliberate: only when saving, and with a reason
+    (["--hostperf-accept=*"], "*--hostperf-accept accepts changes into the baseline, so it needs --hostperf-save*"),
+    (["--hostperf-save", "--hostperf-accept=*"], "*--hostperf-accept needs a reason*--hostperf-accept-reason=*"),
 ])
 def test_bad_options_are_usage_errors(sleepy: pytest.Pytester, args: list[str], message: str) -> None:
     result = run(sleepy, "--hostperf", *args)
