@@ -65,6 +65,8 @@ def test_example_project_saves_then_gates_against_its_own_baselines(tmp_path: Pa
     for record in saved["results"]:
         assert record["outcome"] == "passed", (record["item"], record["reason"])
         assert record["verdict"] in (*JUDGED, "no-baseline"), record
+    # A failing item is never saved (a regression must not become the baseline).
+    unsaved = {r["item"] for r in saved["results"] if r["verdict"] in ("regression", "overhead")}
     files = {p.name.split("-")[0] for p in (tmp_path / "baselines").glob("*.json")}
     assert files == set(envs()), f"a baseline file per environment, got {files}"
 
@@ -72,6 +74,9 @@ def test_example_project_saves_then_gates_against_its_own_baselines(tmp_path: Pa
     second, data = run_example(tmp_path, "second", "--benchmark-max-time=0.1")
     for record in data["results"]:
         assert record["outcome"] == "passed", (record["item"], record["reason"])
+        if record["item"] in unsaved:
+            assert record["baseline_sessions"] == 0, record  # it was not saved
+            continue
         assert record["verdict"] in JUDGED, f"{record['item']}: {record['verdict']}: {record['reason']}"
         assert record["baseline_sessions"] >= 1, f"{record['item']}: {record['reason']}"
     failing = [r for r in data["results"] if r["verdict"] in ("regression", "overhead")]

@@ -17,6 +17,7 @@ targets:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -72,7 +73,14 @@ class Plan:
 
     def group(self, test: str) -> list[Request]:
         """All targets of one test, in collection order."""
-        return [r for r in self.requests if r.test == test]
+        return list(self._groups.get(test, ()))
+
+    @functools.cached_property
+    def _groups(self) -> dict[str, list[Request]]:
+        groups: dict[str, list[Request]] = {}
+        for request in self.requests:
+            groups.setdefault(request.test, []).append(request)
+        return groups
 
     @property
     def envs(self) -> list[str]:
