@@ -166,6 +166,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         removed += sweep_vms()
     except Exception as exc:  # noqa: BLE001
         print(f"qemu: not swept ({exc})")
+    from pytest_hostperf.run import workdir
+
+    removed += [f"work dir {path}" for path in workdir.sweep_stale()]
     for thing in removed:
         print(f"removed {thing}")
     print(f"{len(removed)} leftover resource(s) removed.")
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--vm", action="store_true", help="also build the bootable VM disk from the image")
     build.set_defaults(func=cmd_image_build)
 
-    sweep = sub.add_parser("sweep", help="remove containers, volumes and VMs left by killed sessions")
+    sweep = sub.add_parser("sweep", help="remove containers, volumes, VMs and work dirs left by killed sessions")
     sweep.set_defaults(func=cmd_sweep)
     return parser
 

@@ -26,6 +26,7 @@ from pytest_hostperf.environments.base import (
     Mount,
     Transport,
 )
+from pytest_hostperf.progress import Reporter
 
 #: Makes the backend of an environment name (the ``pytest_hostperf_make_environment`` hook).
 BackendFactory = Callable[[str, EnvironmentContext], Environment]
@@ -82,7 +83,7 @@ class EnvironmentPool:
         self._session_over = threading.Event()
 
     @property
-    def reporter(self) -> Any:
+    def reporter(self) -> Reporter:
         return self.context.reporter
 
     def state(self, env: str) -> EnvironmentState:
@@ -192,9 +193,9 @@ class EnvironmentPool:
         if not state.identified:
             state.startup_s = elapsed
             _identify(state, hello)
-            self.reporter(f"hostperf: {state.name} ready in {elapsed:.1f} s: {fp.summary(state.fingerprint)}")
+            self.reporter.step(f"{state.name} ready in {elapsed:.1f} s: {fp.summary(state.fingerprint)}")
         else:
-            self.reporter(f"hostperf: {state.name}: agent restarted in {elapsed:.1f} s")
+            self.reporter.step(f"{state.name}: agent restarted in {elapsed:.1f} s")
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class EnvironmentPool:
             try:
                 state.backend.stop()
             except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                self.reporter(f"hostperf: stopping {state.name} failed: {exc}")
+                self.reporter.warn(f"stopping {state.name} failed: {exc}")
 
 
 def _connect(env: str, backend: Environment, launch: AgentLaunch) -> tuple[AgentClient, dict[str, Any]]:
