@@ -290,7 +290,11 @@ class EnvironmentReport:
 
 
 def _summary_of(data: Mapping[str, Any], samples: Sequence[float]) -> SessionSummary:
-    """The record's own summary when it has one, else a plain median of its samples."""
+    """The record's own summary when it has one, else a plain median of its samples.
+
+    A record without ``log_median_se`` (an older or hand-made report) gets a NaN spread:
+    unknown, and never used to judge (``hostperf compare`` re-summarizes the samples).
+    """
     if data.get("median_s") is not None and data.get("log_median_se") is not None:
         return SessionSummary.from_json(data, "record")
     ordered = sorted(samples)
