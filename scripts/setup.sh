@@ -22,4 +22,4 @@ fi
 bash .ci/install-docker.sh
 if [ -f .ci/install-qemu.sh ]; then bash .ci/install-qemu.sh; fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check -e '.[test,lint]'
