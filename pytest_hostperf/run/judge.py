@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 from pytest_hostperf.baselines import BaselineError, BaselineFile, BaselineStore, SavedSession, read_baseline
 from pytest_hostperf.fingerprint import mismatches
 from pytest_hostperf.model import Outcome, RatioEstimate, Record, Verdict
+from pytest_hostperf.report.terminal import format_seconds
 from pytest_hostperf.run.plan import Attempt, Request
 from pytest_hostperf.run.pool import EnvironmentState
 from pytest_hostperf.settings import Settings
@@ -131,11 +132,19 @@ class Judge:
         return None
 
     def record(self, attempt: Attempt, state: EnvironmentState, attempts: Sequence[Attempt] = ()) -> Record:
-        """The item's one record: what ran, what it measured, what the gate said."""
+        """The item's one record: what ran, what it measured, what the gate said.
+
+        ``attempts``: every measurement of the item when it was re-measured (the chosen
+        ``attempt`` among them). The reason is the rule's own line (verdict.judge) plus
+        what this session adds to it: the re-measurements and an acceptance.
+        """
         request = attempt.request
         judgement = attempt.judgement
         accepted = self.accepted(request, judgement)
         reason = judgement.reason if judgement else attempt.message
+        if judgement is not None and len(attempts) > 1:
+            medians = ", ".join(format_seconds(a.median_s) for a in attempts)
+            reason += f" [re-measured {len(attempts) - 1}x after a pause: medians {medians}; judged on the fastest]"
         if accepted is not None:
             reason = f"{reason} [accepted into the baseline: {accepted}]"
         baseline = self.store.path_for(state.backend.name, state.fingerprint_id) if (

@@ -26,7 +26,6 @@ from pytest_hostperf.agent.protocol import ProtocolError
 from pytest_hostperf.baselines import BaselineError
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, EnvironmentFailure
 from pytest_hostperf.model import Outcome, RatioEstimate, Record, SessionSummary, Verdict
-from pytest_hostperf.report.terminal import format_seconds
 from pytest_hostperf.run.answers import MalformedAnswer, parse_run_answer, timings
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState
 from pytest_hostperf.settings import Settings
@@ -230,11 +229,6 @@ class PlanRunner:
                 break
             attempts.append(retry)
             chosen = _fastest_trusted(attempts)
-        if len(attempts) > 1 and chosen.judgement is not None:
-            medians = ", ".join(format_seconds(a.median_s) for a in attempts)
-            chosen.judgement = dataclasses.replace(
-                chosen.judgement, reason=f"{chosen.judgement.reason} [re-measured {len(attempts) - 1}x after a "
-                                         f"pause: medians {medians}; judged on the fastest]")
         return chosen, attempts
 
     def _judge(self, attempt: Attempt, native: Sequence[float], to_native: RatioEstimate | None = None) -> bool:
