@@ -149,7 +149,8 @@ def _run(browser: DevToolsPipe, path: Path, ready: str, value: str, timeout: flo
                  {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
     browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session)
     deadline = time.monotonic() + timeout
-    while not _evaluate(browser, session, ready):
+    loaded = f'document.readyState === "complete" && Boolean({ready})'
+    while not _evaluate(browser, session, loaded):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: {ready!r} still false after {timeout:.0f} s; "
                                f"errors so far: {_errors(browser.events)}")
@@ -192,7 +193,7 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
 
 if __name__ == "__main__":
     page, out = Path(sys.argv[1]), Path(sys.argv[2])
-    run = open_page(page, "document.body && document.body.dataset.chartsReady !== undefined",
+    run = open_page(page, "document.body.dataset.chartsReady !== undefined",
                     "document.body.dataset.chartsReady")
     out.write_bytes(run.screenshot or b"")
     print(f"charts drawn: {run.value}; requests: {run.requests}; errors: {run.errors}; screenshot: {out}")
