@@ -128,25 +128,32 @@ def _band(axis: str, low: float, high: float, other: str) -> dict[str, Any]:
 # -- panels ------------------------------------------------------------------------------------
 
 def _distribution(records: Sequence[Record], x: str, y: str) -> Panel:
-    traces: list[Trace] = []
+    """Boxes and strips, one box trace and one strip trace per environment (not per target):
+    plotly's drawing time grows with the number of traces, and a report has hundreds."""
+    boxes: dict[str, Trace] = {}
+    strips: dict[str, Trace] = {}
     extremes: list[float] = []
     for row, r in enumerate(records):
         samples = [s for s in r.get("samples") or () if isinstance(s, (int, float)) and s > 0]
         if not samples:
             continue
-        stats = box_stats(samples)
-        tint = colour(str(r["env"]))
-        traces.append({"type": "box", "orientation": "h", "y": [row], **{k: [_round(v)] for k, v in stats.items()},
-                       "xaxis": x, "yaxis": y, "name": r["target"], "marker": {"color": tint},
-                       "line": {"width": 1.5}, "fillcolor": "rgba(255,255,255,0)", "width": 0.6,
-                       "hoverinfo": "x", "showlegend": False})
-        shown = thin(samples, STRIP_POINTS)
-        traces.append({"type": "scatter", "mode": "markers", "x": [_round(s) for s in shown],
-                       "y": [_round(row + j) for j in jitter(len(shown))], "xaxis": x, "yaxis": y,
-                       "marker": {"color": tint, "size": 4, "opacity": 0.45}, "showlegend": False,
-                       "hovertemplate": _hover(r["target"], "round %{x:.3s}s")})
+        env, stats, shown = str(r["env"]), box_stats(samples), thin(samples, STRIP_POINTS)
+        box = boxes.setdefault(env, {
+            "type": "box", "orientation": "h", "y": [], "q1": [], "median": [], "q3": [], "lowerfence": [],
+            "upperfence": [], "xaxis": x, "yaxis": y, "name": env, "marker": {"color": colour(env)},
+            "line": {"width": 1.5}, "fillcolor": "rgba(255,255,255,0)", "width": 0.6, "hoverinfo": "x",
+            "showlegend": False})
+        box["y"].append(row)
+        for key, value in stats.items():
+            box[key].append(_round(value))
+        strip = strips.setdefault(env, {
+            "type": "scatter", "mode": "markers", "x": [], "y": [], "xaxis": x, "yaxis": y, "showlegend": False,
+            "marker": {"color": colour(env), "size": 4, "opacity": 0.45}, "hovertemplate": "round %{x:.3s}s<extra></extra>"})
+        strip["x"] += [_round(s) for s in shown]
+        strip["y"] += [round(row + j, 2) for j in jitter(len(shown))]
         extremes += [min(shown + [stats["lowerfence"]]), max(shown + [stats["upperfence"]])]
-    return Panel("distribution", traces, x_axis=log_axis(extremes, format_seconds) if extremes else {})
+    return Panel("distribution", [*boxes.values(), *strips.values()],
+                 x_axis=log_axis(extremes, format_seconds) if extremes else {})
 
 
 def _interval_marks(records: Sequence[Record], ratio_of: Callable[[Record], Any], x: str, y: str,
@@ -198,7 +205,7 @@ def _against(records: Sequence[Record], x: str, y: str, tolerance: float) -> Pan
         if isinstance(pairs, (list, tuple)) and pairs:
             shown = thin([p for p in pairs if isinstance(p, (int, float)) and p > 0], STRIP_POINTS)
             traces.append({"type": "scatter", "mode": "markers", "x": [_round(p) for p in shown],
-                           "y": [_round(row + j) for j in jitter(len(shown))], "xaxis": x, "yaxis": y,
+                           "y": [round(row + j, 2) for j in jitter(len(shown))], "xaxis": x, "yaxis": y,
                            "marker": {"color": colour(str(r["env"])), "size": 4, "opacity": 0.4},
                            "showlegend": False, "hovertemplate": _hover(r["target"], "pair %{x:.3f}x")})
     rev = against_rev(records)
@@ -240,9 +247,27 @@ def _instructions(records: Sequence[Record], x: str, y: str) -> Panel:
     return Panel("instructions", [trace], [_unity(x, y)], {"tickformat": ".4~f", "ticksuffix": "x"})
 
 
+def _this_session(nows: Sequence[tuple[int, Record, tuple[float, float, float]]], rows: int, at: int,
+                  x: str, y: str) -> Trace:
+    """Stars at ``at``, one per target, dodged apart, with their intervals; outlined by verdict."""
+    values = [value for _, _, (value, _, _) in nows]
+    return {"type": "scatter", "mode": "markers", "xaxis": x, "yaxis": y, "showlegend": False,
+            "x": [_round(at + (row - (rows - 1) / 2) * min(0.08, 0.5 / rows)) for row, _, _ in nows],
+            "y": [_round(v) for v in values],
+            "error_y": {"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": "#666",
+                        "array": [_round(high - value) for _, _, (value, _, high) in nows],
+                        "arrayminus": [_round(value - low) for _, _, (value, low, _) in nows]},
+            "marker": {"color": [colour(str(r["env"])) for _, r, _ in nows], "size": 14, "symbol": "star",
+                       "line": {"color": [VERDICT_COLOURS.get(status(r), "#222") for _, r, _ in nows], "width": 2}},
+            "text": [f"<b>{r['target']}</b><br>this session: {value:.3f}x [{low:.3f}, {high:.3f}]<br>{status(r)}"
+                     for _, r, (value, low, high) in nows],
+            "hovertemplate": "%{text}<extra></extra>"}
+
+
 def _history(records: Sequence[Record], histories: Histories, x: str, y: str, tolerance: float,
              session_id: str | None) -> Panel:
     traces: list[Trace] = []
+    nows: list[tuple[int, Record, tuple[float, float, float]]] = []
     shown: list[float] = [1 / (1 + tolerance), 1 + tolerance]
     longest = max((len([s for s in histories.get(str(r["target"]), ()) if s.session_id != session_id])
                    for r in records), default=0)
@@ -264,20 +289,11 @@ def _history(records: Sequence[Record], histories: Histories, x: str, y: str, to
                        "hovertemplate": _hover(r["target"], "%{text}<br>%{y:.3f}x mean"), "showlegend": False})
         shown += ratios
         now = ratio_interval(r.get("ratio_to_baseline"))
-        if now is None:
-            continue
-        value, low, high = now
-        dodge = (row - (len(records) - 1) / 2) * min(0.08, 0.5 / len(records))
-        traces.append({"type": "scatter", "mode": "markers", "xaxis": x, "yaxis": y,
-                       "x": [_round(longest + 1 + dodge)], "y": [_round(value)],
-                       "error_y": {"type": "data", "symmetric": False, "array": [_round(high - value)],
-                                   "arrayminus": [_round(value - low)], "color": tint, "thickness": 1, "width": 3},
-                       "marker": {"color": tint, "size": 14, "symbol": "star",
-                                  "line": {"color": VERDICT_COLOURS.get(status(r), "#222"), "width": 2}},
-                       "hovertemplate": _hover(r["target"], f"this session: {value:.3f}x [{low:.3f}, {high:.3f}]"
-                                                            f"<br>{status(r)}"),
-                       "showlegend": False})
-        shown.append(value)
+        if now is not None:
+            nows.append((row, r, now))
+            shown.append(now[0])
+    if nows:
+        traces.append(_this_session(nows, len(records), longest + 1, x, y))
     if len(shown) == 2:
         return Panel("history", [])
     # The range follows the medians, not the intervals: a noisy baseline's interval would

@@ -3,9 +3,10 @@
 Rendered from the JSON report dict (``--hostperf-json``) and, for the history panel, the
 baselines directory. The charts are plotly figures (:mod:`pytest_hostperf.report_charts`);
 plotly.js comes from the ``plotly`` package (``pip install 'pytest-hostperf[html]'``) and is
-embedded once, gzip-compressed and base64-encoded (4.8 MB raw, 2.0 MB so), unpacked by the
-browser's own ``DecompressionStream``: the file needs no network to be viewed and stays
-under 5 MB for 100 tests. Without JavaScript the tables still hold every number.
+embedded once, gzip-compressed and base64-encoded (4.8 MB raw, 2.0 MB so), and so are the
+figures; the browser's own ``DecompressionStream`` unpacks them: the file needs no network
+to be viewed and stays under 5 MB for 100 tests. Without JavaScript the tables still hold
+every number.
 
 Importable without pytest; library code: raises, never prints.
 """
@@ -92,15 +93,25 @@ def _load(path: Path, view: BaselineView) -> Any:
         return None
 
 
+def pack(text: str) -> str:
+    """gzip, then base64: what the page's loader unpacks with the browser's DecompressionStream."""
+    return base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
+
+
+def unpack(packed: str) -> str:
+    """The inverse of :func:`pack` (for tests and tools that read a report back)."""
+    return gzip.decompress(base64.b64decode(packed)).decode("utf-8")
+
+
 @functools.lru_cache(maxsize=1)
 def packed_plotly() -> str:
-    """plotly.js, gzip-compressed and base64-encoded, from the installed ``plotly`` package."""
+    """plotly.js from the installed ``plotly`` package, packed (4.8 MB -> 2.0 MB)."""
     try:
         from plotly.offline import get_plotlyjs
     except ImportError as exc:
         raise HtmlReportError("the HTML report draws its charts with plotly, which is not installed: "
                               "pip install 'pytest-hostperf[html]' (or pip install plotly)") from exc
-    return base64.b64encode(gzip.compress(get_plotlyjs().encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
+    return pack(get_plotlyjs())
 
 
 def render_html(report: Mapping[str, Any], baselines: BaselineView | None = None) -> str:
@@ -118,10 +129,12 @@ def render_html(report: Mapping[str, Any], baselines: BaselineView | None = None
         figures.append({"id": f"chart-{index}", "figure": figure_for_test(
             records, baselines.for_test(test), tolerance, report.get("session_id"))})
     body = [_header(report), _summary(report, tests, baselines)]
-    body += [_test_section(index, test, records) for index, (test, records) in enumerate(tests.items())]
+    body += [_test_section(index, test, records, figure["figure"]["layout"]["height"])
+             for (index, (test, records)), figure in zip(enumerate(tests.items()), figures)]
     return PAGE.format(
         title=html.escape(f"pytest-hostperf report {report.get('session_id') or ''}".strip()),
-        style=STYLE, body="\n".join(body), plotly=packed_plotly(), figures=_script_json(figures), loader=LOADER)
+        style=STYLE, body="\n".join(body), plotly=packed_plotly(),
+        figures=pack(json.dumps(figures, separators=(",", ":"))), loader=LOADER)
 
 
 def write_html(report: Mapping[str, Any], path: Path, baselines_dir: Path | None = None) -> Path:
@@ -137,11 +150,6 @@ def _by_test(records: Sequence[Record]) -> dict[str, list[Record]]:
     for record in records:
         tests.setdefault(str(record.get("test")), []).append(record)
     return tests
-
-
-def _script_json(value: Any) -> str:
-    # Inside <script>, "</" would end the element early.
-    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -205,7 +213,7 @@ def _ratio_cell(ratio: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}x [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _test_section(index: int, test: str, records: Sequence[Record]) -> str:
+def _test_section(index: int, test: str, records: Sequence[Record], height: int) -> str:
     has_against = any(r.get("against") for r in records)
     has_instructions = any(r.get("instructions") for r in records)
     head = ["target", "filesystem", "median", "vs baseline [CI]", "vs native [CI]"]
@@ -227,7 +235,7 @@ def _test_section(index: int, test: str, records: Sequence[Record]) -> str:
         rows.append("<tr>" + "".join(f'<td class="n">{c}</td>' for c in cells) + f"<td>{_badge(status(r))}</td><td>{why}</td></tr>")
     badges = " ".join(_badge(name, count) for name, count in verdict_counts(records).items())
     return (f'<section class="test" id="t{index}"><h2><code>{_e(test)}</code> {badges}</h2>'
-            f'<div class="chart" id="chart-{index}" data-test="{_e(test)}"></div>'
+            f'<div class="chart" id="chart-{index}" data-test="{_e(test)}" style="height: {height}px"></div>'
             f'<table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></section>')
 
@@ -253,10 +261,10 @@ PAGE = """<!DOCTYPE html>
 <title>{title}</title><style>{style}</style></head>
 <body>
 {body}
-<p id="chart-status">Drawing charts…</p>
+<p id="chart-status">Unpacking the charts…</p>
 <noscript><p>The charts need JavaScript; the tables hold every number.</p></noscript>
 <script type="application/octet-stream" id="plotly-gzip-base64">{plotly}</script>
-<script type="application/json" id="hostperf-figures">{figures}</script>
+<script type="application/octet-stream" id="hostperf-figures-gzip-base64">{figures}</script>
 <script>{loader}</script>
 </body></html>
 """
@@ -278,30 +286,47 @@ section.test { border-top: 2px solid #ddd; margin-top: 26px; } .chart { width: 1
 .problem { color: #d62728; } td.n { white-space: nowrap; } #chart-status { color: #666; }
 """
 
-# Unpack plotly.js with the browser's own gzip (DecompressionStream), then draw one figure
-# after another, yielding between them so a long report stays responsive while it draws.
+# Unpack plotly.js and the figures with the browser's own gzip (DecompressionStream), then draw
+# each chart when it comes near the screen (~0.3 s a chart here: a report of a hundred tests
+# drawn at once would keep the page busy for half a minute). The tables and the chart boxes,
+# sized in advance, are there from the start, so nothing jumps while charts appear.
 LOADER = """
-(async function () {
+async function unpack(id) {
+  const bytes = Uint8Array.from(atob(document.getElementById(id).textContent), (c) => c.charCodeAt(0));
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return await new Response(stream).text();
+}
+function fail(error) {
   const status = document.getElementById("chart-status");
-  try {
-    const packed = atob(document.getElementById("plotly-gzip-base64").textContent);
-    const bytes = Uint8Array.from(packed, (c) => c.charCodeAt(0));
-    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    const library = document.createElement("script");
-    library.textContent = await new Response(stream).text();
-    document.head.appendChild(library);
-    const figures = JSON.parse(document.getElementById("hostperf-figures").textContent);
-    for (const entry of figures) {
-      await Plotly.newPlot(entry.id, entry.figure.data, entry.figure.layout,
-                           {displaylogo: false, responsive: true});
-      await new Promise((resolve) => setTimeout(resolve, 0));
+  status.textContent = "The charts could not be drawn in this browser (" + error + "); the tables hold every number.";
+  status.hidden = false;
+  document.body.dataset.chartsReady = "error";
+  console.error(error);
+}
+(async function () {
+  const library = document.createElement("script");
+  library.textContent = await unpack("plotly-gzip-base64");
+  document.head.appendChild(library);
+  const figures = new Map(JSON.parse(await unpack("hostperf-figures-gzip-base64")).map((f) => [f.id, f.figure]));
+  let drawn = 0, queue = Promise.resolve();
+  const ready = () => { if (drawn === figures.size) document.body.dataset.chartsReady = String(drawn); };
+  const draw = (id) => {
+    queue = queue.then(async () => {
+      const figure = figures.get(id);
+      await Plotly.newPlot(id, figure.data, figure.layout, {displaylogo: false, responsive: true});
+      drawn += 1;
+      document.body.dataset.chartsDrawn = String(drawn);
+      ready();
+      await new Promise((resolve) => setTimeout(resolve, 0));   // let the page answer between charts
+    }).catch(fail);
+  };
+  const observer = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (entry.isIntersecting) { observer.unobserve(entry.target); draw(entry.target.id); }
     }
-    status.remove();
-    document.body.dataset.chartsReady = String(figures.length);
-  } catch (error) {
-    status.textContent = "The charts could not be drawn in this browser (" + error + "); the tables hold every number.";
-    document.body.dataset.chartsReady = "error";
-    throw error;
-  }
-})();
+  }, {rootMargin: "1200px 0px"});
+  for (const id of figures.keys()) observer.observe(document.getElementById(id));
+  document.getElementById("chart-status").hidden = true;
+  ready();
+})().catch(fail);
 """

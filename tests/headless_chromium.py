@@ -121,12 +121,13 @@ class DevToolsPipe:
             self.process.stderr.close()
 
 
-def open_page(path: Path, ready: str, value: str, timeout: float = 60.0,
-              screenshot: bool = True, width: int = 1400) -> PageRun:
+def open_page(path: Path, ready: str, value: str, timeout: float = 60.0, screenshot: bool = True,
+              width: int = 1400, full_height: bool = True) -> PageRun:
     """Load ``path``, wait until the JavaScript expression ``ready`` is truthy, evaluate ``value``.
 
-    Returns every request URL, every console error or uncaught exception, the value and a
-    full-page PNG screenshot.
+    ``full_height`` makes the viewport as tall as the loaded page, so that what a page
+    draws lazily (on scrolling into view) is drawn. Returns every request URL, every
+    console error or uncaught exception, the value and a full-page PNG screenshot.
     """
     binary = find_chromium()
     if binary is None:
@@ -134,23 +135,28 @@ def open_page(path: Path, ready: str, value: str, timeout: float = 60.0,
     with tempfile.TemporaryDirectory(prefix="hostperf-chromium-") as profile:
         browser = DevToolsPipe(binary, Path(profile))
         try:
-            return _run(browser, path, ready, value, timeout, screenshot, width)
+            return _run(browser, path, ready, value, timeout, screenshot, width, full_height)
         finally:
             browser.close()
 
 
 def _run(browser: DevToolsPipe, path: Path, ready: str, value: str, timeout: float,
-         screenshot: bool, width: int) -> PageRun:
+         screenshot: bool, width: int, full_height: bool) -> PageRun:
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Runtime", "Log", "Network", "Page"):
         browser.send(f"{domain}.enable", session=session)
-    browser.send("Emulation.setDeviceMetricsOverride",
-                 {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+    _resize(browser, session, width, 900)
     browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session)
     deadline = time.monotonic() + timeout
-    loaded = f'document.readyState === "complete" && Boolean({ready})'
-    while not _evaluate(browser, session, loaded):
+    while not _evaluate(browser, session, 'document.readyState === "complete"'):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: not loaded after {timeout:.0f} s")
+        time.sleep(0.05)
+    if full_height:
+        # A viewport as tall as the page: content drawn on scrolling into view is drawn now.
+        _resize(browser, session, width, int(_evaluate(browser, session, "document.documentElement.scrollHeight")))
+    while not _evaluate(browser, session, ready):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: {ready!r} still false after {timeout:.0f} s; "
                                f"errors so far: {_errors(browser.events)}")
@@ -158,14 +164,17 @@ def _run(browser: DevToolsPipe, path: Path, ready: str, value: str, timeout: flo
     result = _evaluate(browser, session, value)
     shot = None
     if screenshot:
-        height = int(_evaluate(browser, session, "document.documentElement.scrollHeight"))
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+        _resize(browser, session, width, int(_evaluate(browser, session, "document.documentElement.scrollHeight")))
         data = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session)
         shot = base64.b64decode(data["data"])
     requests = [e["params"]["request"]["url"] for e in browser.events
                 if e.get("method") == "Network.requestWillBeSent"]
     return PageRun(requests, _errors(browser.events), result, shot)
+
+
+def _resize(browser: DevToolsPipe, session: str, width: int, height: int) -> None:
+    browser.send("Emulation.setDeviceMetricsOverride",
+                 {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
 
 
 def _evaluate(browser: DevToolsPipe, session: str, expression: str) -> Any:

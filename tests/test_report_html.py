@@ -80,12 +80,14 @@ def test_plain_session_draws_distribution_and_overhead_only() -> None:
     records = [record(target=t) for t in ("native", "docker-bind", "docker-volume")]
     figure = validated(figure_for_test(records))
     assert panel_titles(figure) == ["time", "ratio"]
-    boxes = [t for t in figure["data"] if t["type"] == "box"]
-    assert [b["name"] for b in boxes] == ["native", "docker-bind", "docker-volume"]
-    assert boxes[1]["median"] == [pytest.approx(statistics.median(records[1]["samples"]), rel=1e-3)]
+    # One box trace and one strip trace per environment, a box per target row.
+    boxes = {t["name"]: t for t in figure["data"] if t["type"] == "box"}
+    assert list(boxes) == ["native", "docker"] and boxes["docker"]["y"] == [1, 2]
+    assert boxes["docker"]["median"][1] == pytest.approx(statistics.median(records[2]["samples"]), rel=1e-3)
     assert figure["layout"]["yaxis"]["ticktext"] == ["native", "docker-bind", "docker-volume"]
-    strip = [t for t in figure["data"] if t["type"] == "scatter" and t["yaxis"] == "y"]
-    assert all(len(t["x"]) == 60 for t in strip)
+    strips = [t for t in figure["data"] if t["type"] == "scatter" and t["yaxis"] == "y"]
+    assert [len(t["x"]) for t in strips] == [60, 120]
+    assert all(1.75 <= row <= 2.25 for row in strips[1]["y"][60:])   # docker-volume's points on its row
 
 
 def test_budget_history_against_and_instructions_are_drawn_when_present() -> None:
@@ -109,7 +111,8 @@ def test_budget_history_against_and_instructions_are_drawn_when_present() -> Non
     spans = [(b["y0"], b["y1"]) if b["xref"].endswith("domain") else (b["x0"], b["x1"]) for b in bands]
     assert len(bands) == 2 and {(round(lo, 4), round(hi, 4)) for lo, hi in spans} == {(0.9524, 1.05)}
     stars = [t for t in figure["data"] if t.get("marker", {}).get("symbol") == "star"]
-    assert [s["y"] for s in stars] == [[1.01], [1.01]]         # this session: its ratio to the baseline
+    assert [s["y"] for s in stars] == [[1.01, 1.01]]           # this session: its ratio to the baseline
+    assert stars[0]["marker"]["line"]["color"][1] == "#d62728"  # outlined by its verdict
     pair_points = [t for t in figure["data"] if "pair" in t.get("hovertemplate", "")]
     assert len(pair_points) == 1 and len(pair_points[0]["x"]) == 3
 
@@ -136,7 +139,7 @@ def test_page_has_one_chart_per_test_and_escapes_what_it_shows() -> None:
     page = render_html(report(records))
     assert len(re.findall(r'<div class="chart" id="chart-\d+"', page)) == 2
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
-    figures = json.loads(re.search(r'id="hostperf-figures">(.*?)</script>', page, re.S).group(1))
+    figures = json.loads(report_html.unpack(re.search(r'id="hostperf-figures-gzip-base64">(.*?)</script>', page).group(1)))
     assert [f["id"] for f in figures] == ["chart-0", "chart-1"]
     assert figures[0]["figure"]["layout"]["yaxis"]["ticktext"] == ["native", "docker"]
 

@@ -16,24 +16,13 @@ from typing import Any
 
 import pytest
 from headless_chromium import find_chromium, open_page
+from sample_projects import CPU_AND_FILES
 
 from pytest_hostperf.cli import main
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
-
-PROJECT = """
-def test_sum(benchmark):
-    assert benchmark(sum, range(20_000)) > 0
-
-def test_files(benchmark, hostperf_dir):
-    def write_read():
-        for i in range(20):
-            (hostperf_dir / f"f{i}").write_bytes(b"x" * 256)
-        return sum(len(p.read_bytes()) for p in hostperf_dir.iterdir())
-    assert benchmark(write_read) == 20 * 256
-"""
 
 # Per test section: how many plotly charts it holds, the chart's row labels and panel titles.
 SECTIONS = """
@@ -64,7 +53,7 @@ def chromium() -> str:
 def test_real_session_report_draws_one_chart_per_test_offline(pytester: pytest.Pytester, engine: Any,
                                                               chromium: str, tmp_path: Path) -> None:
     pytest.importorskip("plotly", reason="the HTML report needs plotly: pip install 'pytest-hostperf[html]'")
-    pytester.makepyfile(test_work=PROJECT)
+    pytester.makepyfile(test_work=CPU_AND_FILES)
     baselines = pytester.path / "baselines"
     session = [*FAST, "--hostperf", "--hostperf-envs=native,docker", "--hostperf-require=docker",
                f"--hostperf-baselines={baselines}"]
@@ -85,12 +74,12 @@ def test_real_session_report_draws_one_chart_per_test_offline(pytester: pytest.P
     assert run.errors == []
     assert run.requests == [page.resolve().as_uri()]   # plotly.js and the data are inside the file
     sections = {s["test"]: s for s in run.value}
-    assert set(sections) == {"test_work.py::test_sum", "test_work.py::test_files"}
+    assert set(sections) == {"test_work.py::test_cpu", "test_work.py::test_files"}
     for section in sections.values():
         assert section["charts"] == 1 and section["svg"] >= 1, section
         # One saved session: the history panel is there beside distribution and overhead.
         assert [t.split(" ")[0] for t in section["titles"]] == ["time", "ratio", "saved"], section
-    assert sections["test_work.py::test_sum"]["rows"] == ["native", "docker"]
+    assert sections["test_work.py::test_cpu"]["rows"] == ["native", "docker"]
     assert sections["test_work.py::test_files"]["rows"] == ["native", "docker-bind", "docker-volume",
                                                             "docker-tmpfs", "docker-layer"]
     assert (tmp_path / "report.png").stat().st_size > 20_000
