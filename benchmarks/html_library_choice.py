@@ -15,6 +15,7 @@ page's first chart shows in headless Chromium.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import math
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 from html_report import synthetic_report
 
-from pytest_hostperf.report_html import _by_test, read_baselines, render_html
+from pytest_hostperf.report_html import records_by_test, read_baselines, render_html
 from pytest_hostperf.sampling import thin
 
 
@@ -42,7 +43,7 @@ def matplotlib_page(report: dict[str, Any], baselines: Path) -> str:
     view = read_baselines(report, baselines)
     label = FuncFormatter(lambda v, _: f"{v:.3g}")
     parts = []
-    for test, records in _by_test(report["results"]).items():
+    for test, records in records_by_test(report["results"]).items():
         figure = Figure(figsize=(13, 0.35 * len(records) + 1.6))
         spread, overhead, history = figure.subplots(1, 3)
         rows = range(len(records))
@@ -74,7 +75,11 @@ def matplotlib_page(report: dict[str, Any], baselines: Path) -> str:
     return "<!DOCTYPE html><html><body>" + "".join(parts) + "</body></html>"
 
 
-def timed(label: str, make: Any) -> tuple[str, float]:
+def render_plotly(report: dict[str, Any], baselines: Path) -> str:
+    return render_html(report, read_baselines(report, baselines))
+
+
+def timed(make: Any) -> tuple[str, float]:
     start = time.perf_counter()
     page = make()
     return page, time.perf_counter() - start
@@ -102,13 +107,14 @@ def main() -> int:
 
     packed_plotly()
     plotly_import = time.perf_counter() - start
-    print(f"imports: matplotlib {mpl_import:.2f} s; plotly.offline + reading and packing plotly.js {plotly_import:.2f} s")
+    print(f"imports: matplotlib {mpl_import:.2f} s; plotly.offline + reading and packing plotly.js "
+          f"{plotly_import:.2f} s")
     with tempfile.TemporaryDirectory(prefix="hostperf-html-choice-") as tmp:
         for tests in args.tests:
             baselines = Path(tmp) / f"b{tests}"
             report = synthetic_report(tests, baselines)
-            mpl, mpl_s = timed("matplotlib", lambda: matplotlib_page(report, baselines))
-            ply, ply_s = timed("plotly", lambda: render_html(report, read_baselines(report, baselines)))
+            mpl, mpl_s = timed(functools.partial(matplotlib_page, report, baselines))
+            ply, ply_s = timed(functools.partial(render_plotly, report, baselines))
             line = (f"{tests} tests: matplotlib SVG {mpl_s:.2f} s, {len(mpl.encode()) / 1e6:.2f} MB; "
                     f"plotly {ply_s:.2f} s, {len(ply.encode()) / 1e6:.2f} MB (plotly.js uncompressed would add 2.8 MB)")
             if args.browser:

@@ -147,8 +147,8 @@ def main() -> int:
         results.write_text(dumps(report), encoding="utf-8")
         output = work / "synthetic.html"
         times = time_command(results, output, None, args.repeat)
-        print(describe(f"synthetic report ({len(report['results'])} records, JSON {results.stat().st_size / 1e6:.1f} MB)",
-                       times, output, args.tests) + " (target < 5 MB)")
+        label = f"synthetic report ({len(report['results'])} records, JSON {results.stat().st_size / 1e6:.1f} MB)"
+        print(describe(label, times, output, args.tests) + " (target < 5 MB)")
         if args.browser:
             print(time_browser(output, args.tests))
     return 0

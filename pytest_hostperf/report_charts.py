@@ -148,7 +148,8 @@ def _distribution(records: Sequence[Record], x: str, y: str) -> Panel:
             box[key].append(_round(value))
         strip = strips.setdefault(env, {
             "type": "scatter", "mode": "markers", "x": [], "y": [], "xaxis": x, "yaxis": y, "showlegend": False,
-            "marker": {"color": colour(env), "size": 4, "opacity": 0.45}, "hovertemplate": "round %{x:.3s}s<extra></extra>"})
+            "marker": {"color": colour(env), "size": 4, "opacity": 0.45},
+            "hovertemplate": "round %{x:.3s}s<extra></extra>"})
         strip["x"] += [_round(s) for s in shown]
         strip["y"] += [round(row + j, 2) for j in jitter(len(shown))]
         extremes += [min(shown + [stats["lowerfence"]]), max(shown + [stats["upperfence"]])]
@@ -254,7 +255,7 @@ def _this_session(nows: Sequence[tuple[int, Record, tuple[float, float, float]]]
     return {"type": "scatter", "mode": "markers", "xaxis": x, "yaxis": y, "showlegend": False,
             "x": [_round(at + (row - (rows - 1) / 2) * min(0.08, 0.5 / rows)) for row, _, _ in nows],
             "y": [_round(v) for v in values],
-            "error_y": {"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": "#666",
+            "error_y": {"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": "rgba(0,0,0,0.3)",
                         "array": [_round(high - value) for _, _, (value, _, high) in nows],
                         "arrayminus": [_round(value - low) for _, _, (value, low, _) in nows]},
             "marker": {"color": [colour(str(r["env"])) for _, r, _ in nows], "size": 14, "symbol": "star",

@@ -121,8 +121,8 @@ def render_html(report: Mapping[str, Any], baselines: BaselineView | None = None
                               "make one with pytest --hostperf --hostperf-json=PATH")
     baselines = baselines or BaselineView(None)
     settings = report.get("settings") or {}
-    tests = _by_test(report["results"])
-    figures = []
+    tests = records_by_test(report["results"])
+    figures: list[dict[str, Any]] = []
     for index, (test, records) in enumerate(tests.items()):
         tolerance = next((r["tolerance"] for r in records if isinstance(r.get("tolerance"), (int, float))),
                          settings.get("tolerance", 0.05))
@@ -145,7 +145,8 @@ def write_html(report: Mapping[str, Any], path: Path, baselines_dir: Path | None
     return path
 
 
-def _by_test(records: Sequence[Record]) -> dict[str, list[Record]]:
+def records_by_test(records: Sequence[Record]) -> dict[str, list[Record]]:
+    """The records grouped by test, in the report's order (a test's targets stay in order)."""
     tests: dict[str, list[Record]] = {}
     for record in records:
         tests.setdefault(str(record.get("test")), []).append(record)
@@ -195,7 +196,7 @@ def _summary(report: Mapping[str, Any], tests: Mapping[str, Sequence[Record]], b
     return (
         f'<section id="summary"><p class="counts">{counts or "no results"}</p>'
         f'<h2>Failed</h2>{_list(failed, "Nothing failed.")}'
-        f'<h2>Not covered by the gate</h2>{_list([f"<li>{_e(line)}</li>" for line in uncovered], "Everything was gated.")}'
+        f'<h2>Not covered by the gate</h2>{_list([f"<li>{_e(u)}</li>" for u in uncovered], "Everything was gated.")}'
         '<h2>Environments</h2><table><thead><tr><th>environment</th><th>what it is</th><th>engine / accelerator</th>'
         f'<th>mounts (filesystem inside)</th><th>fingerprint</th><th>ready in</th></tr></thead><tbody>{"".join(rows)}'
         '</tbody></table></section>')
@@ -232,7 +233,8 @@ def _test_section(index: int, test: str, records: Sequence[Record], height: int)
         why = _e(one_line_reason(r))
         if reason and reason != one_line_reason(r):
             why = f"<details><summary>{why}</summary>{_e(reason)}</details>"
-        rows.append("<tr>" + "".join(f'<td class="n">{c}</td>' for c in cells) + f"<td>{_badge(status(r))}</td><td>{why}</td></tr>")
+        numbers = "".join(f'<td class="n">{c}</td>' for c in cells)
+        rows.append(f"<tr>{numbers}<td>{_badge(status(r))}</td><td>{why}</td></tr>")
     badges = " ".join(_badge(name, count) for name, count in verdict_counts(records).items())
     return (f'<section class="test" id="t{index}"><h2><code>{_e(test)}</code> {badges}</h2>'
             f'<div class="chart" id="chart-{index}" data-test="{_e(test)}" style="height: {height}px"></div>'
@@ -280,7 +282,8 @@ th { background: #f6f6f6; font-weight: 600; } details summary { cursor: pointer;
          background: #e8e8e8; color: #333; white-space: nowrap; }
 .v-regression, .v-overhead, .v-failed, .v-error { background: #d62728; color: #fff; }
 .v-unstable { background: #ff7f0e; color: #fff; } .v-inconclusive { background: #bcbd22; color: #fff; }
-.v-improvement, .v-pass { background: #2ca02c; color: #fff; } .v-no-baseline, .v-skipped { background: #999; color: #fff; }
+.v-improvement, .v-pass { background: #2ca02c; color: #fff; }
+.v-no-baseline, .v-skipped { background: #999; color: #fff; }
 .counts .badge { font-size: 14px; padding: 2px 10px; margin-right: 4px; }
 section.test { border-top: 2px solid #ddd; margin-top: 26px; } .chart { width: 100%; }
 .problem { color: #d62728; } td.n { white-space: nowrap; } #chart-status { color: #666; }

@@ -79,7 +79,8 @@ def one_line_reason(record: Record) -> str:
     if verdict in ("regression", "improvement", "inconclusive") and against:
         text = f"{verdict}: {against}"
     elif verdict in ("regression", "improvement"):
-        text = f"{verdict}: {_interval_text(record.get('ratio_to_baseline'), 'baseline')}{_p_text(record.get('p_value'))}"
+        interval = _interval_text(record.get("ratio_to_baseline"), "baseline")
+        text = f"{verdict}: {interval}{_p_text(record.get('p_value'))}"
         if isinstance(record.get("tolerance"), (int, float)):
             text += f", tolerance {record['tolerance']:.0%}"
     elif verdict == "inconclusive":
@@ -181,7 +182,7 @@ def environments(report: Mapping[str, Any]) -> list[Environment]:
     for name in order + sorted(set(known) - set(order)):
         env = known[name]
         mine = [r for r in records if r.get("env") == name]
-        fingerprint = next((r["fingerprint"] for r in mine if r.get("fingerprint")), {})
+        fingerprint: Mapping[str, Any] = next((r["fingerprint"] for r in mine if r.get("fingerprint")), {})
         mounts: dict[str, str] = {}
         for r in mine:
             for info in (r.get("mount_info") or {}).values():
@@ -238,20 +239,34 @@ def not_covered(report: Mapping[str, Any], other_fingerprints: Mapping[str, Sequ
 
 def _unstable_lines(records: Sequence[Record]) -> list[str]:
     """One line per test whose noisy targets the gate could not judge, one per host-blamed item."""
-    lines, noisy = [], {}
+    lines: list[str] = []
+    noisy: dict[str, list[Record]] = {}
+    targets: dict[str, list[str]] = {}
     for r in records:
+        targets.setdefault(str(r.get("test")), []).append(str(r.get("target")))
         if status(r) != "unstable":
             continue
-        if isinstance(r.get("between_session_sd"), (int, float)) and not str(r.get("reason", "")).startswith("host slow"):
+        blamed_on_host = str(r.get("reason", "")).startswith("host slow")
+        if isinstance(r.get("between_session_sd"), (int, float)) and not blamed_on_host:
             noisy.setdefault(str(r.get("test")), []).append(r)
         else:
             lines.append(shorten(f"{r.get('item') or r.get('test')}: {one_line_reason(r)}"))
     for test, group in noisy.items():
         spreads = sorted(float(r["between_session_sd"]) for r in group)
         spread = f"{spreads[0]:.0%}" if len(spreads) == 1 else f"{spreads[0]:.0%}-{spreads[-1]:.0%}"
-        lines.append(shorten(f"{test} [{', '.join(str(r.get('target')) for r in group)}]: unstable, "
-                             f"baseline sessions vary by {spread}; too noisy to gate"))
+        lines.append(shorten(f"{test} [{_which(targets[test], [str(r.get('target')) for r in group])}]: "
+                             f"unstable, baseline sessions vary by {spread}; too noisy to gate"))
     return lines
+
+
+def _which(every: Sequence[str], some: Sequence[str]) -> str:
+    """``native, docker``, or ``all 8 targets``, or ``all but native``: the shortest that is exact."""
+    if len(some) == len(every) and len(every) > 2:
+        return f"all {len(every)} targets"
+    rest = [t for t in every if t not in some]
+    if len(some) > 2 and len(rest) <= 2:
+        return f"all but {', '.join(rest)}"
+    return ", ".join(some)
 
 
 def _no_baseline_line(env: str, missing: Sequence[Record], report: Mapping[str, Any],

@@ -139,7 +139,9 @@ def test_page_has_one_chart_per_test_and_escapes_what_it_shows() -> None:
     page = render_html(report(records))
     assert len(re.findall(r'<div class="chart" id="chart-\d+"', page)) == 2
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
-    figures = json.loads(report_html.unpack(re.search(r'id="hostperf-figures-gzip-base64">(.*?)</script>', page).group(1)))
+    packed = re.search(r'id="hostperf-figures-gzip-base64">(.*?)</script>', page)
+    assert packed is not None
+    figures = json.loads(report_html.unpack(packed.group(1)))
     assert [f["id"] for f in figures] == ["chart-0", "chart-1"]
     assert figures[0]["figure"]["layout"]["yaxis"]["ticktext"] == ["native", "docker"]
 

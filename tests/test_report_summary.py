@@ -143,5 +143,9 @@ def test_not_covered_lists_unavailable_environments_skips_and_groups_noise_by_te
     assert "1 skipped: docker unavailable: no engine" in lines
     assert "tests/test_a.py::test_x [native]: unstable, baseline sessions vary by 9%; too noisy to gate" in lines
     assert "t::test_b [native, docker-bind]: unstable, baseline sessions vary by 13%-21%; too noisy to gate" in lines
+    eight = [record(target=t, verdict="unstable", between_session_sd=0.1) for t in "abcdefgh"]
+    assert not_covered(report(eight))[-1].startswith("tests/test_a.py::test_x [all 8 targets]: unstable")
+    eight[0]["verdict"] = "pass"
+    assert not_covered(report(eight))[-1].startswith("tests/test_a.py::test_x [all but a]: unstable")
     assert any(line.startswith("t::test_b[docker-volume]: unstable: host ran 1.40x slower") for line in lines)
     assert all(len(line) <= MAX_REASON for line in lines)
