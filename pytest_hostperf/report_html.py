@@ -17,12 +17,15 @@ import base64
 import dataclasses
 import functools
 import gzip
+import hashlib
 import html
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pytest_hostperf.baselines import BaselineError, BaselineStore, SavedSession, read_baseline
+from pytest_hostperf.baselines import BaselineError, BaselineFile, BaselineStore, SavedSession, read_baseline
 from pytest_hostperf.report import format_seconds
 from pytest_hostperf.report_charts import figure_for_test
 from pytest_hostperf.report_summary import (
@@ -66,7 +69,8 @@ def read_baselines(report: Mapping[str, Any], directory: Path | None = None) -> 
         view.problems.append(f"baseline history not shown: {directory} is not a directory "
                              "(pass the baselines directory with --baselines DIR)")
         return view
-    store, files = BaselineStore(directory), {}
+    store = BaselineStore(directory)
+    files: dict[tuple[str, str], BaselineFile | None] = {}
     for record in report.get("results", []):
         env, fingerprint = str(record.get("env")), record.get("fingerprint_id")
         if not fingerprint:
@@ -83,7 +87,7 @@ def read_baselines(report: Mapping[str, Any], directory: Path | None = None) -> 
     return view
 
 
-def _load(path: Path, view: BaselineView) -> Any:
+def _load(path: Path, view: BaselineView) -> BaselineFile | None:
     if not path.exists():
         return None
     try:
@@ -105,13 +109,40 @@ def unpack(packed: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def packed_plotly() -> str:
-    """plotly.js from the installed ``plotly`` package, packed (4.8 MB -> 2.0 MB)."""
+    """plotly.js from the installed ``plotly`` package, packed (4.8 MB -> 2.0 MB).
+
+    Compressing takes 0.15-1 s on a busy 2-core machine, most of a small report's time,
+    so the result is kept in ``$XDG_CACHE_HOME/pytest-hostperf/html/``, named by the
+    script's hash (gzip without a timestamp: the same bytes every time). A cache that
+    cannot be written costs only the time.
+    """
     try:
         from plotly.offline import get_plotlyjs
     except ImportError as exc:
         raise HtmlReportError("the HTML report draws its charts with plotly, which is not installed: "
                               "pip install 'pytest-hostperf[html]' (or pip install plotly)") from exc
-    return pack(get_plotlyjs())
+    script = get_plotlyjs()
+    cached = cache_dir() / f"plotly-{hashlib.sha256(script.encode('utf-8')).hexdigest()[:20]}.js.gz.b64"
+    try:
+        return cached.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        pass
+    packed = pack(script)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{cached.name}.", dir=cached.parent)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(packed)
+        os.replace(temporary, cached)
+    except OSError:
+        pass
+    return packed
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/pytest-hostperf/html`` (``~/.cache/...`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-hostperf" / "html"
 
 
 def render_html(report: Mapping[str, Any], baselines: BaselineView | None = None) -> str:
@@ -123,14 +154,18 @@ def render_html(report: Mapping[str, Any], baselines: BaselineView | None = None
     settings = report.get("settings") or {}
     tests = records_by_test(report["results"])
     figures: list[dict[str, Any]] = []
+    body = [_header(report), _summary(report, tests, baselines)]
     for index, (test, records) in enumerate(tests.items()):
         tolerance = next((r["tolerance"] for r in records if isinstance(r.get("tolerance"), (int, float))),
                          settings.get("tolerance", 0.05))
-        figures.append({"id": f"chart-{index}", "figure": figure_for_test(
-            records, baselines.for_test(test), tolerance, report.get("session_id"))})
-    body = [_header(report), _summary(report, tests, baselines)]
-    body += [_test_section(index, test, records, figure["figure"]["layout"]["height"])
-             for (index, (test, records)), figure in zip(enumerate(tests.items()), figures)]
+        figure = figure_for_test(records, baselines.for_test(test), tolerance, report.get("session_id"))
+        if figure["data"]:
+            figures.append({"id": f"chart-{index}", "figure": figure})
+            chart = (f'<div class="chart" id="chart-{index}" data-test="{_e(test)}" '
+                     f'style="height: {figure["layout"]["height"]}px"></div>')
+        else:
+            chart = '<p class="none">Nothing was measured: see why below.</p>'
+        body.append(_test_section(index, test, records, chart))
     return PAGE.format(
         title=html.escape(f"pytest-hostperf report {report.get('session_id') or ''}".strip()),
         style=STYLE, body="\n".join(body), plotly=packed_plotly(),
@@ -214,7 +249,7 @@ def _ratio_cell(ratio: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}x [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _test_section(index: int, test: str, records: Sequence[Record], height: int) -> str:
+def _test_section(index: int, test: str, records: Sequence[Record], chart: str) -> str:
     has_against = any(r.get("against") for r in records)
     has_instructions = any(r.get("instructions") for r in records)
     head = ["target", "filesystem", "median", "vs baseline [CI]", "vs native [CI]"]
@@ -237,7 +272,7 @@ def _test_section(index: int, test: str, records: Sequence[Record], height: int)
         rows.append(f"<tr>{numbers}<td>{_badge(status(r))}</td><td>{why}</td></tr>")
     badges = " ".join(_badge(name, count) for name, count in verdict_counts(records).items())
     return (f'<section class="test" id="t{index}"><h2><code>{_e(test)}</code> {badges}</h2>'
-            f'<div class="chart" id="chart-{index}" data-test="{_e(test)}" style="height: {height}px"></div>'
+            f"{chart}"
             f'<table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></section>')
 

@@ -13,8 +13,6 @@ import dataclasses
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
-from pytest_hostperf.fingerprint import summary as fingerprint_summary
-
 #: Longest line :func:`one_line_reason` returns: a terminal line, a Markdown list item.
 MAX_REASON = 200
 #: Verdicts that fail the test item.
@@ -175,6 +173,10 @@ class Environment:
 
 def environments(report: Mapping[str, Any]) -> list[Environment]:
     """The session's environments with what each really is, from the records' fingerprints."""
+    # Imported here: the fingerprint package's collectors cost ~0.1 s to import, and
+    # one_line_reason (the terminal's) needs none of it.
+    from pytest_hostperf.fingerprint import summary as fingerprint_summary
+
     records = report.get("results", [])
     known = report.get("environments") or {}
     order = [e for e in (report.get("settings") or {}).get("envs", []) if e in known]

@@ -33,6 +33,16 @@ except ImportError:
     pytest.skip("the HTML report needs plotly: pip install 'pytest-hostperf[html]'", allow_module_level=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The packed plotly.js goes to a cache of this module's, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        report_html.packed_plotly.cache_clear()
+        yield
+    report_html.packed_plotly.cache_clear()
+
+
 def panel_titles(figure: dict[str, Any]) -> list[str]:
     return [re.sub(r"<.*?>", "", a["text"]).split(" ")[0] for a in figure["layout"]["annotations"]]
 
@@ -135,9 +145,11 @@ def test_a_record_without_samples_or_ratios_draws_nothing_rather_than_failing() 
 
 def test_page_has_one_chart_per_test_and_escapes_what_it_shows() -> None:
     hostile = 't::test_x[<script>alert("x")</script>]'
-    records = [record(test=hostile), record(test=hostile, target="docker"), record(test="t::test_y")]
+    skipped = record(test="t::test_z", verdict=None, outcome="skipped", samples=0, ratio_to_baseline=None)
+    records = [record(test=hostile), record(test=hostile, target="docker"), record(test="t::test_y"), skipped]
     page = render_html(report(records))
     assert len(re.findall(r'<div class="chart" id="chart-\d+"', page)) == 2
+    assert page.count('<section class="test"') == 3 and "Nothing was measured: see why below." in page
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
     packed = re.search(r'id="hostperf-figures-gzip-base64">(.*?)</script>', page)
     assert packed is not None
@@ -175,6 +187,28 @@ def test_missing_plotly_says_which_extra_to_install(monkeypatch: pytest.MonkeyPa
     try:
         with pytest.raises(HtmlReportError, match=r"pip install 'pytest-hostperf\[html\]'"):
             render_html(report([record()]))
+    finally:
+        report_html.packed_plotly.cache_clear()
+
+
+def test_packed_plotly_is_cached_by_content_and_survives_an_unwritable_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plotly.offline import get_plotlyjs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    report_html.packed_plotly.cache_clear()
+    try:
+        packed = report_html.packed_plotly()
+        assert report_html.unpack(packed) == get_plotlyjs()
+        [cached] = (tmp_path / "cache" / "pytest-hostperf" / "html").iterdir()
+        assert cached.read_text() == packed
+        cached.write_text("from the cache")   # the next process reads it instead of compressing again
+        report_html.packed_plotly.cache_clear()
+        assert report_html.packed_plotly() == "from the cache"
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+        (tmp_path / "file").write_text("not a directory")
+        report_html.packed_plotly.cache_clear()
+        assert report_html.packed_plotly() == packed
     finally:
         report_html.packed_plotly.cache_clear()
 

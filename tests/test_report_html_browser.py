@@ -51,7 +51,8 @@ def chromium() -> str:
 
 
 def test_real_session_report_draws_one_chart_per_test_offline(pytester: pytest.Pytester, engine: Any,
-                                                              chromium: str, tmp_path: Path) -> None:
+                                                              chromium: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("plotly", reason="the HTML report needs plotly: pip install 'pytest-hostperf[html]'")
     pytester.makepyfile(test_work=CPU_AND_FILES)
     baselines = pytester.path / "baselines"
@@ -66,6 +67,7 @@ def test_real_session_report_draws_one_chart_per_test_offline(pytester: pytest.P
     assert {r["target"] for r in records} >= {"native", "docker", "docker-bind", "docker-volume"}
 
     page = tmp_path / "perf.html"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # not the user's ~/.cache
     assert main(["report", str(results), "-o", str(page)]) == 0
     run = open_page(page, ready="document.body.dataset.chartsReady !== undefined", value=SECTIONS)
     (tmp_path / "report.png").write_bytes(run.screenshot or b"")
