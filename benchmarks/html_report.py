@@ -15,7 +15,8 @@ imports, reading the JSON and the baselines, compressing plotly.js, writing the 
 With ``--browser``, the synthetic report is also opened in headless Chromium (the test
 helper ``tests/headless_chromium.py``): the time from navigation until the first chart
 is drawn in a 1400x900 window scrolled to the middle test (what a reader waits for:
-charts are drawn as they come near the screen), and until all charts are drawn.
+charts are drawn as they come near the screen), and until all charts are drawn in a
+window as tall as the page (every chart on screen at once, as for a full-page screenshot).
 
     python3 benchmarks/html_report.py --example /tmp/x.json --repeat 5 --browser
 """
@@ -122,7 +123,8 @@ def time_browser(page: Path, tests: int) -> str:
                       screenshot=False)
     errors = first.errors + every.errors
     return (f"browser: first chart {first.value / 1000:.1f} s after navigation (wall {first_s:.1f} s with "
-            f"Chromium's start); all {tests} charts {every.value / 1000:.1f} s; errors: {errors or 'none'}")
+            f"Chromium's start); all {tests} charts at once, viewport as tall as the page (as the test's "
+            f"screenshot does) {every.value / 1000:.1f} s; errors: {errors or 'none'}")
 
 
 def main() -> int:
