@@ -1,4 +1,4 @@
-"""The ``hostperf`` command: doctor, compare, image, sweep.
+"""The ``hostperf`` command: doctor, compare, report, image, sweep.
 
 Thin: each subcommand parses its arguments and calls library code; only this module
 prints and chooses exit codes.
@@ -113,6 +113,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if any(row.verdict.fails for row in rows) else 0
 
 
+# -- report -----------------------------------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pytest_hostperf.report.html import HtmlReportError, write_html
+    from pytest_hostperf.report.json import ReportError, read_json
+
+    source = Path(args.results)
+    baselines = Path(args.baselines) if args.baselines else None
+    output = Path(args.output) if args.output else source.with_suffix(".html")
+    try:
+        if baselines is not None and not baselines.is_dir():
+            raise HtmlReportError(f"--baselines {baselines}: not a directory (give the directory of "
+                                  "<env>-<fingerprint>.json files, e.g. baselines/)")
+        if not source.exists():
+            raise HtmlReportError(f"{source} does not exist (make it with pytest --hostperf --hostperf-json=PATH)")
+        report = read_json(source)
+        write_html(report, output, baselines)
+    except (HtmlReportError, ReportError, OSError) as exc:
+        print(f"hostperf report: {exc}", file=sys.stderr)
+        return 2
+    tests = len({r.get("test") for r in report["results"]})
+    print(f"wrote {output} ({tests} tests, {output.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 # -- image ------------------------------------------------------------------------------------
 
 def _progress(line: str) -> None:
@@ -194,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tolerance", type=parse_fraction, default=0.05, help="default 5%%")
     compare.add_argument("--alpha", type=parse_alpha, default=0.01, help="default 0.01")
     compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="render a JSON report as one self-contained HTML file with charts",
+                            description="Example: hostperf report perf.json -o perf.html. The file needs no "
+                                        "network to view. Needs plotly: pip install 'pytest-hostperf[html]'.")
+    report.add_argument("results", help="a JSON report (pytest --hostperf --hostperf-json=PATH)")
+    report.add_argument("--baselines", default=None, metavar="DIR",
+                        help="baselines directory for the history charts (default: the one the session used)")
+    report.add_argument("-o", "--output", default=None, metavar="PATH.html",
+                        help="where to write the HTML (default: RESULTS with .html instead of .json)")
+    report.set_defaults(func=cmd_report)
 
     image = sub.add_parser("image", help="prepare what the docker and qemu environments need (offline)")
     image_sub = image.add_subparsers(dest="image_command", required=True)

@@ -180,6 +180,10 @@ class HostperfPlugin:
         if summary_file:
             with open(summary_file, "a", encoding="utf-8") as handle:
                 handle.write(markdown + "\n")
+        if self.settings.html_path:
+            from pytest_hostperf.report.html import write_html  # plotly: only when asked for
+
+            write_html(data, self.settings.html_path, self.settings.baselines_dir)
         if self.settings.save and self.run.records:
             self._save(session, exitstatus)
 
@@ -209,7 +213,7 @@ class HostperfPlugin:
         if self.json_report is None:
             return
         terminalreporter.write_sep("=", "hostperf")
-        for line in render_terminal(self.json_report):
+        for line in render_terminal(self.json_report, verbose=self.config.option.verbose > 0):
             terminalreporter.write_line(line)
         for path in self.saved:
             terminalreporter.write_line(f"hostperf: baseline saved to {path}")

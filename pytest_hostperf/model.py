@@ -175,6 +175,9 @@ class Record:
     orchestration_s: tuple[float, ...] = ()
     attempt_medians_s: tuple[float, ...] = ()  # when re-measured (--hostperf-confirm)
     accepted: str | None = None     # --hostperf-accept: why a failing verdict was accepted
+    tolerance: float | None = None  # the slowdown this item tolerated (per test or the session's)
+    max_overhead: float | None = None  # the budget its ratio to native was held to, if any
+    blamed_on_host: bool = False    # a proven change reported `unstable` because the host was slow
     #: The agent's serialized pytest reports, for the controller to replay (not in the JSON report).
     reports: tuple[Mapping[str, Any], ...] = dataclasses.field(default=(), repr=False, compare=False)
     # Reserved for the features of the next stage; null until they fill them.
@@ -227,6 +230,7 @@ class Record:
             "references": [r.to_json() for r in self.references],
             "orchestration_ms": [round(v * 1000, 3) for v in self.orchestration_s],
             "attempt_medians_s": list(self.attempt_medians_s), "accepted": self.accepted,
+            "tolerance": self.tolerance, "max_overhead": self.max_overhead, "blamed_on_host": self.blamed_on_host,
             "against": _json_or_none(self.against), "instructions": _json_or_none(self.instructions),
             "attribution": self.attribution.value if self.attribution else None,
         }
@@ -259,7 +263,9 @@ class Record:
                 references=tuple(SessionSummary.from_json(r, "references[]") for r in data.get("references") or ()),
                 orchestration_s=tuple(float(v) / 1000 for v in data.get("orchestration_ms") or ()),
                 attempt_medians_s=tuple(float(v) for v in data.get("attempt_medians_s") or ()),
-                accepted=data.get("accepted"),
+                accepted=data.get("accepted"), tolerance=_optional_float(data.get("tolerance")),
+                max_overhead=_optional_float(data.get("max_overhead")),
+                blamed_on_host=bool(data.get("blamed_on_host")),
                 against=Against.from_json(data["against"]) if data.get("against") else None,
                 instructions=Instructions.from_json(data["instructions"]) if data.get("instructions") else None,
                 attribution=Attribution(data["attribution"]) if data.get("attribution") else None,

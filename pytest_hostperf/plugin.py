@@ -7,6 +7,7 @@ do the work are in :mod:`pytest_hostperf.controller`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,9 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
     ("--hostperf-json", "hostperf_json", str, None,
      "write the JSON report (one record per test x env x mount) to PATH"),
     ("--hostperf-markdown", "hostperf_markdown", str, None, "write a Markdown report to PATH"),
+    ("--hostperf-html", "hostperf_html", str, None,
+     "write a self-contained HTML report with a chart per test to PATH (needs pip install "
+     "'pytest-hostperf[html]'). Example: --hostperf-html=perf.html"),
     ("--hostperf-timeout", "hostperf_timeout", opt.parse_seconds, "300",
      "seconds one test may take in an environment before its agent is killed and restarted (default 300)"),
     ("--hostperf-history", "hostperf_history", lambda s: opt.parse_positive_int(s, "history"), "10",
@@ -176,6 +180,9 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         raise pytest.UsageError("--hostperf-accept needs a reason stored beside the saved session: add "
                                 "--hostperf-accept-reason='TEXT' (for example the change or issue that explains it)")
     strict = config.getoption("hostperf_strict")
+    if values["hostperf_html"] and importlib.util.find_spec("plotly") is None:
+        raise pytest.UsageError("--hostperf-html draws its charts with plotly, which is not installed: "
+                                "pip install 'pytest-hostperf[html]' (or drop --hostperf-html)")
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
@@ -192,6 +199,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         network=bool(config.getoption("hostperf_network")),
         requirements=tuple(config.getini("hostperf_requirements")),
         json_path=path(values["hostperf_json"]), markdown_path=path(values["hostperf_markdown"]),
+        html_path=path(values["hostperf_html"]),
         ssh_config=path(values["hostperf_ssh_config"]), docker_cpus=values["hostperf_docker_cpus"],
         ssh_python=values["hostperf_ssh_python"],
     )

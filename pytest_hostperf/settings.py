@@ -34,6 +34,7 @@ class Settings:
     requirements: tuple[str, ...] = ()
     json_path: Path | None = None
     markdown_path: Path | None = None
+    html_path: Path | None = None
     ssh_config: Path | None = None
     docker_cpus: float | None = None
     ssh_python: str | None = None

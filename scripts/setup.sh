@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything pytest-hostperf needs on a fresh Debian 12 machine, idempotent:
-# Debian packages (Docker engine, debootstrap, QEMU, a guest kernel, OpenSSH),
+# Debian packages (Docker engine, debootstrap, QEMU, a guest kernel, OpenSSH, Chromium
+# for the HTML report's browser test),
 # a running dockerd, and this package with its Python dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 PACKAGES=(docker.io debootstrap qemu-system-x86 qemu-utils e2fsprogs linux-image-cloud-amd64
-          openssh-client openssh-server ca-certificates)
+          openssh-client openssh-server ca-certificates chromium)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -22,4 +23,4 @@ fi
 bash .ci/install-docker.sh
 if [ -f .ci/install-qemu.sh ]; then bash .ci/install-qemu.sh; fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test,lint]'
+python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,html]'

@@ -18,28 +18,14 @@ import time
 
 import psutil
 import pytest
+from sample_projects import CPU_AND_FILES
 
 pytestmark = pytest.mark.qemu
 
 FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
 
-BODIES = """
-def spin(count):
-    total = 0
-    for i in range(count):
-        total += i % 7
-    return total
-
-def test_cpu(benchmark):
-    benchmark.pedantic(spin, args=(200_000,), rounds=5, iterations=1, warmup_rounds=1)
-
-def test_files(benchmark, hostperf_dir):
-    def write_read():
-        for i in range(20):
-            (hostperf_dir / f"f{i}").write_bytes(b"x" * 256)
-        return sum(len(p.read_bytes()) for p in hostperf_dir.iterdir())
-    assert benchmark(write_read) == 20 * 256
-"""
+# A CPU-bound test and a file test (shared with the HTML report's browser test).
+BODIES = CPU_AND_FILES
 
 
 @pytest.fixture(scope="module", autouse=True)

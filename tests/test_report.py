@@ -78,9 +78,35 @@ def test_terminal_table_footer_and_the_coverage_line(tmp_path: Path) -> None:
     coverage = [line for line in lines if line.startswith("NOT GATED")]
     assert coverage == ["NOT GATED: 1 of 3 items have no baseline: native: fingerprint 0123456789ab differs from "
                         "baselines/native-ba9876543210.json in: cpu_model, kernel"]
-    assert "REGRESSION t.py::test_a[native]: regression: 1.200x" in lines
+    assert "REGRESSION t.py::test_a[native]: regression: 1.200x baseline [1.100, 1.300], p=1e-05" in lines
     assert "(--hostperf-strict: these fail)" in coverage_line(report(tmp_path, records, strict=True))
     assert coverage_line(report(tmp_path, records[:1])) == ""
+
+
+def test_an_item_gets_one_short_line_and_verbose_gets_the_whole_reason(tmp_path: Path) -> None:
+    long_reason = "unstable: " + "baseline sessions vary a great deal; " * 30
+    records = [record(verdict=Verdict.UNSTABLE, reason=long_reason, between_session_sd=0.2, baseline_sessions=4,
+                      item="t.py::test_" + "very_long_name_" * 8 + "[native]"),
+               record(verdict=None, outcome=Outcome.FAILED, reason="AssertionError\nin the body")]
+    data = report(tmp_path, records)
+    short = [line for line in render_terminal(data) if line.startswith(("UNSTABLE", "FAILED"))]
+    assert len(short) == 2
+    assert all(len(line) <= 200 + len("UNSTABLE ") + len(records[0].item) + 2 for line in short)
+    assert "vary by 20.0% (SD over 4)" in short[0]
+    assert short[1] == "FAILED t.py::test_a[native]: failed: AssertionError"
+    verbose = [line for line in render_terminal(data, verbose=True) if line.startswith("UNSTABLE")]
+    assert verbose == [f"UNSTABLE {records[0].item}: {' '.join(long_reason.split())}"]
+    # long test ids keep the table's columns aligned
+    table = render_terminal(data)[:4]
+    assert len({line.index("native") for line in (table[2], table[3])}) == 1
+
+
+def test_markdown_lists_what_needs_a_look_and_folds_the_whole_reasons(tmp_path: Path) -> None:
+    text = render_markdown(report(tmp_path, [record(ratio_to_baseline=RATIO, verdict=Verdict.REGRESSION,
+                                                    reason="regression: the long story"), record()]))
+    head, _, details = text.partition("<details>")
+    assert "### Needs a look" in head and "- **regression** `t.py::test_a[native]`: regression: 1.200x" in head
+    assert "the long story" not in head and "the long story" in details
 
 
 def test_markdown_escapes_pipes_and_marks_failures(tmp_path: Path) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from pytest_hostperf.report.summary import one_line_reason
+
 COLUMNS = ("test", "env", "median", "vs baseline [CI]", "vs native [CI]", "verdict")
-#: Verdicts that get a line of their own under the table.
-EXPLAINED = ("regression", "overhead", "unstable", "inconclusive")
+#: Verdicts that get a line of their own under the table (no-baseline items get one
+#: line in all, the coverage line).
+EXPLAINED = ("regression", "overhead", "unstable", "inconclusive", "improvement")
 
 
 def format_seconds(seconds: float) -> str:
@@ -37,17 +40,29 @@ def rows(data: Mapping[str, Any]) -> Iterable[tuple[str, ...]]:
                _ratio_text(r["ratio_to_native"]), verdict)
 
 
-def render_terminal(data: Mapping[str, Any]) -> list[str]:
+def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]:
+    """The table, then one line per environment and per item worth a look.
+
+    An item's line is :func:`~pytest_hostperf.report.summary.one_line_reason` (at most 200
+    characters); ``verbose`` (pytest's ``-v``) prints the whole reason instead.
+    """
     table = [COLUMNS, *rows(data)]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.extend(footer(data))
+    lines.extend(item_lines(data, verbose))
     return lines
 
 
+def explained(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The records that get a line of their own: a verdict worth a look, or a broken item."""
+    return [r for r in data["results"]
+            if r.get("verdict") in EXPLAINED or (not r.get("verdict") and r.get("outcome") in ("failed", "error"))]
+
+
 def footer(data: Mapping[str, Any]) -> list[str]:
-    """Settings, one line per environment, the coverage line, one line per notable verdict."""
+    """Settings, one line per environment, the coverage line."""
     settings = data["settings"]
     lines = [f"tolerance {settings['tolerance']:.0%}, alpha {settings['alpha']} over "
              f"{settings['comparisons']} comparisons (Bonferroni); baselines in {settings['baselines']}"]
@@ -67,9 +82,16 @@ def footer(data: Mapping[str, Any]) -> list[str]:
     coverage = coverage_line(data)
     if coverage:
         lines.append(coverage)
-    for r in data["results"]:
-        if r["verdict"] in EXPLAINED:
-            lines.append(f"{r['verdict'].upper()} {r['item']}: {r['reason']}")
+    return lines
+
+
+def item_lines(data: Mapping[str, Any], verbose: bool = False) -> list[str]:
+    """One line per item worth a look; ``verbose`` gives its whole reason instead."""
+    lines = []
+    for r in explained(data):
+        label = (r.get("verdict") or r.get("outcome") or "").upper()
+        why = " ".join(str(r.get("reason") or "").split()) if verbose else one_line_reason(r)
+        lines.append(f"{label} {r['item']}: {why}")
     return lines
 
 

@@ -149,6 +149,7 @@ class Judge:
             reason = f"{reason} [accepted into the baseline: {accepted}]"
         baseline = self.store.path_for(state.backend.name, state.fingerprint_id) if (
             state.fingerprint_id and self.has_baseline(state)) else None
+        policy = self.policy(request, state)
         return Record(
             test=request.test, env=request.target.env, mount=request.target.mount, item=request.item_id,
             target=request.target.id, outcome=attempt.outcome or Outcome.ERROR,
@@ -165,7 +166,8 @@ class Judge:
             orchestration_s=tuple(v for a in (attempts or [attempt]) for v in a.orchestration_s),
             attempt_medians_s=tuple(summarize(a.samples).median_s for a in attempts if a.samples)
             if len(attempts) > 1 else (),
-            accepted=accepted, reports=tuple(attempt.reports),
+            accepted=accepted, reports=tuple(attempt.reports), tolerance=policy.tolerance,
+            max_overhead=policy.max_overhead, blamed_on_host=bool(judgement and judgement.blamed_on_host),
         )
 
 
