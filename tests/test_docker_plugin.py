@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pytest_hostperf.environments.base import sweep_label
+from pytest_hostperf.environments import labels as owner_labels
 
 pytestmark = pytest.mark.docker
 
@@ -67,12 +67,10 @@ def ours(engine: Any) -> dict[str, list[str]]:
     Resources labelled with this very process's pid belong to in-process backend tests of
     the same run (their fixtures live until the run ends), not to a session under test.
     """
-    from pytest_hostperf.environments.docker import LABEL_PID
-
-    label = {"label": sweep_label()}
+    label = {"label": owner_labels.SESSION}
 
     def foreign(labels: dict[str, str]) -> bool:
-        return labels.get(LABEL_PID) != str(os.getpid())
+        return labels.get(owner_labels.PID) != str(os.getpid())
 
     return {
         "containers": [c.name for c in engine.containers.list(all=True, filters=label) if foreign(c.labels)],
@@ -253,4 +251,41 @@ def test_sigkilled_session_is_swept_by_the_next(pytester: pytest.Pytester, engin
     pytester.makepyfile(test_slow="def test_quick(benchmark):\n    benchmark(sum, [1])\n")
     result = hostperf(pytester)
     assert result.ret == 0
+    assert ours(engine) == {"containers": [], "volumes": []}
+
+
+KILL_CONTAINER_AFTER_A = """
+import os
+
+def pytest_runtest_logreport(report):
+    # In the controller only: `docker kill` this session's container once test_a is done.
+    if report.when == "call" and report.nodeid.endswith("test_a[docker]") and not os.environ.get("HOSTPERF_AGENT"):
+        import docker
+        from pytest_hostperf.environments import labels
+        client = docker.from_env()
+        for container in client.containers.list(filters={"label": f"{labels.PID}={os.getpid()}"}):
+            container.kill()
+"""
+
+
+def test_a_container_killed_mid_session_is_replaced(pytester: pytest.Pytester, engine: Any) -> None:
+    """Issue 8.7: after `docker kill`, the rest of the docker items used to be skipped."""
+    pytester.makeconftest(KILL_CONTAINER_AFTER_A)
+    pytester.makepyfile(test_k="""
+def test_a(benchmark):
+    benchmark(sum, [1])
+
+def test_b(benchmark):
+    benchmark(sum, [1, 2])
+
+def test_c(benchmark):
+    benchmark(sum, [1, 2, 3])
+""")
+    result = hostperf(pytester, "-rA")
+    outcomes = {name: outcome for outcome, name in
+                (line.split()[:2] for line in result.stdout.lines if line.startswith(("PASSED ", "FAILED ",
+                                                                                     "SKIPPED ", "ERROR ")))}
+    # The item that meets the dead agent fails and says so; the next one runs in a new container.
+    assert outcomes["test_k.py::test_c[docker]"] == "PASSED", result.stdout.str()
+    assert "SKIPPED" not in outcomes.values(), result.stdout.str()
     assert ours(engine) == {"containers": [], "volumes": []}
