@@ -15,6 +15,7 @@ import pytest
 
 import pytest_hostperf.fixtures as fixtures_module
 from pytest_hostperf import options as opt
+from pytest_hostperf.environments import limits
 from pytest_hostperf.settings import Settings
 
 # Everything heavy (scipy, the session, the backends) lives in .controller and is
@@ -59,6 +60,14 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "CPU limit for the container, like docker run --cpus (e.g. 0.5); default: no limit"),
     ("--hostperf-ssh-config", "hostperf_ssh_config", str, None,
      "OpenSSH config file for ssh:HOST environments (default: your ~/.ssh/config)"),
+    ("--hostperf-docker-pids", "hostperf_docker_pids", limits.parse_pids, str(limits.DEFAULT_PIDS),
+     "most processes and threads a container may have, against fork loops (default 512; 0: no limit)"),
+    ("--hostperf-docker-memory", "hostperf_docker_memory", limits.parse_amount, limits.DEFAULT_MEMORY,
+     "memory limit of the container, e.g. 2g, 512m, or a percentage of the engine's memory "
+     "(default 50%%; 0: no limit)"),
+    ("--hostperf-docker-tmpfs-size", "hostperf_docker_tmpfs_size", limits.parse_amount, limits.DEFAULT_TMPFS_SIZE,
+     "size of the container's tmpfs mount: a test that fills it gets ENOSPC, not the host's memory "
+     "(default 25%% of the engine's memory; 0: no limit)"),
 )
 
 
@@ -138,4 +147,6 @@ def _settings(config: pytest.Config) -> Settings:
         json_path=path(values["hostperf_json"]), markdown_path=path(values["hostperf_markdown"]),
         ssh_config=path(values["hostperf_ssh_config"]), docker_cpus=values["hostperf_docker_cpus"],
         ssh_python=values["hostperf_ssh_python"],
+        docker_pids=values["hostperf_docker_pids"], docker_memory=values["hostperf_docker_memory"],
+        docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
     )
