@@ -19,7 +19,7 @@ _MAX_RECORD: Final = 64 * 1024
 
 def records(root: str) -> list[dict[str, object]]:
     """The owner record of every session directory under ``root``."""
-    found = []
+    found: list[dict[str, object]] = []
     try:
         names = sorted(os.listdir(root))
     except OSError:

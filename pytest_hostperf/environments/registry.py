@@ -10,13 +10,15 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
     """The backend for ``name`` (``native``, ``docker``, ``qemu`` or ``ssh:HOST``).
 
     Also marks the session's work dir as the session's (see :mod:`.labels`), so that a
-    sweep can remove it once the session is gone, even after a SIGKILL.
+    sweep can remove it once the session is gone, even after a SIGKILL, and removes the
+    temp dirs of sessions that are gone.
     """
     kind, _, target = name.partition(":")
     settings = context.settings
     if (context.work_dir.name.startswith(labels.TEMP_PREFIX) and context.work_dir.is_dir()
             and labels.valid_session_id(context.session_id)):
         labels.claim_directory(context.work_dir, context.session_id)
+        labels.sweep_temp_dirs(context.work_dir.parent)
     # Files the agents never need: the baselines (and the session's own work dir).
     exclude = (settings.baselines_dir,) if settings.baselines_dir else ()
     if kind == "native":

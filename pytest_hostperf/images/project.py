@@ -223,7 +223,7 @@ def _probe_python_version(client: "docker.DockerClient", image: str) -> str:
     out = client.containers.run(image, ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                                 remove=True, network_mode="none",
                                 labels={LABEL_KIND: KIND_BUILD_TEMP, **labels.Owner.current().labels()})
-    return out.decode().strip()
+    return str(out.decode().strip())
 
 
 def _docker_build(client: "docker.DockerClient", context: Path, tag: str, image_labels: dict[str, str],

@@ -246,7 +246,7 @@ def _extract_tar(stream: Union[IO[bytes], Iterable[bytes]], tree: Path) -> None:
     assert proc.stdin is not None
     try:
         if hasattr(stream, "read"):
-            shutil.copyfileobj(stream, proc.stdin, 1 << 20)  # type: ignore[arg-type]
+            shutil.copyfileobj(stream, proc.stdin, 1 << 20)  # type: ignore[arg-type,type-var]
         else:
             for chunk in stream:
                 proc.stdin.write(chunk)

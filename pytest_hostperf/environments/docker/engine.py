@@ -39,9 +39,10 @@ def docker_endpoint(environ: Mapping[str, str] | None = None, home: Path | None 
 
 def _current_context(config_dir: Path) -> str | None:
     try:
-        return json.loads((config_dir / "config.json").read_text()).get("currentContext")
+        name = json.loads((config_dir / "config.json").read_text()).get("currentContext")
     except (OSError, ValueError, AttributeError):
         return None
+    return str(name) if name else None
 
 
 def _context_host(config_dir: Path, name: str) -> str | None:
