@@ -130,9 +130,9 @@ class SshEnvironment(Environment):
             self._log = open(self.work_dir / f"ssh-{_SAFE_ID.sub('-', self.host)}-agent.log",  # noqa: SIM115
                              "a", encoding="utf-8")
         try:
-            # ssh dies with the controller: its remote agent then sees EOF and leaves.
+            # A controller that dies closes ssh's stdin: the remote agent sees EOF and leaves.
             process = spawn(self.ssh_argv(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ), die_with_parent=True)
+                            stderr=subprocess.PIPE, env=dict(os.environ))
         except OSError as exc:
             raise EnvironmentFailure(self.name, f"cannot run {self.ssh_binary!r}: {exc}",
                                      hint="apt-get install openssh-client") from exc
