@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,16 @@ def test_nothing_left_after_sigint(pytester: pytest.Pytester, engine: Any) -> No
     assert ours(engine) == {"containers": [], "volumes": []}
 
 
+def _temp_dirs_of(pid: int) -> list[Path]:
+    """The session work dirs (``$TMPDIR/hostperf-*``) whose owner record names ``pid``."""
+    found = []
+    for directory in Path(tempfile.gettempdir()).glob(owner_labels.TEMP_PREFIX + "*"):
+        record = owner_labels.read_owner_file(directory / owner_labels.OWNER_FILE)
+        if record is not None and record[1].pid == pid:
+            found.append(directory)
+    return found
+
+
 def test_sigkilled_session_is_swept_by_the_next(pytester: pytest.Pytester, engine: Any) -> None:
     process = _start_session(pytester)
     try:
@@ -248,10 +259,13 @@ def test_sigkilled_session_is_swept_by_the_next(pytester: pytest.Pytester, engin
     finally:
         process.kill()
     assert ours(engine)["containers"], "SIGKILL cannot clean up; the next session must"
+    left = _temp_dirs_of(process.pid)
+    assert left, "the killed session's work dir should be left (and claimed) for the sweep"
     pytester.makepyfile(test_slow="def test_quick(benchmark):\n    benchmark(sum, [1])\n")
     result = hostperf(pytester)
     assert result.ret == 0
     assert ours(engine) == {"containers": [], "volumes": []}
+    assert not [d for d in left if d.exists()], "issue 8.8: the killed session's temp dir stays for good"
 
 
 KILL_CONTAINER_AFTER_A = """
@@ -289,3 +303,17 @@ def test_c(benchmark):
     assert outcomes["test_k.py::test_c[docker]"] == "PASSED", result.stdout.str()
     assert "SKIPPED" not in outcomes.values(), result.stdout.str()
     assert ours(engine) == {"containers": [], "volumes": []}
+
+
+def test_bad_container_limits_are_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_n="def test_n(benchmark):\n    benchmark(sum, [1])\n")
+    for option, expected in (("--hostperf-docker-pids=lots", "expected a number of processes"),
+                             ("--hostperf-docker-memory=big", "expected a size like 2g"),
+                             ("--hostperf-docker-tmpfs-size=150%", "percentage between 0 and 100")):
+        result = pytester.runpytest_subprocess("--hostperf", option)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, option
+        assert expected in result.stderr.str() and option.split("=")[0] in result.stderr.str(), result.stderr.str()
+    pytester.makeini("[pytest]\nhostperf_docker_pids = 8\n")
+    result = pytester.runpytest_subprocess("--hostperf")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "hostperf_docker_pids" in result.stderr.str() and "at least 16" in result.stderr.str()
