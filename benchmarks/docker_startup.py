@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from pytest_hostperf import images  # noqa: E402
 from pytest_hostperf.environments.base import AgentClient  # noqa: E402
 from pytest_hostperf.environments.docker import DockerEnvironment, connect  # noqa: E402
+from pytest_hostperf.progress import Reporter  # noqa: E402
 
 
 def startup_once(project: Path, work: Path, pings: int) -> tuple[float, list[float]]:
@@ -55,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
 
     project = args.project.resolve()
-    ref = images.ensure_image(connect(), project, progress=lambda line: print(line, file=sys.stderr))
+    ref = images.ensure_image(connect(), project, reporter=Reporter(lambda line: print(line, file=sys.stderr)))
     startups: list[float] = []
     round_trips: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hostperf-bench-") as tmp:

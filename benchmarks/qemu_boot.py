@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_hostperf import vmimage  # noqa: E402
+from pytest_hostperf import vm as vmimage  # noqa: E402
 from pytest_hostperf.environments.base import AgentClient, AgentLaunch, package_parent  # noqa: E402
 from pytest_hostperf.environments.qemu import QemuEnvironment  # noqa: E402
+from pytest_hostperf.progress import Reporter  # noqa: E402
 
 CPU_TEST = textwrap.dedent('''
     def fib(n):
@@ -40,12 +41,13 @@ def _disk(project: Path) -> vmimage.VmDisk:
         import docker
 
         docker.from_env().ping()
-        return QemuEnvironment(project, progress=print).prepare()
+        return QemuEnvironment(project, reporter=Reporter(print)).prepare()
     except Exception as exc:  # noqa: BLE001 - no engine: fall back to debootstrap
         print(f"no docker image ({exc}); using a debootstrap root filesystem")
-    rootfs = vmimage.build_debootstrap_rootfs(vmimage.default_cache_dir() / "debootstrap-rootfs", progress=print)
+    rootfs = vmimage.build_debootstrap_rootfs(vmimage.default_cache_dir() / "debootstrap-rootfs",
+                                              reporter=Reporter(print))
     done = json.loads((rootfs / "opt/hostperf/rootfs.done").read_text())
-    return vmimage.build_vm_disk(rootfs, key="debootstrap:" + ",".join(done), progress=print)
+    return vmimage.build_vm_disk(rootfs, key="debootstrap:" + ",".join(done), reporter=Reporter(print))
 
 
 def _launch(project: Path, env: str) -> AgentLaunch:
@@ -94,7 +96,7 @@ def main() -> int:
             boots, guest_up, rtts, cpu, info = [], [], [], None, {}
             for index in range(args.boots):
                 env = QemuEnvironment(project, disk=disk, vcpus=vcpus, memory_mb=args.memory_mb, accel=args.accel,
-                                      progress=lambda line: print("   ", line))
+                                      reporter=Reporter(lambda line: print("   ", line)))
                 try:
                     started = time.monotonic()
                     client = AgentClient("qemu", env.start_agent(_launch(project, "qemu")))

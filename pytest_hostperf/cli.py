@@ -64,7 +64,7 @@ def _check_qemu() -> tuple[bool, str]:
     kvm = "/dev/kvm present (hostperf tries KVM first, falls back to TCG if it fails)" if os.path.exists(
         "/dev/kvm") else "no /dev/kvm: software emulation (TCG), CPU work ~10x slower"
     try:
-        from pytest_hostperf.vmimage import find_host_kernel
+        from pytest_hostperf.vm import find_host_kernel
 
         kernel = find_host_kernel()
         kernel_text = f"kernel {kernel.version}"
@@ -140,15 +140,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # -- image ------------------------------------------------------------------------------------
 
-def _progress(line: str) -> None:
-    print(line, flush=True)
+def _reporter() -> Any:
+    from pytest_hostperf.progress import Reporter
+
+    return Reporter(lambda line: print(line, flush=True))
 
 
 def cmd_image_base(args: argparse.Namespace) -> int:
     from pytest_hostperf import images
     from pytest_hostperf.environments.docker import docker_client
 
-    image_id = images.build_base_image(docker_client(), tag=args.tag, progress=_progress)
+    image_id = images.build_base_image(docker_client(), tag=args.tag, reporter=_reporter())
     print(f"base image {args.tag}: {image_id}")
     return 0
 
@@ -160,12 +162,12 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     project = Path(args.project).resolve()
     ref = images.ensure_image(docker_client(), project, user_image=args.image, base=args.base,
                               requirements=_project_requirements(project) + list(args.requirement or []),
-                              progress=_progress)
+                              reporter=_reporter())
     print(f"docker image: {ref.tag} ({ref.id[:19]})")
     if args.vm:
         from pytest_hostperf.environments.qemu import prepare_vm_disk
 
-        disk = prepare_vm_disk(ref, progress=_progress)
+        disk = prepare_vm_disk(ref, reporter=_reporter().child("qemu"))
         print(f"vm disk: {disk.path}")
     return 0
 
@@ -175,6 +177,40 @@ def _project_requirements(project: Path) -> list[str]:
     from pytest_hostperf.images import requirements_from_project
 
     return requirements_from_project(project)
+
+
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    from pytest_hostperf.environments.ship import human_size
+    from pytest_hostperf.images.prune import apply_prune, plan_prune
+
+    project = Path(args.project).resolve()
+    try:
+        from pytest_hostperf.environments.docker import docker_client
+
+        client: Any = docker_client()
+    except Exception as exc:  # noqa: BLE001 - without an engine the VM disks are still listed
+        print(f"docker: {str(exc).splitlines()[0]}; images are not listed")
+        client = None
+    entries = plan_prune(client, project, _project_requirements(project) + list(args.requirement or []),
+                         base=args.base)
+    if not entries:
+        print("nothing built by hostperf here.")
+        return 0
+    for entry in entries:
+        print(f"{'remove' if entry.remove else 'keep  '}  {entry.what:<14} {human_size(entry.size_bytes):>9}  "
+              f"{entry.name}  ({entry.reason})")
+    doomed = [e for e in entries if e.remove]
+    total = human_size(sum(e.size_bytes for e in doomed))
+    if args.dry_run:
+        print(f"\n{len(doomed)} item(s), {total}, would be removed (--dry-run: nothing removed).")
+        return 0
+    failed = 0
+    for entry, outcome in apply_prune(client, entries):
+        if outcome != "removed":
+            failed += 1
+            print(f"{entry.name}: {outcome}")
+    print(f"\n{len(doomed) - failed} of {len(doomed)} item(s) removed ({total} listed).")
+    return 1 if failed else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -188,12 +224,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         from pytest_hostperf.environments.qemu import sweep_stale as sweep_vms
 
-        removed += sweep_vms()
+        removed += [f"VM work dir {path}" for path in sweep_vms()]
     except Exception as exc:  # noqa: BLE001
         print(f"qemu: not swept ({exc})")
     from pytest_hostperf.run import workdir
+    from pytest_hostperf.vm import default_cache_dir, sweep_build_dirs
 
-    removed += [f"work dir {path}" for path in workdir.sweep_stale()]
+    removed += [f"VM disk build leftover {path}" for path in sweep_build_dirs(default_cache_dir())]
+    removed += [f"temp dir {path}" for path in workdir.sweep_stale()]
     for thing in removed:
         print(f"removed {thing}")
     print(f"{len(removed)} leftover resource(s) removed.")
@@ -243,8 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--requirement", "-r", action="append", help="extra pip requirement (repeatable)")
     build.add_argument("--vm", action="store_true", help="also build the bootable VM disk from the image")
     build.set_defaults(func=cmd_image_build)
+    prune = image_sub.add_parser(
+        "prune", help="remove images and VM disks the current project no longer uses (lists them with sizes)",
+        description="Keeps the base image, the project image this project uses now and the VM disk made "
+                    "from it; removes other hostperf project images, VM disks and killed builds' leftovers.")
+    prune.add_argument("--project", default=".", help="the project whose image stays (default: .)")
+    prune.add_argument("--base", default="hostperf-base:bookworm", help="base image (default: hostperf-base:bookworm)")
+    prune.add_argument("--requirement", "-r", action="append", help="extra pip requirement the project image has")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    prune.set_defaults(func=cmd_image_prune)
 
-    sweep = sub.add_parser("sweep", help="remove containers, volumes, VMs and work dirs left by killed sessions")
+    sweep = sub.add_parser("sweep", help="remove containers, volumes, VMs and temp dirs left by killed sessions")
     sweep.set_defaults(func=cmd_sweep)
     return parser
 

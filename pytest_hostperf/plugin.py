@@ -16,6 +16,7 @@ import pytest
 
 import pytest_hostperf.fixtures as fixtures_module
 from pytest_hostperf import options as opt
+from pytest_hostperf.environments import limits
 from pytest_hostperf.settings import Settings
 
 # Everything heavy (scipy, the session, the backends) lives in .controller and is
@@ -71,6 +72,14 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
     ("--hostperf-accept-reason", "hostperf_accept_reason", str, None,
      "why the changes matched by --hostperf-accept are accepted; stored beside the saved session. "
      "Example: --hostperf-accept-reason='json parser switched to the safe mode (#123)'"),
+    ("--hostperf-docker-pids", "hostperf_docker_pids", limits.parse_pids, str(limits.DEFAULT_PIDS),
+     "most processes and threads a container may have, against fork loops (default 512; 0: no limit)"),
+    ("--hostperf-docker-memory", "hostperf_docker_memory", limits.parse_amount, limits.DEFAULT_MEMORY,
+     "memory limit of the container, e.g. 2g, 512m, or a percentage of the engine's memory "
+     "(default 50%%; 0: no limit)"),
+    ("--hostperf-docker-tmpfs-size", "hostperf_docker_tmpfs_size", limits.parse_amount, limits.DEFAULT_TMPFS_SIZE,
+     "size of the container's tmpfs mount: a test that fills it gets ENOSPC, not the host's memory "
+     "(default 25%% of the engine's memory; 0: no limit)"),
 )
 
 
@@ -202,4 +211,6 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         html_path=path(values["hostperf_html"]),
         ssh_config=path(values["hostperf_ssh_config"]), docker_cpus=values["hostperf_docker_cpus"],
         ssh_python=values["hostperf_ssh_python"],
+        docker_pids=values["hostperf_docker_pids"], docker_memory=values["hostperf_docker_memory"],
+        docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
     )

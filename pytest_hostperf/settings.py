@@ -38,3 +38,6 @@ class Settings:
     ssh_config: Path | None = None
     docker_cpus: float | None = None
     ssh_python: str | None = None
+    docker_pids: int | None = None           # processes in a container (None: 512, 0: no limit)
+    docker_memory: str | None = None         # "2g", "50%" of the engine's memory, "0" (None: 50%)
+    docker_tmpfs_size: str | None = None     # size of the tmpfs mount, same forms (None: 25%)

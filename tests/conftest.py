@@ -30,4 +30,4 @@ def engine() -> Any:
 @pytest.fixture(scope="session")
 def project_image(engine: Any) -> images.ImageRef:
     # Builds the base too when the engine does not have it yet (about a minute, once).
-    return images.ensure_image(engine, TINY, progress=lambda line: None)
+    return images.ensure_image(engine, TINY)

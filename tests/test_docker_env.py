@@ -23,13 +23,14 @@ import pytest
 from pytest_hostperf import images
 from pytest_hostperf.agent import protocol
 from pytest_hostperf.environments import docker as docker_env
+from pytest_hostperf.environments import labels as owner_labels
 from pytest_hostperf.environments.base import (
     AgentClient,
     AgentDied,
     AgentLaunch,
     AgentTimeout,
     EnvironmentFailure,
-    sweep_label,
+    package_parent,
 )
 from pytest_hostperf.environments.docker import DockerEnvironment, docker_endpoint, sweep_stale
 
@@ -101,7 +102,7 @@ def _standin(env: DockerEnvironment) -> AgentClient:
 
 
 def _labelled(engine: Any, session_id: str) -> tuple[list[Any], list[Any]]:
-    label = {"label": f"{sweep_label()}={session_id}"}
+    label = {"label": f"{owner_labels.SESSION}={session_id}"}
     return engine.containers.list(all=True, filters=label), engine.volumes.list(filters=label)
 
 
@@ -179,7 +180,7 @@ def test_agent_killed_inside_the_container(env: DockerEnvironment) -> None:
         "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
         "    try: cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
         "    except OSError: continue\n"
-        "    if b'pytest_hostperf.agent' in cmd and int(pid) != os.getpid():\n"
+        "    if b'-m\\0pytest_hostperf.agent\\0' in cmd and int(pid) != os.getpid():\n"
         "        os.kill(int(pid), signal.SIGKILL); print('killed', pid)\n"))
     assert code == 0 and "killed" in out, out
     with pytest.raises(AgentDied) as info:
@@ -316,9 +317,9 @@ def test_sweep_stale_removes_resources_of_a_dead_session(engine: Any, project_im
     session = f"test-dead-{uuid.uuid4().hex[:8]}"
     bind_dir = tmp_path / (docker_env.BIND_PREFIX + "left")
     bind_dir.mkdir()
-    labels = {sweep_label(): session, docker_env.LABEL_PID: str(dead.pid),
-              docker_env.LABEL_HOST: socket.gethostname(), docker_env.LABEL_BIND_DIR: str(bind_dir)}
-    alive_labels = {**labels, sweep_label(): session + "-alive", docker_env.LABEL_PID: str(os.getpid())}
+    labels = {owner_labels.SESSION: session, owner_labels.PID: str(dead.pid),
+              owner_labels.HOST: socket.gethostname(), owner_labels.BIND_DIR: str(bind_dir)}
+    alive_labels = {**labels, owner_labels.SESSION: session + "-alive", owner_labels.PID: str(os.getpid())}
     engine.volumes.create(f"hostperf-{session}-volume", labels=labels)
     engine.containers.create(project_image.tag, ["true"], labels=labels, name=f"hostperf-{session}")
     alive = engine.containers.create(project_image.tag, ["true"], labels=alive_labels)
@@ -354,8 +355,8 @@ def test_launch_and_match_facts_for_the_session(env: DockerEnvironment) -> None:
 
 def test_too_old_engine_is_refused() -> None:
     with pytest.raises(EnvironmentFailure, match="too old.*need API 1.30"):
-        docker_env._check_api_version("unix:///x.sock", {"ApiVersion": "1.24", "Version": "1.12.6"})
-    docker_env._check_api_version("unix:///x.sock", {"ApiVersion": "1.41"})
+        docker_env.check_api_version("unix:///x.sock", {"ApiVersion": "1.24", "Version": "1.12.6"})
+    docker_env.check_api_version("unix:///x.sock", {"ApiVersion": "1.41"})
 
 
 @pytest.mark.docker
@@ -366,3 +367,148 @@ def test_cpu_limit_and_opt_in_network(engine: Any, project_image: images.ImageRe
         assert env.describe()["nano_cpus"] == 500_000_000
         code, out = _run_inside(env, "import socket; print(sorted(n for _, n in socket.if_nameindex()))")
         assert code == 0 and "eth0" in out, out
+
+
+# --------------------------------------------------------------------------- issue 8: lifecycle and limits
+
+@pytest.mark.docker
+def test_a_killed_container_is_replaced_for_the_next_agent(engine: Any, env: DockerEnvironment) -> None:
+    """Issue 8.7: `docker kill` mid-session; the next start_agent used to reuse the dead container."""
+    client = _started(env)
+    first = env.container
+    engine.api.kill(first.id)
+    with pytest.raises(AgentDied) as info:
+        client.request({"op": "ping"}, "pong", 30, "pinging")
+    assert "exit code 137" in str(info.value)
+    client.transport.close()
+    second = _started(env)   # what the pool does for the next item
+    assert env.container.id != first.id and env.container.status == "running"
+    assert second.request({"op": "ping"}, "pong", 30, "pinging") == {"event": "pong"}
+    assert not engine.containers.list(all=True, filters={"id": first.id})
+    containers, volumes = _labelled(engine, env.session_id)
+    assert [c.id for c in containers] == [env.container.id] and len(volumes) == 1
+    second.shutdown()
+
+
+@pytest.mark.docker
+def test_default_limits_bound_processes_memory_and_the_tmpfs(engine: Any, env: DockerEnvironment) -> None:
+    _started(env).shutdown()
+    host_config = env.container.attrs["HostConfig"]
+    total = int(engine.info()["MemTotal"])
+    assert host_config["PidsLimit"] == 512
+    assert host_config["Memory"] == total // 2 and host_config["MemorySwap"] == total // 2
+    (tmpfs,) = [m for m in host_config["Mounts"] if m["Type"] == "tmpfs"]
+    assert tmpfs["TmpfsOptions"]["SizeBytes"] == total // 4
+    assert env.describe()["limits"] == {"pids": 512, "memory_bytes": total // 2, "tmpfs_bytes": total // 4}
+
+
+HOSTILE = r"""
+import errno, threading, time
+started = 0
+try:
+    while started < 2000:
+        threading.Thread(target=time.sleep, args=(20,), daemon=True).start()
+        started += 1
+except RuntimeError:
+    pass
+try:
+    with open("/hostperf/tmpfs/flood", "wb") as f:
+        for _ in range(128):
+            f.write(b"\0" * (1 << 20))
+    flood = "wrote 128 MiB"
+except OSError as exc:
+    flood = errno.errorcode[exc.errno]
+print(started, flood)
+"""
+
+
+@pytest.mark.docker
+def test_a_fork_loop_and_a_tmpfs_flood_hit_the_limits(engine: Any, project_image: images.ImageRef,
+                                                      tmp_path: Path) -> None:
+    """Issue 8.13: what a hostile test body would do stops at the container's limits."""
+    env = DockerEnvironment(f"test-{uuid.uuid4().hex[:12]}", TINY, tmp_path, pids=64, memory="512m",
+                            tmpfs_size="32m")
+    try:
+        env.check()
+        _started(env).shutdown()
+        code, out = _run_inside(env, HOSTILE)
+        assert code == 0, out
+        threads, flood = out.split()
+        assert 16 < int(threads) < 64, out   # the keep-alive and python itself hold a few
+        assert flood == "ENOSPC", out
+    finally:
+        env.stop()
+
+
+@pytest.mark.docker
+def test_sweep_leaves_sessions_of_other_pid_namespaces_alone(engine: Any, project_image: images.ImageRef) -> None:
+    """Issue 8.14: one host name, two pid namespaces: the other's pid is not a dead pid."""
+    here = owner_labels.Owner.current()
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    session = f"test-ns-{uuid.uuid4().hex[:8]}"
+
+    def owned(owner: owner_labels.Owner, suffix: str, run: bool = False) -> Any:
+        labels = {owner_labels.SESSION: f"{session}-{suffix}", **owner.labels()}
+        container = engine.containers.create(project_image.tag, [project_image.python, "-c", "import time; "
+                                             "time.sleep(60)"], labels=labels, network_mode="none")
+        if run:
+            container.start()
+        return container
+
+    dead = dataclasses.replace(here, pid=int(dead_pid), started=None)
+    other_ns = owned(dataclasses.replace(dead, pid_ns="pid:[4026530000]"), "ns")
+    gone = owned(dead, "dead")
+    old_boot_stopped = owned(dataclasses.replace(dead, boot_id="an-earlier-boot"), "boot")
+    old_boot_running = owned(dataclasses.replace(dead, boot_id="an-earlier-boot"), "boot-run", run=True)
+    try:
+        removed = sweep_stale(engine)
+        assert f"container {gone.name}" in removed and f"container {old_boot_stopped.name}" in removed
+        assert f"container {other_ns.name}" not in removed and f"container {old_boot_running.name}" not in removed
+    finally:
+        for container in (other_ns, gone, old_boot_stopped, old_boot_running):
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already swept
+                pass
+
+
+EXPORT_CHILD = """
+import sys
+from pathlib import Path
+from pytest_hostperf.images import ImageRef
+from pytest_hostperf.environments.qemu import prepare_vm_disk
+ref = ImageRef(tag=sys.argv[1], id=sys.argv[2] + "-killed-export", python=sys.argv[3])
+prepare_vm_disk(ref, cache_dir=Path(sys.argv[4]))
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.qemu
+def test_a_killed_vm_disk_build_leaves_nothing_the_sweeps_miss(engine: Any, project_image: images.ImageRef,
+                                                               tmp_path: Path) -> None:
+    """Issue 8.8: the export container had no pid label, and killed builds left GBs in .build-*."""
+    from pytest_hostperf.vm import sweep_build_dirs
+
+    cache = tmp_path / "cache"
+    child = subprocess.Popen([sys.executable, "-c", EXPORT_CHILD, project_image.tag, project_image.id,
+                              project_image.python, str(cache)],
+                             env={**os.environ, "PYTHONPATH": str(package_parent())})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            exporting = engine.containers.list(all=True, filters={"label": f"{owner_labels.PID}={child.pid}"})
+            if exporting and list(cache.glob(".build-*/rootfs/*")):
+                break
+            assert child.poll() is None, "the build ended before it could be killed"
+            assert time.monotonic() < deadline, "the export never started"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert exporting[0].labels[owner_labels.SESSION] == "image-build"
+    removed = sweep_stale(engine)
+    assert f"container {exporting[0].name}" in removed
+    staging = list(cache.glob(".build-*"))
+    assert staging and sweep_build_dirs(cache) == staging
+    assert not list(cache.glob(".build-*"))

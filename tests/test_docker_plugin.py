@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_hostperf.environments.base import sweep_label
+from pytest_hostperf.environments import labels as owner_labels
 
 pytestmark = pytest.mark.docker
 
@@ -67,12 +68,10 @@ def ours(engine: Any) -> dict[str, list[str]]:
     Resources labelled with this very process's pid belong to in-process backend tests of
     the same run (their fixtures live until the run ends), not to a session under test.
     """
-    from pytest_hostperf.environments.docker import LABEL_PID
-
-    label = {"label": sweep_label()}
+    label = {"label": owner_labels.SESSION}
 
     def foreign(labels: dict[str, str]) -> bool:
-        return labels.get(LABEL_PID) != str(os.getpid())
+        return labels.get(owner_labels.PID) != str(os.getpid())
 
     return {
         "containers": [c.name for c in engine.containers.list(all=True, filters=label) if foreign(c.labels)],
@@ -241,6 +240,16 @@ def test_nothing_left_after_sigint(pytester: pytest.Pytester, engine: Any) -> No
     assert ours(engine) == {"containers": [], "volumes": []}
 
 
+def _temp_dirs_of(pid: int) -> list[Path]:
+    """The session work dirs (``$TMPDIR/hostperf-*``) whose owner record names ``pid``."""
+    found = []
+    for directory in Path(tempfile.gettempdir()).glob(owner_labels.TEMP_PREFIX + "*"):
+        record = owner_labels.read_owner_file(directory / owner_labels.OWNER_FILE)
+        if record is not None and record[1].pid == pid:
+            found.append(directory)
+    return found
+
+
 def test_sigkilled_session_is_swept_by_the_next(pytester: pytest.Pytester, engine: Any) -> None:
     process = _start_session(pytester)
     try:
@@ -250,7 +259,61 @@ def test_sigkilled_session_is_swept_by_the_next(pytester: pytest.Pytester, engin
     finally:
         process.kill()
     assert ours(engine)["containers"], "SIGKILL cannot clean up; the next session must"
+    left = _temp_dirs_of(process.pid)
+    assert left, "the killed session's work dir should be left (and claimed) for the sweep"
     pytester.makepyfile(test_slow="def test_quick(benchmark):\n    benchmark(sum, [1])\n")
     result = hostperf(pytester)
     assert result.ret == 0
     assert ours(engine) == {"containers": [], "volumes": []}
+    assert not [d for d in left if d.exists()], "issue 8.8: the killed session's temp dir stays for good"
+
+
+KILL_CONTAINER_AFTER_A = """
+import os
+
+def pytest_runtest_logreport(report):
+    # In the controller only: `docker kill` this session's container once test_a is done.
+    if report.when == "call" and report.nodeid.endswith("test_a[docker]") and not os.environ.get("HOSTPERF_AGENT"):
+        import docker
+        from pytest_hostperf.environments import labels
+        client = docker.from_env()
+        for container in client.containers.list(filters={"label": f"{labels.PID}={os.getpid()}"}):
+            container.kill()
+"""
+
+
+def test_a_container_killed_mid_session_is_replaced(pytester: pytest.Pytester, engine: Any) -> None:
+    """Issue 8.7: after `docker kill`, the rest of the docker items used to be skipped."""
+    pytester.makeconftest(KILL_CONTAINER_AFTER_A)
+    pytester.makepyfile(test_k="""
+def test_a(benchmark):
+    benchmark(sum, [1])
+
+def test_b(benchmark):
+    benchmark(sum, [1, 2])
+
+def test_c(benchmark):
+    benchmark(sum, [1, 2, 3])
+""")
+    result = hostperf(pytester, "-rA")
+    outcomes = {name: outcome for outcome, name in
+                (line.split()[:2] for line in result.stdout.lines if line.startswith(("PASSED ", "FAILED ",
+                                                                                     "SKIPPED ", "ERROR ")))}
+    # The item that meets the dead agent fails and says so; the next one runs in a new container.
+    assert outcomes["test_k.py::test_c[docker]"] == "PASSED", result.stdout.str()
+    assert "SKIPPED" not in outcomes.values(), result.stdout.str()
+    assert ours(engine) == {"containers": [], "volumes": []}
+
+
+def test_bad_container_limits_are_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_n="def test_n(benchmark):\n    benchmark(sum, [1])\n")
+    for option, expected in (("--hostperf-docker-pids=lots", "expected a number of processes"),
+                             ("--hostperf-docker-memory=big", "expected a size like 2g"),
+                             ("--hostperf-docker-tmpfs-size=150%", "percentage between 0 and 100")):
+        result = pytester.runpytest_subprocess("--hostperf", option)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, option
+        assert expected in result.stderr.str() and option.split("=")[0] in result.stderr.str(), result.stderr.str()
+    pytester.makeini("[pytest]\nhostperf_docker_pids = 8\n")
+    result = pytester.runpytest_subprocess("--hostperf")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "hostperf_docker_pids" in result.stderr.str() and "at least 16" in result.stderr.str()

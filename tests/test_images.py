@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from typing import Any, Iterator
 import pytest
 
 from pytest_hostperf import images
-from pytest_hostperf.environments.base import session_alive
+from pytest_hostperf.environments import labels as owner_labels
+from pytest_hostperf.environments.process import process_alive
+from pytest_hostperf.progress import Reporter
 
 TINY = Path(__file__).parent / "projects" / "tiny"
 
@@ -83,7 +86,7 @@ def test_base_image_is_labelled(engine: Any, project_image: images.ImageRef) -> 
 def test_cache_hit_builds_nothing(engine: Any, project_image: images.ImageRef) -> None:
     before = {image.id for image in engine.images.list(all=True)}
     started = time.monotonic()
-    again = images.ensure_image(engine, TINY, progress=pytest.fail)  # any progress line = work done
+    again = images.ensure_image(engine, TINY, reporter=Reporter(pytest.fail))  # any progress line = work done
     elapsed = time.monotonic() - started
     assert again.built is False and again.id == project_image.id and again.tag == project_image.tag
     assert elapsed < 0.5, f"cache hit took {elapsed:.3f} s"
@@ -107,7 +110,7 @@ def test_project_image_has_the_controllers_pytest_and_no_plugin(engine: Any,
 @pytest.mark.docker
 def test_extra_requirements_make_a_new_image_built_offline(engine: Any, project_image: images.ImageRef) -> None:
     lines: list[str] = []
-    ref = images.ensure_image(engine, TINY, requirements=["tomli"], progress=lines.append)
+    ref = images.ensure_image(engine, TINY, requirements=["tomli"], reporter=Reporter(lines.append))
     try:
         assert ref.built is True and ref.tag != project_image.tag
         assert any("offline, network none" in line for line in lines)
@@ -121,7 +124,7 @@ def test_extra_requirements_make_a_new_image_built_offline(engine: Any, project_
 
 @pytest.mark.docker
 def test_user_image_wins(engine: Any, project_image: images.ImageRef) -> None:
-    ref = images.ensure_image(engine, TINY, user_image=project_image.tag, progress=pytest.fail)
+    ref = images.ensure_image(engine, TINY, user_image=project_image.tag, reporter=Reporter(pytest.fail))
     assert ref.kind == "user" and ref.built is False and ref.id == project_image.id
     with pytest.raises(images.ImageBuildError, match="not present on the engine"):
         images.ensure_image(engine, TINY, user_image="hostperf-no-such-image:latest")
@@ -131,17 +134,23 @@ def test_user_image_wins(engine: Any, project_image: images.ImageRef) -> None:
 def dead_pid() -> Iterator[int]:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    assert not session_alive(proc.pid)
+    assert not process_alive(proc.pid)
     yield proc.pid
 
 
 @pytest.mark.docker
 def test_sweep_removes_leftovers_of_a_killed_build(engine: Any, project_image: images.ImageRef,
                                                    dead_pid: int) -> None:
-    labels = {images.LABEL_KIND: images.KIND_BUILD_TEMP, images.LABEL_BUILD_PID: str(dead_pid),
-              images.LABEL_BUILD_HOST: socket.gethostname()}
+    here = owner_labels.Owner.current()
+    dead = owner_labels.Owner(dead_pid, socket.gethostname(), here.boot_id, here.pid_ns, None)
+    labels = {images.LABEL_KIND: images.KIND_BUILD_TEMP, **dead.labels()}
     container = engine.containers.create(project_image.tag, ["true"], labels=labels)
-    removed = images.sweep_build_leftovers(engine, session_alive)
+    live = engine.containers.create(project_image.tag, ["true"], labels={**labels, **here.labels()})
+    try:
+        removed = images.sweep_build_leftovers(engine)
+        assert f"container {live.name}" not in removed   # its build (this process) still runs
+    finally:
+        live.remove(force=True)
     assert f"container {container.name}" in removed
     assert not engine.containers.list(all=True, filters={"id": container.id})
     # Cached images are the cache: never swept.
@@ -157,3 +166,62 @@ def test_requirements_from_the_projects_ini_files(tmp_path: Path) -> None:
     assert images.requirements_from_project(tmp_path) == ["numpy>=1.24", "attrs"]
     (tmp_path / "pytest.ini").write_text("[pytest]\nhostperf_requirements =\n    tomli\n    # note\n")
     assert images.requirements_from_project(tmp_path) == ["tomli"]  # pytest.ini wins, like pytest
+
+
+# --------------------------------------------------------------------------- hostperf image prune
+
+def _fake_disk(cache: Path, name: str, key: str) -> Path:
+    directory = cache / name
+    directory.mkdir(parents=True)
+    (directory / "disk.json").write_text(json.dumps({"key": key, "path": "disk.img", "kernel": "vmlinuz"}))
+    (directory / "disk.img").write_bytes(b"\1" * 65536)
+    return directory
+
+
+@pytest.mark.docker
+def test_prune_lists_sizes_keeps_what_the_project_uses_and_removes_the_rest(
+        engine: Any, project_image: images.ImageRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 8.8: images and VM disks piled up with no way out."""
+    from pytest_hostperf import cli
+    from pytest_hostperf.environments.ship import human_size
+    from pytest_hostperf.images.prune import apply_prune, plan_prune
+    from pytest_hostperf.vm.cache import disk_usage
+
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {images.BASE_TAG}\nLABEL {images.LABEL_KIND}=project\n")
+    stale_tag = f"{images.PROJECT_REPOSITORY}:prunetest-{os.getpid()}"
+    stale, _ = engine.images.build(path=str(tmp_path / "ctx"), tag=stale_tag, network_mode="none")
+    cache = tmp_path / "xdg" / "pytest-hostperf" / "vm"
+    current_disk = _fake_disk(cache, "current", project_image.id)
+    old_disk = _fake_disk(cache, "old", "sha256:an-image-of-last-month")
+    killed_build = cache / ".build-0123456789abcdef0123-xyz"
+    (killed_build / "rootfs").mkdir(parents=True)
+    (killed_build / "rootfs" / "big").write_bytes(b"\1" * 65536)
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert cli.main(["image", "prune", "--project", str(TINY), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "keep    image" in out and project_image.tag in out
+        (stale_line,) = [line for line in out.splitlines() if stale_tag in line]
+        assert stale_line.startswith("remove  image") and " MB" in stale_line
+        (old_line,) = [line for line in out.splitlines() if str(old_disk) in line]
+        assert old_line.startswith("remove  VM disk") and f" {human_size(disk_usage(old_disk))} " in old_line
+        assert [line for line in out.splitlines() if str(current_disk) in line][0].startswith("keep")
+        assert [line for line in out.splitlines() if str(killed_build) in line][0].startswith("remove  build leftover")
+        assert "nothing removed" in out and engine.images.get(stale_tag) and old_disk.is_dir()
+
+        entries = plan_prune(engine, TINY, cache_dir=cache)
+        assert not [e for e in entries if e.remove and project_image.tag in e.name]
+        # Remove only what this test made: the engine is shared with other sessions.
+        mine = [e for e in entries if e.ref in (stale.id, str(old_disk), str(killed_build))]
+        assert len(mine) == 3 and all(e.remove for e in mine)
+        assert [outcome for _, outcome in apply_prune(engine, mine)] == ["removed"] * 3
+        assert not old_disk.exists() and not killed_build.exists() and current_disk.is_dir()
+        assert not engine.images.list(name=stale_tag)
+        assert engine.images.get(project_image.tag)
+    finally:
+        try:
+            engine.images.remove(stale_tag, force=True)
+        except Exception:  # noqa: BLE001 - removed by the test itself
+            pass

@@ -37,11 +37,21 @@ def qemu_available() -> None:
 
 
 def our_vms() -> list[str]:
-    """qemu processes a hostperf session started (they are named hostperf-<session>)."""
+    """qemu processes a hostperf session of this code started (named hostperf-<session>).
+
+    Only VMs whose work dir is in this code's private root count: on a shared machine other
+    people's hostperf VMs (older versions use another root) come and go during a test.
+    """
+    from pytest_hostperf.environments.qemu import session_root
+
+    root = str(session_root()) + "/"
     found = []
     for process in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "qemu-system" in (process.info["name"] or "") + cmdline and "hostperf-" in cmdline:
+        argv = process.info["cmdline"] or []
+        cmdline = " ".join(argv)
+        pidfile = argv[argv.index("-pidfile") + 1] if "-pidfile" in argv[:-1] else ""
+        if "qemu-system" in (process.info["name"] or "") + cmdline and "hostperf-" in cmdline and \
+                pidfile.startswith(root):
             found.append(f"{process.pid}: {cmdline[:120]}")
     return found
 
@@ -131,7 +141,9 @@ def test_sigkilled_session_leaves_nothing_once_the_next_one_ran(pytester: pytest
     # qemu dies with its controller (PR_SET_PDEATHSIG); whatever else is left, the next
     # session reaps.
     pytester.makepyfile(test_q="def test_q(benchmark):\n    benchmark(sum, [1])\n")
-    result = hostperf(pytester)
+    # The subject is what is left behind, not TCG's speed on this host (a tiny body read
+    # 79x native under load): the overhead gate is opened wide.
+    result = hostperf(pytester, "--hostperf-max-overhead=qemu:tcg=100000")
     assert result.ret == 0, result.stdout.str()
     assert our_vms() == []
     from pytest_hostperf.environments.qemu import session_root

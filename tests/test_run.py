@@ -285,32 +285,33 @@ def test_report_is_built_from_records_not_the_session(tmp_path: Path) -> None:
 
 def test_work_dirs_of_dead_sessions_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
     import json
-    import os
     import subprocess
     import sys
 
+    from pytest_hostperf.environments import labels
     from pytest_hostperf.run import workdir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     root = tmp_path
     mine = workdir.create("live")
-    assert oct(mine.stat().st_mode & 0o777) == "0o700"
-    stale = root / "hostperf-dead-x1"
-    stale.mkdir()
-    (stale / workdir.OWNER_FILE).write_text(json.dumps({"pid": int(dead.stdout), "started": 1}))
-    recycled = root / "hostperf-recycled-x2"  # our pid, but another process's start time
-    recycled.mkdir()
-    (recycled / workdir.OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "started": -1}))
-    alive = root / "hostperf-alive-x3"
-    alive.mkdir()
-    (alive / workdir.OWNER_FILE).write_text(json.dumps({"pid": os.getpid(),
-                                                         "started": workdir.process_start(os.getpid())}))
+    assert oct(mine.stat().st_mode & 0o777) == "0o700" and (mine / workdir.OWNER_FILE).is_file()
+
+    def owned(name: str, **changes: str) -> Path:
+        directory = root / name
+        directory.mkdir()
+        owner_file = labels.write_owner_file(directory, "s1")
+        owner_file.write_text(json.dumps({**json.loads(owner_file.read_text()), **changes}))
+        return directory
+
+    stale = owned("hostperf-dead-x1", **{labels.PID: dead.stdout.strip()})
+    recycled = owned("hostperf-recycled-x2", **{labels.STARTED: "1"})  # our pid, another start time
+    alive = owned("hostperf-alive-x3")
     foreign = root / "hostperf-foreign-x4"  # no owner file: not one of ours, left alone
     foreign.mkdir()
     try:
         assert sorted(p.name for p in workdir.sweep_stale(root)) == ["hostperf-dead-x1", "hostperf-recycled-x2"]
-        assert alive.exists() and foreign.exists() and not stale.exists()
+        assert alive.exists() and foreign.exists() and not stale.exists() and not recycled.exists()
     finally:
         workdir.remove(mine)
     assert not mine.exists()

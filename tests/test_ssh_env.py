@@ -32,6 +32,7 @@ import pytest
 
 from pytest_hostperf.environments.base import AgentClient, AgentDied, AgentLaunch, EnvironmentFailure
 from pytest_hostperf.environments.ssh import TOKEN_VAR, SshEnvironment, interpreter_word
+from pytest_hostperf.progress import Reporter
 
 pytest_plugins = ["pytester"]
 
@@ -341,7 +342,7 @@ def test_project_and_package_are_shipped_without_junk(sshd: SshServer, tmp_path:
     (project / "data" / "keep.txt").write_text("kept")
     (project / "link").symlink_to("data")
     lines: list[str] = []
-    env = _env(sshd, tmp_path, project=project, progress=lines.append)
+    env = _env(sshd, tmp_path, project=project, reporter=Reporter(lines.append).child(f"ssh:{HOST}"))
     try:
         env.check()
         env.ship()
@@ -496,3 +497,42 @@ def test_work(benchmark, hostperf_dir):
     records = {r["env"]: r for r in json.loads(report.read_text())["results"]}
     assert records[f"ssh:{HOST}"]["samples"] and records["native"]["samples"]
     assert not list(Path(os.path.expanduser("~/.cache/pytest-hostperf")).glob("*/project/test_e2e.py"))
+
+
+def test_copies_left_by_killed_sessions_are_removed_at_the_next_ship(sshd: SshServer, tmp_path: Path) -> None:
+    """Issue 8.8: a killed session left its copy (and maybe its agent) on the target for good."""
+    from pytest_hostperf.agent.protocol import TOKEN_VAR as AGENT_TOKEN
+    from pytest_hostperf.environments import labels as owner_labels
+
+    cache = Path(os.path.expanduser("~/.cache/pytest-hostperf"))
+    here = owner_labels.Owner.current()
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    def planted(kind: str, owner: owner_labels.Owner) -> Path:
+        name = f"test-{kind}-{uuid.uuid4().hex[:8]}"
+        (cache / name / "project").mkdir(parents=True)
+        (cache / name / "owner.json").write_text(json.dumps(
+            {owner_labels.SESSION: name, "token": f"tok-{name}", **owner.labels()}))
+        return cache / name
+
+    dead = planted("dead", dataclasses.replace(here, pid=int(dead_pid), started=None))
+    live = planted("live", here)
+    foreign = planted("foreign", dataclasses.replace(here, host=here.host + "-elsewhere"))
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                              env={**os.environ, AGENT_TOKEN: f"tok-{dead.name}"})
+    lines: list[str] = []
+    env = _env(sshd, tmp_path, reporter=Reporter(lines.append))
+    try:
+        env.check()
+        env.ship()
+        assert not dead.exists() and live.is_dir() and foreign.is_dir()
+        assert orphan.wait(20) == -signal.SIGKILL   # the dead session's agent went with its copy
+        assert any("removed 1 work dir(s) of killed sessions" in line for line in lines), lines
+        assert Path(env.remote_work_dir(), "owner.json").is_file()   # ours, for the next session
+    finally:
+        env.stop()
+        orphan.kill()
+        orphan.wait()
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(foreign, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""vmimage: root filesystem -> cached, bootable ext4 disk (real mke2fs/debugfs, no VM).
+"""pytest_hostperf.vm: root filesystem -> cached, bootable ext4 disk (real mke2fs/debugfs, no VM).
 
 The root filesystems here are tiny fakes (a /bin/sh and a python3 that never run); the
 booting itself is covered by test_qemu_env.py.
@@ -15,15 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from pytest_hostperf import vmimage
+from pytest_hostperf import vm
+from pytest_hostperf.agent import boot
+from pytest_hostperf.progress import Reporter
 
 pytestmark = pytest.mark.qemu
 
 
-def _host_kernel_or_skip() -> vmimage.KernelInfo:
+def _host_kernel_or_skip() -> vm.KernelInfo:
     try:
-        return vmimage.find_host_kernel()
-    except vmimage.VmImageError:
+        return vm.find_host_kernel()
+    except vm.VmImageError:
         if os.environ.get("HOSTPERF_REQUIRE_QEMU"):
             raise
         pytest.skip("no host kernel with modules (apt-get install linux-image-cloud-amd64)")
@@ -49,11 +51,16 @@ def _debugfs(image: Path, command: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def _cat(image: Path, path: str) -> str:
+    return subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, check=True).stdout
+
+
 def test_build_from_directory_and_cache_hit(tmp_path: Path) -> None:
     kernel = _host_kernel_or_skip()
     rootfs = _fake_rootfs(tmp_path / "rootfs")
     progress: list[str] = []
-    disk = vmimage.build_vm_disk(rootfs, tmp_path / "cache", key="fake-1", progress=progress.append)
+    disk = vm.build_vm_disk(rootfs, tmp_path / "cache", key="fake-1", reporter=Reporter(progress.append))
     assert disk.path.is_file() and disk.kernel.is_file()
     assert disk.kernel_version == kernel.version
     assert disk.key == "fake-1"
@@ -62,7 +69,11 @@ def test_build_from_directory_and_cache_hit(tmp_path: Path) -> None:
     assert any("building VM disk" in line for line in progress)
     # The guest init and the module list are in the image; the source tree is untouched.
     init = _debugfs(disk.path, "cat /opt/hostperf/init")
-    assert init.startswith("#!/bin/sh") and "/usr/bin/python3" in init
+    assert init.startswith("#!/bin/sh") and "-m pytest_hostperf.agent.boot" in init
+    assert _cat(disk.path, "/opt/hostperf/python").strip() == "/usr/bin/python3"
+    # The bootstrap and the protocol module it imports are on the disk, byte for byte.
+    for rel in ("pytest_hostperf/agent/boot.py", "pytest_hostperf/agent/protocol.py"):
+        assert _cat(disk.path, f"/opt/hostperf/{rel}") == (Path(boot.__file__).parent / Path(rel).name).read_text()
     assert not (rootfs / "opt").exists()
     modules = _debugfs(disk.path, "cat /opt/hostperf/modules.list").split()
     names = [Path(m).name for m in modules]
@@ -72,7 +83,7 @@ def test_build_from_directory_and_cache_hit(tmp_path: Path) -> None:
         assert names.index("virtio_ring.ko") < names.index("virtio_pci.ko")
         assert "Inode" in _debugfs(disk.path, f"stat {modules[0]}")
     # Second call: a cache hit that never reads the source.
-    again = vmimage.build_vm_disk(tmp_path / "gone", tmp_path / "cache", key="fake-1", progress=progress.append)
+    again = vm.build_vm_disk(tmp_path / "gone", tmp_path / "cache", key="fake-1", reporter=Reporter(progress.append))
     assert again == disk
 
 
@@ -84,39 +95,39 @@ def test_build_from_tar_chunks_drops_docker_leftovers(tmp_path: Path) -> None:
         tar.add(rootfs, arcname=".")
     data = buffer.getvalue()
     chunks = (data[i:i + 4096] for i in range(0, len(data), 4096))   # like container.export()
-    disk = vmimage.build_vm_disk(chunks, tmp_path / "cache", key="sha256:abc", env={"PATH": "/venv/bin:/usr/bin"})
+    disk = vm.build_vm_disk(chunks, tmp_path / "cache", key="sha256:abc", env={"PATH": "/venv/bin:/usr/bin"})
     assert disk.env == {"PATH": "/venv/bin:/usr/bin"}
     listing = _debugfs(disk.path, "ls -l /")
     assert "opt" in listing and ".dockerenv" not in listing
     # Loaded back from the manifest with the same fields.
-    assert vmimage.load_cached(tmp_path / "cache", "sha256:abc") == disk
+    assert vm.load_cached(tmp_path / "cache", "sha256:abc") == disk
 
 
 def test_streamed_rootfs_needs_a_key(tmp_path: Path) -> None:
-    with pytest.raises(vmimage.VmImageError, match="needs a key"):
-        vmimage.build_vm_disk(io.BytesIO(b""), tmp_path)
+    with pytest.raises(vm.VmImageError, match="needs a key"):
+        vm.build_vm_disk(io.BytesIO(b""), tmp_path)
 
 
 def test_missing_python_is_reported(tmp_path: Path) -> None:
     _host_kernel_or_skip()
     rootfs = tmp_path / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
-    with pytest.raises(vmimage.VmImageError, match="no python3"):
-        vmimage.build_vm_disk(rootfs, tmp_path / "cache", key="nopython")
+    with pytest.raises(vm.VmImageError, match="no python3"):
+        vm.build_vm_disk(rootfs, tmp_path / "cache", key="nopython")
     assert not list((tmp_path / "cache").glob(".build-*")), "a failed build leaves no staging dir"
 
 
 def test_explicit_kernel_that_does_not_exist(tmp_path: Path) -> None:
-    with pytest.raises(vmimage.VmImageError, match="no kernel found at") as info:
-        vmimage.build_vm_disk(_fake_rootfs(tmp_path / "r"), tmp_path / "cache", key="k",
+    with pytest.raises(vm.VmImageError, match="no kernel found at") as info:
+        vm.build_vm_disk(_fake_rootfs(tmp_path / "r"), tmp_path / "cache", key="k",
                               kernel=tmp_path / "vmlinuz-nope")
     assert info.value.hint
 
 
 def test_no_host_kernel(tmp_path: Path) -> None:
     (tmp_path / "boot").mkdir()
-    with pytest.raises(vmimage.VmImageError, match="no kernel found") as info:
-        vmimage.find_host_kernel(tmp_path / "boot", tmp_path / "modules")
+    with pytest.raises(vm.VmImageError, match="no kernel found") as info:
+        vm.find_host_kernel(tmp_path / "boot", tmp_path / "modules")
     assert "linux-image-cloud-amd64" in info.value.hint
 
 
@@ -129,14 +140,14 @@ def test_host_kernel_prefers_cloud_and_needs_modules(tmp_path: Path) -> None:
         if with_modules:
             (modules / version).mkdir(parents=True)
     (boot / "initrd.img-6.1.0-5-cloud-amd64").write_text("i")
-    kernel = vmimage.find_host_kernel(boot, modules)
+    kernel = vm.find_host_kernel(boot, modules)
     assert kernel.version == "6.1.0-5-cloud-amd64"
     assert kernel.initrd == boot / "initrd.img-6.1.0-5-cloud-amd64"
 
 
 def test_cache_key_changes_with_the_key(tmp_path: Path) -> None:
-    assert vmimage.cache_digest("a") != vmimage.cache_digest("b")
-    assert vmimage.cache_digest("a") == vmimage.cache_digest("a")
+    assert vm.cache_digest("a") != vm.cache_digest("b")
+    assert vm.cache_digest("a") == vm.cache_digest("a")
 
 
 def test_prune_keeps_the_most_recently_used(tmp_path: Path) -> None:
@@ -144,5 +155,5 @@ def test_prune_keeps_the_most_recently_used(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         (tmp_path / name / "disk.json").write_text("{}")
         os.utime(tmp_path / name / "disk.json", (1000 + index, 1000 + index))
-    assert vmimage.prune_cache(tmp_path, keep=1, protect=[tmp_path / "a"]) == [tmp_path / "b"]
+    assert vm.prune_cache(tmp_path, keep=1, protect=[tmp_path / "a"]) == [tmp_path / "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c"]

@@ -19,7 +19,7 @@ class AgentChannel:
         self._writer = writer
 
     @classmethod
-    def from_stdio(cls) -> "AgentChannel":
+    def from_stdio(cls) -> AgentChannel:
         reader = os.fdopen(os.dup(0), "rb", buffering=0)
         writer = os.fdopen(os.dup(1), "wb", buffering=0)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -29,7 +29,7 @@ class AgentChannel:
         return cls(reader, writer)
 
     @classmethod
-    def from_device(cls, path: str) -> "AgentChannel":
+    def from_device(cls, path: str) -> AgentChannel:
         """A serial/virtio port: one file opened for reading and writing."""
         fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
         return cls(os.fdopen(fd, "rb", buffering=0), os.fdopen(os.dup(fd), "wb", buffering=0))

@@ -19,7 +19,12 @@ Agent -> controller ("event"):
   {"event": "reference", "samples": [float, ..]}
   {"event": "pong"}
   {"event": "fatal", "message": str}
-This module is stdlib-only: it is imported inside every environment.
+Inside a VM, two more markers travel on the agent's port before the agent exists: the
+guest bootstrap's hello (:data:`BOOT_MARKER`) and the controller's launch message
+(:data:`LAUNCH_PREFIX`); see :mod:`pytest_hostperf.agent.boot`.
+
+This module is stdlib-only: it is imported inside every environment (and copied onto
+VM disks for the guest bootstrap).
 """
 
 from __future__ import annotations
@@ -29,6 +34,17 @@ from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1
 PREFIX: Final = b"@@hostperf@@ "
+#: The guest bootstrap's first line on the VM's agent port, then a JSON object.
+BOOT_MARKER: Final = b"@@hostperf-boot@@ "
+#: The controller's one line to the guest bootstrap: what to mount and how to start the agent.
+LAUNCH_PREFIX: Final = b"@@hostperf-launch@@ "
+#: Name of the virtio-serial port that carries the protocol in and out of a VM.
+AGENT_PORT_NAME: Final = "hostperf.agent"
+#: Environment variable that marks an agent process, so a killer can find exactly it.
+TOKEN_VAR: Final = "HOSTPERF_AGENT_TOKEN"
+#: The longest line a reader accepts (a result with many samples is ~100 KB); beyond
+#: it the other side is broken or hostile, and buffering more would only eat memory.
+MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
 
 class ProtocolError(Exception):

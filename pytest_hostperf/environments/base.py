@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import os
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pytest_hostperf.agent import protocol
+from pytest_hostperf.environments.process import tail_lines
 from pytest_hostperf.progress import Reporter
 from pytest_hostperf.settings import Settings
 
@@ -26,8 +26,9 @@ def failure_text(head: str, hint: str = "", log_tail: str = "") -> str:
     text = head
     if hint:
         text += f"\n  hint: {hint}"
-    if log_tail:
-        text += "\n  last output:\n" + "\n".join("    " + line for line in log_tail.splitlines()[-20:])
+    tail = tail_lines(log_tail, 20)
+    if tail:
+        text += "\n  last output:\n" + "\n".join("    " + line for line in tail.splitlines())
     return text
 
 
@@ -61,6 +62,10 @@ class AgentTimeout(Exception):
 
 class AgentDied(Exception):
     """The agent's channel closed (the process exited or the VM/container went away)."""
+
+
+class LineTooLong(AgentDied):
+    """The agent sent a line over the limit: the channel cannot be trusted any more."""
 
 
 class Transport(abc.ABC):
@@ -213,21 +218,45 @@ class AgentClient:
 
 
 class LineBuffer:
-    """Splits a byte stream into lines and remembers the non-protocol tail for errors."""
+    """Splits a byte stream into lines and remembers the non-protocol tail for errors.
 
-    def __init__(self, keep: int = 200) -> None:
-        self._pending = b""
+    A line may be at most ``limit`` bytes (protocol.MAX_LINE_BYTES): a longer one means
+    the other side is broken or hostile, and :meth:`feed` raises :class:`LineTooLong`
+    instead of buffering without bound.
+    """
+
+    def __init__(self, keep: int = 200, limit: int | None = None, what: str = "the agent") -> None:
+        self._partial: list[bytes] = []   # the unfinished line, in the chunks it came in
+        self._partial_size = 0
         self._lines: deque[bytes] = deque()
         self.tail: deque[str] = deque(maxlen=keep)
+        self.limit = protocol.MAX_LINE_BYTES if limit is None else limit
+        self.what = what
 
     def feed(self, data: bytes) -> None:
-        self._pending += data
-        *complete, self._pending = self._pending.split(b"\n")
+        *complete, rest = data.split(b"\n")
+        if complete:
+            complete[0] = b"".join([*self._partial, complete[0]])
+            self._partial, self._partial_size = [], 0
         for line in complete:
+            self._check(line)
             if protocol.PREFIX in line:
                 self._lines.append(line + b"\n")
             else:
                 self.tail.append(line.decode(errors="replace").rstrip("\r"))
+        if rest:
+            self._partial.append(rest)
+            self._partial_size += len(rest)
+            if self._partial_size > self.limit:
+                line = b"".join(self._partial)
+                self._partial, self._partial_size = [], 0
+                self._check(line)
+
+    def _check(self, line: bytes) -> None:
+        if len(line) > self.limit:
+            size = f"{self.limit >> 20} MiB" if self.limit >= 1 << 20 else f"{self.limit} bytes"
+            raise LineTooLong(f"{self.what} sent a line longer than {size} "
+                              f"(it starts with {line[:80]!r}); the channel is dropped and the agent restarted")
 
     def pop(self) -> bytes | None:
         return self._lines.popleft() if self._lines else None
@@ -239,26 +268,3 @@ class LineBuffer:
 def package_parent() -> Path:
     """The directory holding the ``pytest_hostperf`` package, to ship to environments."""
     return Path(__file__).resolve().parent.parent.parent
-
-
-def sweep_label() -> str:
-    """Label key put on every resource a session creates (containers, volumes, VMs)."""
-    return "io.hostperf.session"
-
-
-def session_alive(session_pid: int) -> bool:
-    """Whether the controller process that owns a labelled resource still runs.
-
-    A SIGKILLed controller stays a zombie until its parent reaps it: dead for a sweep.
-    """
-    try:
-        os.kill(session_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{session_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): the signal check above is all there is
-    return state != "Z"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pytest_hostperf.environments.base import AgentLaunch, Environment, Mount, Transport
-from pytest_hostperf.environments.pipe import PipeTransport, spawn
+from pytest_hostperf.environments.pipe import PipeTransport, spawn_piped
 
 
 class NativeEnvironment(Environment):
@@ -41,7 +41,7 @@ class NativeEnvironment(Environment):
         argv = launch.argv()
         argv[0] = self.python
         self._log = open(self.work_dir / "native-agent.log", "w", encoding="utf-8")  # noqa: SIM115
-        self._transport = PipeTransport(spawn(argv, env, cwd=launch.project_dir), self._log)
+        self._transport = PipeTransport(spawn_piped(argv, env, cwd=launch.project_dir), self._log)
         return self._transport
 
     def stop(self) -> None:

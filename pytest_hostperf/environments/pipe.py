@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
 import threading
 import time
 from collections import deque
-from typing import IO
+from typing import IO, Final
 
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, LineBuffer, Transport
+from pytest_hostperf.environments.process import spawn_piped, stop_process
+
+#: stderr is read in pieces of at most this size: a test that writes gigabytes without a
+#: newline must not make the controller buffer them.
+_STDERR_PIECE: Final = 64 * 1024
+
+__all__ = ["PipeTransport", "spawn_piped"]
 
 
 class PipeTransport(Transport):
@@ -29,7 +35,8 @@ class PipeTransport(Transport):
 
     def _drain_stderr(self) -> None:
         assert self.process.stderr is not None
-        for raw in iter(self.process.stderr.readline, b""):
+        read = self.process.stderr.readline
+        for raw in iter(lambda: read(_STDERR_PIECE), b""):
             line = raw.decode(errors="replace").rstrip("\n")
             self._stderr_tail.append(line)
             if self._log is not None:
@@ -71,26 +78,11 @@ class PipeTransport(Transport):
         return "\n".join(list(self._buffer.tail) + list(self._stderr_tail))
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.process.kill()
+        # The agent and whatever the test body started (its process group) go at once.
+        stop_process(self.process)
         for stream in (self.process.stdin, self.process.stdout):
             try:
                 if stream is not None:
                     stream.close()
             except OSError:
                 pass
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def spawn(argv: list[str], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen[bytes]:
-    """Start a child in its own process group so the whole tree can be killed at once."""
-    return subprocess.Popen(  # noqa: S603 - argv list, never a shell
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, cwd=cwd, start_new_session=True, bufsize=0,
-    )

@@ -6,9 +6,15 @@ from pytest_hostperf.environments.base import Environment, EnvironmentContext, E
 
 
 def create_backend(name: str, context: EnvironmentContext) -> Environment:
+    """The backend for ``name`` (``native``, ``docker``, ``qemu`` or ``ssh:HOST``).
+
+    The session's work dir (``context.work_dir``) is already claimed by the controller
+    (:mod:`pytest_hostperf.run.workdir`), which also swept the dirs of sessions that are gone.
+    """
     kind, _, target = name.partition(":")
     settings = context.settings
-    progress = context.reporter
+    # Files the agents never need: the baselines (and the session's own work dir).
+    exclude = (settings.baselines_dir,) if settings.baselines_dir else ()
     if kind == "native":
         from pytest_hostperf.environments.native import NativeEnvironment
 
@@ -22,19 +28,19 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
         return DockerEnvironment(
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, network=settings.network, cpus=settings.docker_cpus,
-            requirements=settings.requirements, progress=progress)
+            requirements=settings.requirements, reporter=context.reporter.child("docker"),
+            pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size)
     if kind == "qemu":
         from pytest_hostperf.environments.qemu import QemuEnvironment
 
         return QemuEnvironment(
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, vm_image=settings.vm_image, network=settings.network,
-            requirements=settings.requirements, progress=progress)
+            requirements=settings.requirements, reporter=context.reporter.child("qemu"), exclude=exclude)
     if kind == "ssh":
         from pytest_hostperf.environments.ssh import SshEnvironment
 
         return SshEnvironment(host=target, session_id=context.session_id, project_dir=settings.project_dir,
-                              work_dir=context.work_dir, progress=progress,
-                              ssh_config=settings.ssh_config, python=settings.ssh_python,
-                              exclude=(settings.baselines_dir,) if settings.baselines_dir else ())
+                              work_dir=context.work_dir, reporter=context.reporter.child(name),
+                              ssh_config=settings.ssh_config, python=settings.ssh_python, exclude=exclude)
     raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")
