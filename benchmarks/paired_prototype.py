@@ -275,20 +275,24 @@ def main() -> int:
     log(f"# command: python3 benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
     rows: list[dict] = []
     experiments = args.experiments.split(",")
+    runs: dict[str, Callable[[], list[dict]]] = {
+        "detect": lambda: run_detect(args.sessions, args.pairs, args.round_ms, log),
+        "sweep": lambda: run_sweep(args.sweep_sessions, args.pairs * args.round_ms / 1e3, log),
+        "overhead": lambda: run_overhead(args.sessions, args.pairs, args.round_ms, args.docker_image, log),
+    }
+    for name in experiments:
+        if name not in runs:
+            parser.error(f"unknown experiment {name!r}: choose among {', '.join(runs)}")
     for name in experiments:
         log(f"# {name}: before, {uptime()}")
-        if name == "detect":
-            rows += run_detect(args.sessions, args.pairs, args.round_ms, log)
-        elif name == "sweep":
-            rows += run_sweep(args.sweep_sessions, args.pairs * args.round_ms / 1e3, log)
-        elif name == "overhead":
-            rows += run_overhead(args.sessions, args.pairs, args.round_ms, args.docker_image, log)
-        else:
-            parser.error(f"unknown experiment {name!r}: choose among detect, sweep, overhead")
+        try:
+            rows += runs[name]()
+        except Exception as error:  # noqa: BLE001 - keep what the other experiments measured
+            log(f"# {name} failed: {error!r}")
         log(f"# {name}: after, {uptime()}")
+        args.json.write_text(json.dumps(rows, indent=0))
     for line in summarize(rows, args.pairs, args.round_ms, confidence(len(WORKLOADS))):
         log(line)
-    args.json.write_text(json.dumps(rows, indent=0))
     with args.log.open("a") as out:
         out.write("\n".join(lines) + "\n\n")
     return 0
