@@ -10,7 +10,7 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 VERDICTS = ("regression", "improvement", "inconclusive", "unstable", "pass")
 BUDGET = 1.10  # the overhead budget of issue #10's example

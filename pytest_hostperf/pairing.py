@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from typing import Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -151,7 +152,8 @@ def log_ratios(reference: Sequence[float], candidate: Sequence[float]) -> np.nda
         if bad.size:
             raise ValueError(f"{name} timing of pair {int(bad[0])} is {side[bad[0]]!r}: timings must be "
                              f"positive finite seconds ({bad.size} bad of {side.size})")
-    return np.log(cand) - np.log(ref)
+    ratios: np.ndarray = np.log(cand) - np.log(ref)
+    return ratios
 
 
 def estimate(reference: Sequence[float], candidate: Sequence[float], confidence: float) -> PairedEstimate:
@@ -276,7 +278,7 @@ def signed_rank_pvalues(ratios: np.ndarray) -> tuple[float, float]:
     t_plus = float(ranks[d > 0].sum())
     if n <= EXACT_MAX_PAIRS and not _has_ties(magnitudes):
         null = signed_rank_null(n)
-        at = int(round(t_plus))
+        at = round(t_plus)
         return float(null[at:].sum()), float(null[: at + 1].sum())
     mean = n * (n + 1) / 4
     sd = math.sqrt(_signed_rank_variance(n, _tie_sizes(np.sort(magnitudes))))
