@@ -11,6 +11,9 @@ within each pair (:class:`pytest_hostperf.pairing.PairSchedule`), and judges the
   Wilcoxon interval beside a moving-block bootstrap of the same pairs (is the interval
   too narrow when the pairs drift together?) and the lag-1 autocorrelation of the pairs.
 * ``sweep``: the round length at a fixed time budget (rounds of 1 to 50 ms).
+* ``pinning``: A/A, 10% and docker vs native with the workers free to move between CPUs,
+  and with all confined to the same CPU (do identical processes differ because of where
+  they run?).
 * ``overhead``: the ratio to "native" measured today's way (3 blocks, bootstrap of the
   pooled rounds' medians, stats.ratio_of_medians) and paired, on the same workers:
   native vs native and, with ``--docker-image``, native vs the same code in a container.
@@ -79,14 +82,20 @@ class Worker:
             subprocess.run(["docker", "rm", "-f", self.name], capture_output=True, check=False)
 
 
-def native(workload: str, size: int) -> Worker:
-    return Worker([sys.executable, str(HERE / "paired_worker.py"), workload, str(size)])
+def native(workload: str, size: int, cpu: int | None = None) -> Worker:
+    """A worker process here; with ``cpu``, confined to that CPU (both sides on one core)."""
+    worker = Worker([sys.executable, str(HERE / "paired_worker.py"), workload, str(size)])
+    if cpu is not None:
+        os.sched_setaffinity(worker.process.pid, {cpu})
+    return worker
 
 
-def in_docker(image: str) -> Callable[[str, int], Worker]:
+def in_docker(image: str, cpu: int | None = None) -> Callable[[str, int], Worker]:
+    """Workers in containers of ``image``; with ``cpu``, confined to that CPU (--cpuset-cpus)."""
     def start(workload: str, size: int) -> Worker:
         name = f"paired-prototype-{os.getpid()}-{time.monotonic_ns()}"
-        return Worker(["docker", "run", "--rm", "-i", "--name", name, "--network", "none",
+        pinned = ["--cpuset-cpus", str(cpu)] if cpu is not None else []
+        return Worker(["docker", "run", "--rm", "-i", "--name", name, "--network", "none", *pinned,
                        "--label", f"paired-prototype={os.getpid()}", "-v", f"{HERE}:/bench:ro",
                        image, "python3", "/bench/paired_worker.py", workload, str(size)], name)
     return start
@@ -222,6 +231,42 @@ def run_sweep(sessions: int, budget_s: float, log: Callable[[str], None]) -> lis
     return rows
 
 
+def run_pinning(sessions: int, pairs: int, round_ms: float, image: str | None,
+                log: Callable[[str], None]) -> list[dict]:
+    """A/A, 10% and (with ``image``) docker vs native: all workers free to move between CPUs,
+    or all confined to one CPU.
+
+    Asks whether the comparisons whose identical processes read 20% apart (a difference
+    that lasts the whole comparison, so the pairs cannot see it) come from the two
+    processes sitting on different CPUs.
+    """
+    rows: list[dict] = []
+    conf = confidence(len(WORKLOADS))
+    cpus = sorted(os.sched_getaffinity(0))
+    for session in range(sessions):
+        for workload in WORKLOADS:
+            for placement in ("free", "one-cpu") if session % 2 else ("one-cpu", "free"):
+                cpu = cpus[session % len(cpus)] if placement == "one-cpu" else None
+                reference = native(workload, BASE_SIZE, cpu)
+                candidates = {("native", 0.0): native(workload, BASE_SIZE, cpu),
+                              ("native", 0.10): native(workload, round(BASE_SIZE * 1.10), cpu)}
+                if image:
+                    candidates["docker", 0.0] = in_docker(image, cpu)(workload, BASE_SIZE)
+                try:
+                    iterations = calibrate(reference, round_ms / 1e3)
+                    for (env, slowdown), candidate in candidates.items():
+                        candidate.time(iterations)  # a first round in no measurement
+                        times = paired_rounds(reference, candidate, iterations, pairs,
+                                              f"pin-{session}-{workload}-{placement}-{env}-{slowdown}")
+                        rows.append(record(times, conf, experiment="pinning", placement=placement, env=env,
+                                           session=session, workload=workload, slowdown=slowdown))
+                finally:
+                    for worker in (reference, *candidates.values()):
+                        worker.close()
+        log(f"  pinning session {session + 1}/{sessions}, load {os.getloadavg()[0]:.2f}")
+    return rows
+
+
 def run_overhead(sessions: int, pairs: int, round_ms: float, image: str | None,
                  log: Callable[[str], None]) -> list[dict]:
     rows: list[dict] = []
@@ -279,6 +324,7 @@ def main() -> int:
         "detect": lambda: run_detect(args.sessions, args.pairs, args.round_ms, log),
         "sweep": lambda: run_sweep(args.sweep_sessions, args.pairs * args.round_ms / 1e3, log),
         "overhead": lambda: run_overhead(args.sessions, args.pairs, args.round_ms, args.docker_image, log),
+        "pinning": lambda: run_pinning(args.sessions, args.pairs, args.round_ms, args.docker_image, log),
     }
     for name in experiments:
         if name not in runs:

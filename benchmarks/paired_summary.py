@@ -110,14 +110,49 @@ def _overhead(rows: list[dict]) -> list[str]:
             out.append(f"{env:<7} {method:<7} {len(group):>3} {centre:.3f} [{min(ratios):.3f}-{max(ratios):.3f}]"
                        f"   {_median(_width(r) for r in group):>7.2%}  {sum(_excludes(r, 1.0) for r in group):>5}"
                        f"        {sum(_excludes(r, centre) for r in group):>5}"
-                       f"        {sum(r['ci'][0] > BUDGET for r in group):>5}")
+                       f"        {sum(r['ci'][0] > BUDGET for r in group):>5}"
+                       f"   within 1.00+-0.05: {sum(0.95 <= v <= 1.05 for v in ratios)}/{len(ratios)}")
+            if method == "pairs":
+                cpu = [r["cpu_ratio"] for r in group]
+                out.append(f"{env:<7} pairs, CPU time: {_median(cpu):.3f} [{min(cpu):.3f}-{max(cpu):.3f}], "
+                           f"excl. 1.0 {sum(_excludes(r, 1.0, 'cpu_ci') for r in group)}, ci_low > {BUDGET:.2f} "
+                           f"{sum(r['cpu_ci'][0] > BUDGET for r in group)}, within 1.00+-0.05: "
+                           f"{sum(0.95 <= v <= 1.05 for v in cpu)}/{len(cpu)}")
+    return out
+
+
+def _pinning(rows: list[dict]) -> list[str]:
+    out = ["## pinning: workers free to move between CPUs vs all confined to one CPU",
+           "placement clock | A/A native: excl. 1.0  reg  imp  uns  ratio [min-max]  CI width | 10%: reg  uns  "
+           "CI width | docker/native: within 1.00+-0.05  excl. 1.0  ci_low > 1.10  ratio [min-max]"]
+    for placement in ("free", "one-cpu"):
+        for clock, prefix in (("wall", ""), ("cpu", "cpu_")):
+            same = _by(rows, placement=placement, env="native", slowdown=0.0)
+            slower = _by(rows, placement=placement, env="native", slowdown=0.10)
+            docker = _by(rows, placement=placement, env="docker")
+            if not same:
+                continue
+            ratios = [r[prefix + "ratio"] for r in same]
+            count = lambda group, v: sum(r[prefix + "verdict_5"] == v for r in group)  # noqa: E731
+            line = (f"{placement:<8} {clock:<5} | {sum(_excludes(r, 1.0, prefix + 'ci') for r in same):>3}/{len(same)}"
+                    f"  {count(same, 'regression'):>3}  {count(same, 'improvement'):>3}  {count(same, 'unstable'):>3}"
+                    f"  {_median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]"
+                    f"  {_median(_width(r, prefix + 'ci') for r in same):>6.2%} | {count(slower, 'regression'):>3}/"
+                    f"{len(slower)}  {count(slower, 'unstable'):>3}  {_median(_width(r, prefix + 'ci') for r in slower):>6.2%}")
+            if docker:
+                values = [r[prefix + "ratio"] for r in docker]
+                line += (f" | {sum(0.95 <= v <= 1.05 for v in values):>3}/{len(values)}"
+                         f"  {sum(_excludes(r, 1.0, prefix + 'ci') for r in docker):>3}"
+                         f"  {sum(r[prefix + 'ci'][0] > BUDGET for r in docker):>3}"
+                         f"  {_median(values):.3f} [{min(values):.3f}-{max(values):.3f}]")
+            out.append(line)
     return out
 
 
 def summarize(rows: list[dict], pairs: int, round_ms: float, confidence: float) -> list[str]:
     out: list[str] = []
     for name, make in (("detect", lambda g: _detect(g, pairs, round_ms, confidence)),
-                       ("sweep", _sweep), ("overhead", _overhead)):
+                       ("sweep", _sweep), ("pinning", _pinning), ("overhead", _overhead)):
         group = [r for r in rows if r["experiment"] == name]
         if group:
             out += make(group)
