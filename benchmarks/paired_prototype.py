@@ -176,6 +176,8 @@ def record(times: dict[str, list[float]], conf: float, **extra: object) -> dict:
             row.update(p_slower=e.p_slower, p_faster=e.p_faster, pairs=e.pairs, lag1=lag1(d))
             if extra.get("bootstrap"):
                 row["boot_ci"] = list(block_bootstrap(d, conf, seed=len(d)))
+        if extra.get("bootstrap"):  # the pairs themselves, in time order, for later questions
+            row[prefix + "log_ratios"] = [round(float(v), 5) for v in d]
     return row
 
 

@@ -206,8 +206,10 @@ def _private_directory(path: Path) -> None:
     except OSError as error:
         raise RevisionError(f"--hostperf-against: cannot create {path}: {error}",
                             "point TMPDIR at a writable directory") from error
-    foreign = hasattr(os, "getuid") and info.st_uid != os.getuid()
-    if not stat.S_ISDIR(info.st_mode) or foreign or info.st_mode & 0o077:
+    # Ownership and mode bits mean nothing on Windows (every directory reads 0o777 there).
+    posix = os.name == "posix"
+    foreign = posix and info.st_uid != os.getuid()
+    if not stat.S_ISDIR(info.st_mode) or foreign or (posix and info.st_mode & 0o077):
         raise RevisionError(
             f"--hostperf-against: {path} is not a private directory of this user (a symlink, another "
             f"user's, or open to others: mode {stat.filemode(info.st_mode)})",
