@@ -185,7 +185,8 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def run_detect(sessions: int, pairs: int, round_ms: float, log: Callable[[str], None]) -> list[dict]:
+def run_detect(sessions: int, pairs: int, round_ms: float, log: Callable[[str], None],
+               bootstrap: bool = True) -> list[dict]:
     rows: list[dict] = []
     conf = confidence(len(WORKLOADS))
     for session in range(sessions):
@@ -201,7 +202,7 @@ def run_detect(sessions: int, pairs: int, round_ms: float, log: Callable[[str], 
                                           f"{session}-{workload}-{slowdown}")
                     rows.append(record(times, conf, experiment="detect", session=session,
                                        workload=workload, slowdown=slowdown,
-                                       bootstrap=slowdown in (0.0, 0.10)))
+                                       bootstrap=bootstrap and slowdown in (0.0, 0.10)))
             finally:
                 for worker in (reference, *candidates.values()):
                     worker.close()
@@ -305,6 +306,8 @@ def main() -> int:
     parser.add_argument("--round-ms", type=float, default=pairing.DEFAULT_ROUND_SECONDS * 1e3)
     parser.add_argument("--docker-image", help="run the overhead experiment's candidate in this image too")
     parser.add_argument("--experiments", default="detect,sweep,overhead")
+    parser.add_argument("--no-bootstrap", action="store_true",
+                        help="skip detect's block bootstrap (seconds per comparison at 300 pairs)")
     parser.add_argument("--log", type=Path, default=HERE / "results" / "paired-prototype.log")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "paired-prototype.json")
     args = parser.parse_args()
@@ -323,7 +326,7 @@ def main() -> int:
     rows: list[dict] = []
     experiments = args.experiments.split(",")
     runs: dict[str, Callable[[], list[dict]]] = {
-        "detect": lambda: run_detect(args.sessions, args.pairs, args.round_ms, log),
+        "detect": lambda: run_detect(args.sessions, args.pairs, args.round_ms, log, not args.no_bootstrap),
         "sweep": lambda: run_sweep(args.sweep_sessions, args.pairs * args.round_ms / 1e3, log),
         "overhead": lambda: run_overhead(args.sessions, args.pairs, args.round_ms, args.docker_image, log),
         "pinning": lambda: run_pinning(args.sessions, args.pairs, args.round_ms, args.docker_image, log),
