@@ -58,10 +58,11 @@ class Worker:
         self.last_cpu = 0.0
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
-    def time(self, iterations: int) -> float:
-        """Wall-clock seconds of ``iterations`` calls; their CPU seconds go to ``last_cpu``."""
+    def time(self, iterations: int, command: str = "run") -> float:
+        """Wall-clock seconds of ``iterations`` calls (of the probe with ``command="probe"``);
+        their CPU seconds go to ``last_cpu``."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"run {iterations}\n")
+        self.process.stdin.write(f"{command} {iterations}\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
@@ -101,13 +102,13 @@ def in_docker(image: str, cpu: int | None = None) -> Callable[[str, int], Worker
     return start
 
 
-def calibrate(worker: Worker, round_seconds: float) -> int:
+def calibrate(worker: Worker, round_seconds: float, command: str = "run") -> int:
     """Calls per round so that a round lasts about ``round_seconds`` (median of 5 tries)."""
     iterations = 1
-    while (took := worker.time(iterations)) < round_seconds / 10:
+    while (took := worker.time(iterations, command)) < round_seconds / 10:
         iterations *= 2
     iterations = max(1, round(iterations * round_seconds / took))
-    tries = sorted(worker.time(iterations) for _ in range(5))
+    tries = sorted(worker.time(iterations, command) for _ in range(5))
     return max(1, round(iterations * round_seconds / tries[2]))
 
 

@@ -9,6 +9,9 @@ argument. Then it answers requests on stdin, one per line:
 * ``run ITERATIONS`` -> the seconds ``ITERATIONS`` calls took, wall clock
   (``time.perf_counter``, what pytest-benchmark times) and this thread's CPU time
   (``time.thread_time``, which leaves out the time other processes held the CPU);
+* ``probe ITERATIONS`` -> the same for a fixed probe workload, identical in every worker
+  (hostperf's reference workload, pytest_hostperf/agent/reference.py, at 2,000 steps):
+  what the two workers' speeds do at the same moment, whatever code they hold;
 * ``quit`` (or end of input) -> exits.
 """
 
@@ -47,16 +50,25 @@ def build(workload: str, size: int):
     return namespace["work"]
 
 
+def probe() -> int:
+    total = 0
+    for i in range(2000):
+        total += (i * i) % 7
+    return total
+
+
 def serve(work) -> None:
-    work()  # the first call pays for the cold caches, in neither side's measurement
+    functions = {"run": work, "probe": probe}
+    for function in functions.values():
+        function()  # the first call pays for the cold caches, in no measurement
     for line in sys.stdin:
         command = line.split()
         if not command or command[0] == "quit":
             return
-        iterations = int(command[1])
+        function, iterations = functions[command[0]], int(command[1])
         started, started_cpu = time.perf_counter(), time.thread_time()
         for _ in range(iterations):
-            work()
+            function()
         elapsed, elapsed_cpu = time.perf_counter() - started, time.thread_time() - started_cpu
         sys.stdout.write(f"{elapsed!r} {elapsed_cpu!r}\n")
         sys.stdout.flush()
