@@ -177,7 +177,7 @@ def record(times: dict[str, list[float]], conf: float, **extra: object) -> dict:
             row.update(p_slower=e.p_slower, p_faster=e.p_faster, pairs=e.pairs, lag1=lag1(d))
             if extra.get("bootstrap"):
                 row["boot_ci"] = list(block_bootstrap(d, conf, seed=len(d)))
-        if extra.get("bootstrap"):  # the pairs themselves, in time order, for later questions
+        if extra.get("keep_pairs"):  # the pairs themselves, in time order, for later questions
             row[prefix + "log_ratios"] = [round(float(v), 5) for v in d]
     return row
 
@@ -203,7 +203,8 @@ def run_detect(sessions: int, pairs: int, round_ms: float, log: Callable[[str], 
                                           f"{session}-{workload}-{slowdown}")
                     rows.append(record(times, conf, experiment="detect", session=session,
                                        workload=workload, slowdown=slowdown,
-                                       bootstrap=bootstrap and slowdown in (0.0, 0.10)))
+                                       bootstrap=bootstrap and slowdown in (0.0, 0.10),
+                                       keep_pairs=slowdown in (0.0, 0.10)))
             finally:
                 for worker in (reference, *candidates.values()):
                     worker.close()
