@@ -1,6 +1,9 @@
 """Tables of benchmarks/paired_prototype.py's results (its rows, or its JSON file).
 
-    python3 benchmarks/paired_summary.py benchmarks/results/paired-prototype.json
+    python3 benchmarks/paired_summary.py benchmarks/results/paired-prototype-run4-2ms-pairs.json
+    python3 benchmarks/paired_summary.py --reestimate benchmarks/results/paired-prototype-run4-2ms-pairs.json
+
+``--reestimate`` judges the stored pairs again with pytest_hostperf.pairing as it is now.
 """
 
 from __future__ import annotations
@@ -159,7 +162,35 @@ def summarize(rows: list[dict], pairs: int, round_ms: float, confidence: float) 
     return out
 
 
+def reestimate(rows: list[dict], confidence: float) -> list[str]:
+    """Verdicts of the stored pairs (A/A and 10%) judged again by today's pairing module."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from pytest_hostperf import pairing  # noqa: PLC0415
+
+    out = [f"## the stored pairs judged by pytest_hostperf.pairing as it is now (drift guard: "
+           f"{pairing.DRIFT_BATCHES} batches, Kruskal-Wallis p < {pairing.DRIFT_ALPHA})",
+           "clock slowdown  n   at 5%: reg imp inc uns pass | at 2%: reg imp inc uns pass | "
+           "excl. 1.0  widened"]
+    for clock, prefix in (("wall", ""), ("cpu", "cpu_")):
+        for slowdown in (0.0, 0.10):
+            group = [r for r in rows if r.get("slowdown") == slowdown and prefix + "log_ratios" in r]
+            if not group:
+                continue
+            judged = []
+            for r in group:
+                e = pairing.estimate_log_ratios(r[prefix + "log_ratios"], confidence)
+                judged.append({"verdict_5": pairing.judge(e, 0.05).verdict, "verdict_2": pairing.judge(e, 0.02).verdict,
+                               "ci": [e.ci_low, e.ci_high], "widened": e.widened})
+            out.append(f"{clock:<5} {slowdown:>4.0%} {len(group):>4}   {_counts(judged, 'verdict_5')} | "
+                       f"{_counts(judged, 'verdict_2')} | {sum(_excludes(j, 1.0) for j in judged):>5}"
+                       f"  {sum(j['widened'] for j in judged):>5}")
+    return out
+
+
 if __name__ == "__main__":
-    data = json.loads(Path(sys.argv[1]).read_text())
-    print("\n".join(summarize(data, int(sys.argv[2]) if len(sys.argv) > 2 else 120,
-                              float(sys.argv[3]) if len(sys.argv) > 3 else 5.0, 1 - 2 * 0.01 / 3)))
+    data = json.loads(Path(sys.argv[-1]).read_text())
+    if sys.argv[1] == "--reestimate":
+        print("\n".join(reestimate(data, 1 - 2 * 0.01 / 3)))
+    else:
+        pairs = {r["pairs"] for r in data if "pairs" in r}
+        print("\n".join(summarize(data, max(pairs) if pairs else 0, 0.0, 1 - 2 * 0.01 / 3)))

@@ -11,17 +11,27 @@ each side, back to back, in random order; a phase longer than a pair slows both 
 alike and cancels in the pair's ratio, a shorter one lands at random on either side and
 only adds noise. The sample is the per-pair log ratio ``d = ln(candidate / reference)``.
 
-**The estimate.** The Hodges-Lehmann estimate of the centre of ``d`` (the median of its
-Walsh averages ``(d_i + d_j) / 2, i <= j``) with the distribution-free confidence
-interval of the Wilcoxon signed-rank test (Hollander & Wolfe, Nonparametric Statistical
-Methods, ch. 3): ordered Walsh averages, their ranks taken from the signed-rank
-statistic's null distribution. It needs only that ``d`` is symmetric about its centre,
-which random order within each pair provides under "no difference", and it keeps its
-level under the heavy tails of timing data. The null distribution is exact up to
-:data:`EXACT_MAX_PAIRS` pairs without ties or zeros (R's ``wilcox.test`` stops at 50),
-a normal approximation with continuity and tie correction beyond or with ties. All Walsh averages are
-formed for up to :data:`WALSH_MAX_PAIRS` pairs; beyond, the needed order statistics are
-found by bisection with an O(n log n) count, to a few units in the last place.
+**The estimate.** The Hodges-Lehmann estimate of the centre of ``d`` with the
+distribution-free interval of the Wilcoxon signed-rank test
+(:mod:`pytest_hostperf.signedrank`). It needs only that ``d`` is symmetric about its
+centre, which random order within each pair provides under "no difference", and it
+keeps its level under the heavy tails of timing data.
+
+**The drift guard.** That interval assumes the pairs are alike from first to last. On
+this machine they sometimes are not: for a few hundred milliseconds one of two
+processes runs 10-50% slower than the other, then not (benchmarks/results/
+paired-prototype.log, run 4: the quarters of one A/A comparison read +16%, +14%, +6%,
++2%). Pairs cannot cancel that, and the signed-rank interval, built as if the episode
+were noise spread over the whole comparison, came out narrow around a biased centre:
+2-4 false verdicts in 60 A/A comparisons at a 5% tolerance. So the pairs, in the order
+measured, are cut into :data:`DRIFT_BATCHES` consecutive batches; when a Kruskal-Wallis
+test says the batches differ (p < :data:`DRIFT_ALPHA`), the interval is widened to a
+batch-means interval (Student's t over the batches' Hodges-Lehmann estimates), which
+counts each batch as one observation of a ratio that moves. On the same data: 0 false
+verdicts, at the cost of a 10% slowdown read ``unstable`` instead of ``regression`` in
+about a fifth of comparisons (measured: 43 -> 32 of 60). A moving-block bootstrap with
+blocks of 10 pairs was no wider than the signed-rank interval (median 1.05x): the
+episodes are longer than such blocks.
 
 Ratios are ``candidate / reference``: 1.10 means the candidate is 10% slower.
 """
@@ -36,6 +46,9 @@ from typing import Literal
 
 import numpy as np
 
+from pytest_hostperf.signedrank import hodges_lehmann, kruskal_wallis, signed_rank_interval, signed_rank_pvalues
+from pytest_hostperf.stats import Distribution
+
 #: Which side a round belongs to: the reference (REV, native) or the candidate
 #: (the working tree, the environment).
 Side = Literal["reference", "candidate"]
@@ -43,22 +56,24 @@ Side = Literal["reference", "candidate"]
 PairedVerdict = Literal["pass", "regression", "improvement", "inconclusive", "unstable"]
 
 #: One round of each side lasts about this long. A pair (two rounds and the switch
-#: between them, ~10 ms) must fit inside the machine's longer phases (tens of ms to
-#: ~2 s) so that they hit both halves; a round must outlast the short slow phases
-#: (1-2 ms) so that each half averages several of them instead of being one of them.
-#: benchmarks/paired_prototype.py measures the choice (rounds of 1 to 50 ms).
-DEFAULT_ROUND_SECONDS = 0.005
-#: Pairs per comparison: at this machine's per-pair spread of 5 ms rounds (~2-4%, see
-#: benchmarks/results/paired-prototype.log) 120 pairs prove a change of twice a 2%
-#: tolerance at a family-wise 99.9%; :func:`pairs_needed` gives it for other noise.
-DEFAULT_PAIRS = 120
-#: Exact signed-rank distribution up to this many pairs (without ties or zeros): ~30 ms
-#: at 400. The normal approximation is conservative in the far tails at small n (at 50
-#: pairs and 99.9% it takes the 297th Walsh average where the exact rank is the 305th).
-EXACT_MAX_PAIRS = 400
-#: All n(n+1)/2 Walsh averages are formed up to this many pairs (~4 MB at 1000).
-WALSH_MAX_PAIRS = 1000
-
+#: between them) must fit inside the machine's longer phases (tens of ms to ~2 s) so
+#: that they hit both halves alike; and under CPU contention a round should be shorter
+#: than the scheduler's time slice (a few ms with several runnable tasks per CPU), or
+#: nearly every round is cut by other tasks' slices. Measured at a fixed budget of 0.6 s
+#: per side under load 7-10 on 2 CPUs (paired-prototype.log, sweep): wall-clock A/A
+#: interval widths of 6, 11, 36, 72 and 99% for rounds of 1, 2, 5, 20 and 50 ms; at 1 ms
+#: the A/A intervals missed 1.0 in 5 of 15 comparisons (what the drift guard is for).
+DEFAULT_ROUND_SECONDS = 0.002
+#: Pairs per comparison: 0.6 s of each side at 2 ms rounds. At the per-pair spread of
+#: this machine under load (8-18% CPU time, 14-35% wall clock, paired-prototype.log)
+#: this proves a 10% slowdown at a 5% tolerance; :func:`pairs_needed` gives the number
+#: for other noise and tolerances.
+DEFAULT_PAIRS = 300
+#: The drift guard: consecutive batches of the pairs, compared by Kruskal-Wallis at this level.
+DRIFT_BATCHES = 8
+DRIFT_ALPHA = 0.01
+#: ... and only with at least this many pairs per batch.
+DRIFT_MIN_BATCH = 5
 #: IQR of a standard normal: turns an IQR into a robust standard deviation.
 _NORMAL_IQR = 1.3489795003921634
 
@@ -100,7 +115,9 @@ class PairedEstimate:
 
     ``ci_low``/``ci_high`` bound the ratio at (at least) ``confidence``, two-sided; when
     there are too few pairs to reach it they are 0 and infinity (proving nothing) and
-    ``achieved_confidence`` says what the pairs could give. ``p_slower`` is the
+    ``achieved_confidence`` says what the pairs could give; when the drift guard found the
+    ratio moving during the measurement it is the wider batch-means interval
+    (``widened``, with each batch's ratio in ``batch_ratios``). ``p_slower`` is the
     one-sided p-value of "the candidate is not slower" (ratio <= 1), ``p_faster`` of
     "not faster". ``spread`` is the robust standard deviation (IQR / 1.349) of the log
     ratios: how much single pairs disagree.
@@ -116,6 +133,13 @@ class PairedEstimate:
     pairs: int
     spread: float
     method: str
+    drift_p: float | None = None  # the drift guard's Kruskal-Wallis p (None: too few pairs to ask)
+    batch_ratios: tuple[float, ...] = ()  # each batch's ratio, when the guard widened the interval
+
+    @property
+    def widened(self) -> bool:
+        """Whether the drift guard widened the interval (the ratio moved during the measurement)."""
+        return bool(self.batch_ratios)
 
     @property
     def reached_confidence(self) -> bool:
@@ -157,24 +181,32 @@ def log_ratios(reference: Sequence[float], candidate: Sequence[float]) -> np.nda
 
 
 def estimate(reference: Sequence[float], candidate: Sequence[float], confidence: float) -> PairedEstimate:
-    """Ratio ``candidate / reference`` of paired timings (seconds per call, pair by pair)."""
+    """Ratio ``candidate / reference`` of paired timings (seconds per call), in the order measured."""
     return estimate_log_ratios(log_ratios(reference, candidate), confidence)
 
 
 def estimate_log_ratios(ratios: Sequence[float] | np.ndarray, confidence: float) -> PairedEstimate:
-    """Hodges-Lehmann ratio, signed-rank interval and p-values from per-pair log ratios."""
+    """Hodges-Lehmann ratio, its interval and p-values from per-pair log ratios.
+
+    ``ratios`` must be in the order measured: the drift guard compares consecutive batches.
+    """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1 (two-sided, e.g. 0.99), got {confidence!r}")
-    d = np.asarray(ratios, dtype=float)
-    if d.ndim != 1 or d.size == 0 or not np.all(np.isfinite(d)):
+    in_order = np.asarray(ratios, dtype=float)
+    if in_order.ndim != 1 or in_order.size == 0 or not np.all(np.isfinite(in_order)):
         raise ValueError("log ratios must be a non-empty flat sequence of finite numbers")
-    d = np.sort(d)
+    d = np.sort(in_order)
     centre = hodges_lehmann(d)
     low, high, achieved, exact = signed_rank_interval(d, confidence)
-    p_slower, p_faster = signed_rank_pvalues(d)
-    q1, q3 = np.percentile(d, [25, 75])
     method = (f"Hodges-Lehmann, {'exact' if exact else 'normal-approximation'} Wilcoxon signed-rank "
               f"interval over {d.size} pairs")
+    drift = _drift(in_order, centre, confidence)
+    if drift is not None and drift.half_width > 0:
+        low, high = min(low, centre - drift.half_width), max(high, centre + drift.half_width)
+        method += (f", widened to {DRIFT_BATCHES} batches' spread (the ratio moved during the "
+                   f"measurement, Kruskal-Wallis p={drift.p_value:.2g})")
+    p_slower, p_faster = signed_rank_pvalues(d)
+    q1, q3 = np.percentile(d, [25, 75])
     reached = _reaches(achieved, confidence)
     return PairedEstimate(
         ratio=math.exp(centre),
@@ -182,122 +214,30 @@ def estimate_log_ratios(ratios: Sequence[float] | np.ndarray, confidence: float)
         ci_high=math.exp(high) if reached else math.inf,
         confidence=confidence, achieved_confidence=achieved,
         p_slower=p_slower, p_faster=p_faster, pairs=int(d.size),
-        spread=float(q3 - q1) / _NORMAL_IQR, method=method)
+        spread=float(q3 - q1) / _NORMAL_IQR, method=method,
+        drift_p=drift.p_value if drift is not None else None,
+        batch_ratios=tuple(math.exp(v) for v in drift.centres) if drift is not None and drift.half_width > 0 else ())
 
 
-def hodges_lehmann(values: Sequence[float] | np.ndarray, walsh_limit: int = WALSH_MAX_PAIRS) -> float:
-    """Median of the Walsh averages ``(x_i + x_j) / 2`` over ``i <= j``."""
-    x = np.sort(np.asarray(values, dtype=float))
-    total = x.size * (x.size + 1) // 2
-    ranks = [(total + 1) // 2] if total % 2 else [total // 2, total // 2 + 1]
-    return float(np.mean(walsh_order_statistics(x, ranks, walsh_limit)))
+@dataclasses.dataclass(frozen=True)
+class _Drift:
+    p_value: float
+    centres: tuple[float, ...]  # each batch's Hodges-Lehmann log ratio
+    half_width: float           # of the batch-means interval; 0 when the batches agree
 
 
-def walsh_order_statistics(sorted_values: np.ndarray, ranks: Sequence[int],
-                           walsh_limit: int = WALSH_MAX_PAIRS) -> list[float]:
-    """The ``ranks``-th smallest (from 1) Walsh averages of ``sorted_values`` (ascending)."""
-    x = sorted_values
-    total = x.size * (x.size + 1) // 2
-    for rank in ranks:
-        if not 1 <= rank <= total:
-            raise ValueError(f"rank {rank} outside the {total} Walsh averages of {x.size} values")
-    if x.size <= walsh_limit:
-        rows, cols = np.triu_indices(x.size)
-        sums = np.partition(x[rows] + x[cols], [rank - 1 for rank in ranks])
-        return [float(sums[rank - 1]) / 2 for rank in ranks]
-    return [_select_pair_sum(x, rank) / 2 for rank in ranks]
-
-
-def _select_pair_sum(x: np.ndarray, rank: int) -> float:
-    """The rank-th smallest ``x_i + x_j`` (i <= j) by bisection on the value, O(n log n) a step.
-
-    Ends when the bracket is a few units in the last place wide: the result is the
-    k-th sum to that precision (exactly, unless rounding in ``total - x_i`` decides).
-    """
-    index = np.arange(x.size)
-
-    def count_at_most(total: float) -> int:
-        # Row i pairs with columns j >= i whose x_j <= total - x_i (x is sorted).
-        ends = np.searchsorted(x, total - x, side="right")
-        return int(np.maximum(ends - index, 0).sum())
-
-    low, high = 2 * float(x[0]), 2 * float(x[-1])
-    if count_at_most(low) >= rank:
-        return low
-    # Invariant: count(low) < rank <= count(high).
-    while high - low > 4 * float(np.spacing(max(abs(low), abs(high)))):
-        middle = low + (high - low) / 2
-        if count_at_most(middle) >= rank:
-            high = middle
-        else:
-            low = middle
-    return high
-
-
-def signed_rank_interval(sorted_ratios: np.ndarray, confidence: float) -> tuple[float, float, float, bool]:
-    """(low, high, achieved confidence, exact?) of the centre of ``sorted_ratios``.
-
-    The interval runs from the k-th smallest to the k-th largest Walsh average, k the
-    largest rank with P(T+ <= k - 1) <= (1 - confidence) / 2 under the null
-    distribution of the signed-rank statistic T+. When even k = 1 misses the level
-    (too few pairs) the full range is returned with the confidence it does achieve.
-    """
-    d = sorted_ratios
-    n = d.size
-    total = n * (n + 1) // 2
-    tail = (1 - confidence) / 2
-    exact = n <= EXACT_MAX_PAIRS and not _has_ties(d)
-    if exact:
-        cdf = np.cumsum(signed_rank_null(n))
-        # k - 1 = how many values of T+ have a cumulative probability within the tail
-        # (a relative 1e-9 of slack so that a level equal to a cdf value counts as reached).
-        k = int(np.searchsorted(cdf, tail * (1 + 1e-9), side="right"))
-        achieved = 1 - 2 * float(cdf[max(k, 1) - 1])
-    else:
-        mean, sd = total / 2, math.sqrt(_signed_rank_variance(n, _tie_sizes(d)))
-        k = math.floor(mean + 0.5 - _normal_ppf(1 - tail) * sd)
-        achieved = 1 - 2 * _normal_cdf((max(k, 1) - 0.5 - mean) / sd)
-    low, high = walsh_order_statistics(d, [max(k, 1), total + 1 - max(k, 1)])
-    return low, high, achieved, exact
-
-
-def signed_rank_pvalues(ratios: np.ndarray) -> tuple[float, float]:
-    """One-sided p-values (centre > 0, centre < 0) of the Wilcoxon signed-rank test at 0.
-
-    Zero ratios (identical timings) are dropped, as Wilcoxon did and R and scipy do by
-    default. Exact without ties up to :data:`EXACT_MAX_PAIRS`, else the normal
-    approximation with tie and continuity correction. No non-zero ratio: (1, 1).
-    """
-    d = np.asarray(ratios, dtype=float)
-    d = d[d != 0]
-    n = d.size
-    if n == 0:
-        return 1.0, 1.0
-    magnitudes = np.abs(d)
-    ranks = _average_ranks(magnitudes)
-    t_plus = float(ranks[d > 0].sum())
-    if n <= EXACT_MAX_PAIRS and not _has_ties(magnitudes):
-        null = signed_rank_null(n)
-        at = round(t_plus)
-        return float(null[at:].sum()), float(null[: at + 1].sum())
-    mean = n * (n + 1) / 4
-    sd = math.sqrt(_signed_rank_variance(n, _tie_sizes(np.sort(magnitudes))))
-    if sd == 0:
-        return 1.0, 1.0
-    return _normal_cdf(-(t_plus - mean - 0.5) / sd), _normal_cdf((t_plus - mean + 0.5) / sd)
-
-
-def signed_rank_null(n: int) -> np.ndarray:
-    """P(T+ = t) for t = 0 .. n(n+1)/2 when each rank's sign is a fair coin (~1 ms at 120)."""
-    probabilities = np.zeros(n * (n + 1) // 2 + 1)
-    probabilities[0] = 1.0
-    top = 0
-    for rank in range(1, n + 1):
-        # With this rank positive T+ grows by the rank, negative it stays: shift and add.
-        probabilities[rank: top + rank + 1] += probabilities[: top + 1].copy()
-        top += rank
-        probabilities[: top + 1] *= 0.5
-    return probabilities
+def _drift(in_order: np.ndarray, centre: float, confidence: float) -> _Drift | None:
+    """Kruskal-Wallis over consecutive batches; the batch-means half-width if they differ."""
+    if in_order.size < DRIFT_BATCHES * DRIFT_MIN_BATCH:
+        return None
+    batches = np.array_split(in_order, DRIFT_BATCHES)
+    p_value = kruskal_wallis(batches)
+    if p_value >= DRIFT_ALPHA:
+        return _Drift(p_value, (), 0.0)
+    centres = tuple(hodges_lehmann(batch) for batch in batches)
+    spread = float(np.std(centres, ddof=1))
+    half_width = Distribution(df=DRIFT_BATCHES - 1).ppf(0.5 + confidence / 2) * spread / math.sqrt(DRIFT_BATCHES)
+    return _Drift(p_value, centres, half_width)
 
 
 def pairs_needed(spread: float, tolerance: float, confidence: float) -> int:
@@ -312,7 +252,7 @@ def pairs_needed(spread: float, tolerance: float, confidence: float) -> int:
                          f"{tolerance!r}, {confidence!r}")
     least = math.ceil(math.log2(2 / (1 - confidence)))
     step = _provable_step(tolerance)
-    z = _normal_ppf(0.5 + confidence / 2)
+    z = Distribution().ppf(0.5 + confidence / 2)
     return max(least, math.ceil(math.pi / 3 * (z * spread / step) ** 2))
 
 
@@ -322,8 +262,9 @@ def judge(estimate: PairedEstimate, tolerance: float, against: str = "reference"
     ``regression``/``improvement`` when the whole interval lies beyond the tolerance;
     ``inconclusive`` when there were too few pairs to reach the confidence at all;
     ``unstable`` when the interval is so wide that it could not have proven even a
-    change of twice the tolerance (the pairs disagree too much: a steadier benchmark or
-    more pairs would); ``inconclusive`` when the estimate is beyond the tolerance but
+    change of twice the tolerance: the pairs disagree too much (a steadier benchmark or
+    more pairs would), or the ratio moved during the measurement (the drift guard
+    widened the interval); ``inconclusive`` when the estimate is beyond the tolerance but
     not proven; ``pass`` otherwise. ``against`` names the reference in the reason
     ("abc1234", "native").
     """
@@ -342,6 +283,12 @@ def judge(estimate: PairedEstimate, tolerance: float, against: str = "reference"
         return PairedJudgement("inconclusive", (
             f"too few pairs: {e.pairs} pairs reach at most {e.achieved_confidence:.1%} confidence, "
             f"{e.confidence:.2%} needs at least {least}; measured {e.ratio:.3f}x {against}"), e)
+    if e.log_half_width > _provable_step(tolerance) and e.widened:
+        return PairedJudgement("unstable", (
+            f"the ratio moved during the measurement: consecutive batches of pairs read "
+            f"{min(e.batch_ratios):.3f}x to {max(e.batch_ratios):.3f}x {against} (Kruskal-Wallis p={e.drift_p:.2g}), "
+            f"so the interval {e.ci_low:.3f}-{e.ci_high:.3f} could not prove even a {2 * tolerance:.0%} change: "
+            "one side ran slower for part of the time (a neighbour, the scheduler); re-run on a quieter machine"), e)
     if e.log_half_width > _provable_step(tolerance):
         need = pairs_needed(e.spread, tolerance, e.confidence)
         return PairedJudgement("unstable", (
@@ -363,41 +310,3 @@ def _provable_step(tolerance: float) -> float:
     return math.log1p(2 * tolerance) - math.log1p(tolerance)
 
 
-def _has_ties(sorted_values: np.ndarray) -> bool:
-    return bool(np.any(np.diff(sorted_values) == 0))
-
-
-def _tie_sizes(sorted_values: np.ndarray) -> np.ndarray:
-    """Sizes of the groups of equal values (1 for a value without ties)."""
-    starts = np.flatnonzero(np.r_[True, np.diff(sorted_values) != 0])
-    return np.diff(np.r_[starts, sorted_values.size])
-
-
-def _signed_rank_variance(n: int, tie_sizes: np.ndarray) -> float:
-    """Variance of T+ under the null, less the share tied ranks remove (sum (t^3 - t) / 48)."""
-    t = tie_sizes.astype(float)
-    return n * (n + 1) * (2 * n + 1) / 24 - float(np.sum(t ** 3 - t)) / 48
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks from 1, tied values sharing the average of their ranks."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    sizes = _tie_sizes(sorted_values)
-    ends = np.cumsum(sizes)
-    group_ranks = ends - (sizes - 1) / 2
-    ranks = np.empty(values.size)
-    ranks[order] = np.repeat(group_ranks, sizes)
-    return ranks
-
-
-def _normal_cdf(x: float) -> float:
-    from scipy import special  # ~0.25 s; loaded on first use, as stats.py does
-
-    return float(special.ndtr(x))
-
-
-def _normal_ppf(q: float) -> float:
-    from scipy import special
-
-    return float(special.ndtri(q))
