@@ -30,8 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path, PurePosixPath
 from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 
 from pytest_hostperf.environments import labels
 
