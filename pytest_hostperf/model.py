@@ -94,6 +94,7 @@ class RatioEstimate:
     p_slower: float   # one-sided p-value of H0 "not slower" (ratio <= 1)
     p_faster: float   # one-sided p-value of H0 "not faster" (ratio >= 1)
     method: str
+    pairs: int = 0    # paired estimates: the pairs it came from (0: two samples' medians)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,7 +106,8 @@ class RatioEstimate:
         nan = math.nan
         return cls(positive(data.get("ratio"), f"{where}.ratio"), positive(data.get("ci_low"), f"{where}.ci_low"),
                    positive(data.get("ci_high"), f"{where}.ci_high"), _float(data.get("confidence", nan)),
-                   _float(data.get("p_slower", nan)), _float(data.get("p_faster", nan)), str(data.get("method", "")))
+                   _float(data.get("p_slower", nan)), _float(data.get("p_faster", nan)), str(data.get("method", "")),
+                   int(data.get("pairs") or 0))
 
 
 @dataclasses.dataclass(frozen=True)

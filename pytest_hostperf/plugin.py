@@ -56,6 +56,13 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "sessions themselves or the host's reference workload show more (default 25%%)"),
     ("--hostperf-blocks", "hostperf_blocks", lambda s: opt.parse_positive_int(s, "blocks"), "3",
      "interleaved blocks per test when several environments run it (default 3)"),
+    ("--hostperf-pair-budget", "hostperf_pair_budget", lambda s: _pair_budget(s), "0.4",
+     "seconds of measuring per side when a test's ratio to native comes from pairs (each environment "
+     "against native, in random-order pairs of short fixed-work halves); 0 = interleaved blocks instead "
+     "(default 0.4)"),
+    ("--hostperf-pair-round", "hostperf_pair_round", lambda s: opt.parse_seconds(s, "pair round"), "0.002",
+     "length of one half of a pair in seconds (default 0.002; longer than 0.1 to see a CPU quota's "
+     "100 ms period)"),
     ("--hostperf-confirm", "hostperf_confirm", lambda s: opt.parse_positive_int(s, "confirm", minimum=0), "2",
      "re-measure a test that reads as a regression up to N times, after a pause, and judge the fastest "
      "attempt: a machine's transient slowdown passes, a real regression stays (default 2; 0 = off)"),
@@ -81,6 +88,10 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "size of the container's tmpfs mount: a test that fills it gets ENOSPC, not the host's memory "
      "(default 25%% of the engine's memory; 0: no limit)"),
 )
+
+
+def _pair_budget(text: str) -> float:
+    return 0.0 if text.strip().rstrip("s") in ("0", "0.0") else opt.parse_seconds(text, "pair budget")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -213,4 +224,5 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         ssh_python=values["hostperf_ssh_python"],
         docker_pids=values["hostperf_docker_pids"], docker_memory=values["hostperf_docker_memory"],
         docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
+        pair_budget_s=values["hostperf_pair_budget"], pair_round_s=values["hostperf_pair_round"],
     )
