@@ -28,7 +28,7 @@ import dataclasses
 import math
 import statistics
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol
 
 from pytest_hostperf import pairing
 from pytest_hostperf.model import RatioEstimate
@@ -54,11 +54,15 @@ class PairBudget:
             return 1
         return max(1, round(self.round_s / call_s))
 
-    def pairs(self, slowest_half_s: float, confidence: float) -> int:
-        """Pairs that fit ``side_s`` per side, at least enough to reach ``confidence``."""
-        least = max(MIN_PAIRS, math.ceil(math.log2(2 / (1 - confidence))) + 1)
-        fit = int(self.side_s / slowest_half_s) if slowest_half_s > 0 else self.max_pairs
-        return max(least, min(self.max_pairs, fit))
+    def least_pairs(self, confidence: float) -> int:
+        """Never fewer pairs: :data:`MIN_PAIRS`, and enough to reach ``confidence`` at all."""
+        return max(MIN_PAIRS, math.ceil(math.log2(2 / (1 - confidence))) + 1)
+
+    def enough(self, pairs: int, elapsed_s: float, confidence: float) -> bool:
+        """Whether a comparison may stop after ``pairs`` pairs that took ``elapsed_s`` (both sides)."""
+        if pairs >= self.max_pairs:
+            return True
+        return pairs >= self.least_pairs(confidence) and elapsed_s >= 2 * self.side_s
 
 
 class Measured(Protocol):
@@ -86,7 +90,6 @@ class Side:
     request: Any
     attempt: Measured
     iterations: int
-    half_wall_s: float   # one half as the controller sees it (the round trip included)
 
 
 def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], run: RunOnce,
@@ -98,28 +101,35 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
         return None
     iterations = budget.iterations(min(probe.samples))
     warm = scratch()
-    started = time.perf_counter()
     run(request, warm, options, {"iterations": iterations, "rounds": 1})
-    wall = time.perf_counter() - started
     if _copy_failure(warm, attempt):
         return None
-    call_s = statistics.fmean(warm.samples)
     attempt.reports, attempt.mount_info = warm.reports, warm.mount_info
-    sized = budget.iterations(call_s)
-    return Side(request, attempt, sized, max(wall - call_s * iterations, 0.0) + call_s * sized)
+    # the faster reading of the two: a slow moment of a loaded machine must not shrink the halves
+    return Side(request, attempt, budget.iterations(min(statistics.fmean(warm.samples), min(probe.samples))))
 
 
-def measure_pairs(reference: Side, candidate: Side, run: RunOnce, options: Mapping[str, Any], pairs: int,
-                  seed: str, confidence: float) -> pairing.PairedEstimate | None:
-    """``pairs`` pairs of halves in the schedule's order; None when a side failed on the way."""
+def measure_pairs(reference: Side, candidate: Side, run: RunOnce, options: Mapping[str, Any], budget: PairBudget,
+                  seed: str, confidence: float,
+                  clock: Callable[[], float] = time.monotonic) -> pairing.PairedEstimate | None:
+    """Pairs of halves in the schedule's order until the budget is spent; None when a side failed.
+
+    The budget is wall-clock time (the round trips and the agent's own bookkeeping
+    included), so a test costs about ``2 * side_s`` whatever the environment's transport;
+    a schedule of ``max_pairs`` is cut there (its order is shuffled, so any stretch of it
+    is nearly balanced).
+    """
     times: dict[str, list[float]] = {"reference": [], "candidate": []}
     sides = {"reference": reference, "candidate": candidate}
-    for order in pairing.PairSchedule(pairs, seed):
+    started = clock()
+    for done, order in enumerate(pairing.PairSchedule(budget.max_pairs, seed), start=1):
         for name in order:
             per_call = half(sides[name], run, options)
             if per_call is None:
                 return None
             times[name].append(per_call)
+        if budget.enough(done, clock() - started, confidence):
+            break
     return pairing.estimate(times["reference"], times["candidate"], confidence)
 
 
@@ -146,7 +156,3 @@ def _copy_failure(probe: Measured, attempt: Measured) -> bool:
     attempt.outcome, attempt.message = probe.outcome, probe.message
     attempt.reports, attempt.mount_info = probe.reports, probe.mount_info
     return True
-
-
-def slowest(sides: Sequence[Side]) -> float:
-    return max(side.half_wall_s for side in sides)

@@ -176,6 +176,7 @@ class PairedToNative:
     confidence: float
     seed: str
     fallback: Strategy
+    clock: Callable[[], float] = time.monotonic
 
     def measure(self, requests: Sequence[Request], run: Rounds,
                 options: Mapping[str, Any]) -> dict[str, Attempt]:
@@ -191,9 +192,8 @@ class PairedToNative:
             candidate, attempt = sides[other.item_id], attempts[other.item_id]
             if reference is None or reference.attempt.finished or candidate is None:
                 continue
-            pairs = self.budget.pairs(paired.slowest([reference, candidate]), self.confidence)
-            estimate = paired.measure_pairs(reference, candidate, run, options, pairs,
-                                            f"{self.seed}:{other.item_id}", self.confidence)
+            estimate = paired.measure_pairs(reference, candidate, run, options, self.budget,
+                                            f"{self.seed}:{other.item_id}", self.confidence, self.clock)
             if estimate is not None:
                 attempt.to_native = paired.as_ratio(estimate)
         for request in requests:  # a side left without a partner is measured on its own
@@ -227,7 +227,7 @@ class PlanRunner:
         self.strategy: Strategy = strategy or (blocks if settings.pair_budget_s <= 0 else PairedToNative(
             paired.PairBudget(settings.pair_budget_s, settings.pair_round_s),
             Policy(settings.tolerance, settings.alpha, plan.comparisons).confidence,
-            pool.context.session_id, blocks))
+            pool.context.session_id, blocks, clock))
         self._sleep = sleep
         self._clock = clock
         self._last_reference: dict[str, tuple[float, SessionSummary]] = {}
