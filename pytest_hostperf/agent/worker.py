@@ -164,7 +164,8 @@ def _fix_work(item: pytest.Item, iterations: int, rounds: int) -> None:
     pytest-benchmark picks ``rounds = max(ceil(max_time / duration), min_rounds)`` after
     calibrating; a calibration that answers at once with our iterations, ``max_time`` 0
     and ``min_rounds`` R leave exactly R rounds of N calls, timed by its own timer. A test
-    that calls ``benchmark.pedantic`` fixes its own rounds: its run is the half as it is.
+    that calls ``benchmark.pedantic`` chose its own iterations: it runs R rounds of those,
+    without its warm-up rounds (the controller warms each side up once).
     """
     fixture = (getattr(item, "funcargs", None) or {}).get("benchmark")
     if fixture is None or not callable(getattr(fixture, "_calibrate_timer", None)):
@@ -174,6 +175,12 @@ def _fix_work(item: pytest.Item, iterations: int, rounds: int) -> None:
     fixture._max_time = 0.0
     fixture._min_rounds = rounds
     fixture._warmup = False
+    pedantic = getattr(fixture, "_raw_pedantic", None)
+    if callable(pedantic):
+        def fixed_pedantic(*args: Any, **kwargs: Any) -> Any:
+            return pedantic(*args, **{**kwargs, "rounds": rounds, "warmup_rounds": 0})
+
+        fixture._raw_pedantic = fixed_pedantic
 
 
 def _benchmark_measurement(item: pytest.Item) -> dict[str, Any] | None:

@@ -5,8 +5,7 @@ measured by :class:`PairedToNative` instead of interleaved blocks (issue #10: th
 blocks gave docker/native 0.63-1.49 for code whose container cost is nil, because a
 machine's slow phases last longer than a block switch takes):
 
-1. **calibrate** each side on its own: one pytest-benchmark call gives the time of one
-   call, then one unmeasured half of ``N`` calls (warm caches, lazy fixtures) gives it
+1. **calibrate** each side on its own: one call gives the time of a call, then one unmeasured half of ``N`` calls (warm caches, lazy fixtures) gives it
    again, warm; ``N`` makes a half last about ``round_s`` in that environment (a TCG VM
    runs ~10x slower, so its ``N`` is smaller; per-call times are compared);
 2. **pairs**: for each pair of a :class:`~pytest_hostperf.pairing.PairSchedule`, one
@@ -96,7 +95,7 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
               options: Mapping[str, Any], budget: PairBudget) -> Side | None:
     """Size one side's half; None (the failure copied into ``attempt``) when the test does not run."""
     probe = scratch()
-    run(request, probe, {**options, "max_time": 0, "min_rounds": 1, "warmup": False}, None)
+    run(request, probe, options, {"iterations": 1, "rounds": 1})
     if _copy_failure(probe, attempt):
         return None
     iterations = budget.iterations(min(probe.samples))
@@ -105,8 +104,9 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
     if _copy_failure(warm, attempt):
         return None
     attempt.reports, attempt.mount_info = warm.reports, warm.mount_info
-    # the faster reading of the two: a slow moment of a loaded machine must not shrink the halves
-    return Side(request, attempt, budget.iterations(min(statistics.fmean(warm.samples), min(probe.samples))))
+    # Sized from the warm half, a real one: a first call can run on a CPU quota's unused
+    # share (or before a VM's vCPU is throttled) and would make every later half too long.
+    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)))
 
 
 def measure_pairs(reference: Side, candidate: Side, run: RunOnce, options: Mapping[str, Any], budget: PairBudget,
