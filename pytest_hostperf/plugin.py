@@ -16,7 +16,9 @@ import pytest
 
 import pytest_hostperf.fixtures as fixtures_module
 from pytest_hostperf import options as opt
+from pytest_hostperf import revision
 from pytest_hostperf.environments import limits
+from pytest_hostperf.revision import Revision
 from pytest_hostperf.settings import Settings
 
 # Everything heavy (scipy, the session, the backends) lives in .controller and is
@@ -63,6 +65,11 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
     ("--hostperf-pair-round", "hostperf_pair_round", lambda s: opt.parse_seconds(s, "pair round"), "0.002",
      "length of one half of a pair in seconds (default 0.002; longer than 0.1 to see a CPU quota's "
      "100 ms period)"),
+    ("--hostperf-against", "hostperf_against", str, None,
+     "compare the working tree with a git revision of the project in the same session: REV's tree is "
+     "written to a temporary directory and every test runs there too, in random-order pairs with the "
+     "working tree's, in each environment; the paired verdict gates the test. Example: "
+     "--hostperf-against=origin/main (or HEAD, a tag, a commit id)"),
     ("--hostperf-confirm", "hostperf_confirm", lambda s: opt.parse_positive_int(s, "confirm", minimum=0), "2",
      "re-measure a test that reads as a regression up to N times, after a pause, and judge the fastest "
      "attempt: a machine's transient slowdown passes, a real regression stays (default 2; 0 = off)"),
@@ -225,4 +232,15 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         docker_pids=values["hostperf_docker_pids"], docker_memory=values["hostperf_docker_memory"],
         docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
         pair_budget_s=values["hostperf_pair_budget"], pair_round_s=values["hostperf_pair_round"],
+        against=_against(root, values["hostperf_against"]),
     )
+
+
+def _against(root: Path, rev: str | None) -> Revision | None:
+    """REV resolved now, at configure: a usage error naming the fix before any environment starts."""
+    if not rev:
+        return None
+    try:
+        return revision.resolve(root, rev)
+    except revision.RevisionError as exc:
+        raise pytest.UsageError(str(exc)) from None

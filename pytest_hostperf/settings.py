@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping
 
+from pytest_hostperf.revision import Revision
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -45,3 +47,5 @@ class Settings:
     #: comparison of a test (0: interleaved blocks instead), and the length of one half.
     pair_budget_s: float = 0.4
     pair_round_s: float = 0.002
+    #: --hostperf-against: the git revision the working tree is compared with, in pairs.
+    against: Revision | None = None

@@ -5,9 +5,10 @@ measured by :class:`PairedToNative` instead of interleaved blocks (issue #10: th
 blocks gave docker/native 0.63-1.49 for code whose container cost is nil, because a
 machine's slow phases last longer than a block switch takes):
 
-1. **calibrate** each side on its own: one call gives the time of a call, then one unmeasured half of ``N`` calls (warm caches, lazy fixtures) gives it
-   again, warm; ``N`` makes a half last about ``round_s`` in that environment (a TCG VM
-   runs ~10x slower, so its ``N`` is smaller; per-call times are compared);
+1. **calibrate** each side on its own: one call gives the time of a call, then one
+   unmeasured half of ``N`` calls (warm caches, lazy fixtures) gives it again, warm;
+   ``N`` makes a half last about ``round_s`` in that environment (a TCG VM runs ~10x
+   slower, so its ``N`` is smaller; per-call times are compared);
 2. **pairs**: for each pair of a :class:`~pytest_hostperf.pairing.PairSchedule`, one
    half of each side in the schedule's order, strictly one request at a time (two sides
    measured at once on a 2-core machine would measure each other). A half is a
@@ -89,6 +90,7 @@ class Side:
     request: Any
     attempt: Measured
     iterations: int
+    run: RunOnce         # how this side runs a request (its own agent)
 
 
 def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], run: RunOnce,
@@ -106,10 +108,10 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
     attempt.reports, attempt.mount_info = warm.reports, warm.mount_info
     # Sized from the warm half, a real one: a first call can run on a CPU quota's unused
     # share (or before a VM's vCPU is throttled) and would make every later half too long.
-    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)))
+    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run)
 
 
-def measure_pairs(reference: Side, candidate: Side, run: RunOnce, options: Mapping[str, Any], budget: PairBudget,
+def measure_pairs(reference: Side, candidate: Side, options: Mapping[str, Any], budget: PairBudget,
                   seed: str, confidence: float,
                   clock: Callable[[], float] = time.monotonic) -> pairing.PairedEstimate | None:
     """Pairs of halves in the schedule's order until the budget is spent; None when a side failed.
@@ -124,7 +126,7 @@ def measure_pairs(reference: Side, candidate: Side, run: RunOnce, options: Mappi
     started = clock()
     for done, order in enumerate(pairing.PairSchedule(budget.max_pairs, seed), start=1):
         for name in order:
-            per_call = half(sides[name], run, options)
+            per_call = half(sides[name], options)
             if per_call is None:
                 return None
             times[name].append(per_call)
@@ -133,10 +135,10 @@ def measure_pairs(reference: Side, candidate: Side, run: RunOnce, options: Mappi
     return pairing.estimate(times["reference"], times["candidate"], confidence)
 
 
-def half(side: Side, run: RunOnce, options: Mapping[str, Any]) -> float | None:
+def half(side: Side, options: Mapping[str, Any]) -> float | None:
     """One fixed-work half; its per-call time (the mean of its rounds), None when it failed."""
     before = len(side.attempt.samples)
-    run(side.request, side.attempt, options, {"iterations": side.iterations, "rounds": 1})
+    side.run(side.request, side.attempt, options, {"iterations": side.iterations, "rounds": 1})
     new = side.attempt.samples[before:]
     if side.attempt.finished or not new:
         return None

@@ -22,12 +22,12 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from pytest_hostperf.agent.protocol import ProtocolError
 from pytest_hostperf.baselines import BaselineError
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, EnvironmentFailure
-from pytest_hostperf.model import Outcome, RatioEstimate, Record, SessionSummary, Verdict
+from pytest_hostperf.model import Against, Outcome, RatioEstimate, Record, SessionSummary, Verdict
 from pytest_hostperf.run import paired
 from pytest_hostperf.run.answers import MalformedAnswer, parse_run_answer, timings
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState
@@ -35,6 +35,9 @@ from pytest_hostperf.settings import Settings
 from pytest_hostperf.stats import summarize
 from pytest_hostperf.targets import Target
 from pytest_hostperf.verdict import Judgement, Policy
+
+if TYPE_CHECKING:
+    from pytest_hostperf.run.against import AgainstRevision
 
 #: Rounds of the reference workload per test and environment (~1 ms each natively).
 REFERENCE_ROUNDS = 15
@@ -105,6 +108,7 @@ class Attempt:
     reference_after: SessionSummary | None = None
     judgement: Judgement | None = None
     to_native: RatioEstimate | None = None  # from pairs with native (PairedToNative)
+    against: Against | None = None          # the pairs with REV (--hostperf-against)
 
     @property
     def finished(self) -> bool:
@@ -192,7 +196,7 @@ class PairedToNative:
             candidate, attempt = sides[other.item_id], attempts[other.item_id]
             if reference is None or reference.attempt.finished or candidate is None:
                 continue
-            estimate = paired.measure_pairs(reference, candidate, run, options, self.budget,
+            estimate = paired.measure_pairs(reference, candidate, options, self.budget,
                                             f"{self.seed}:{other.item_id}", self.confidence, self.clock)
             if estimate is not None:
                 attempt.to_native = paired.as_ratio(estimate)
@@ -218,8 +222,9 @@ class PlanRunner:
 
     def __init__(self, plan: Plan, pool: EnvironmentPool, judge: Judging, settings: Settings,
                  strategy: Strategy | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, against: AgainstRevision | None = None) -> None:
         self.plan = plan
+        self.against = against
         self.pool = pool
         self.judge = judge
         self.settings = settings
@@ -244,11 +249,27 @@ class PlanRunner:
             attempt.reference_before, attempt.reference_after = before.get(env), after.get(env)
         native = next((a.samples for a in attempts.values() if a.request.target.kind == "native"
                        and a.outcome is Outcome.PASSED and a.samples), [])
+        if self.against is not None:
+            self._compare_with_revision(self.against, attempts.values())
         records = []
         for request in requests:
             chosen, tried = self._judged(attempts[request.item_id], native)
+            chosen.against = attempts[request.item_id].against
             records.append(self.judge.record(chosen, self.pool.state(request.target.env), tried))
         return records
+
+    def _compare_with_revision(self, against: AgainstRevision, attempts: Iterable[Attempt]) -> None:
+        """Each measured item against REV, in pairs (--hostperf-against)."""
+        for attempt in attempts:
+            request = attempt.request
+            if attempt.outcome is not Outcome.PASSED or not attempt.samples:
+                continue  # a failing working tree is an ordinary failure: nothing to pair
+            rev_pool = against.pool
+            rev_pool.wait_for_prestarts()
+            attempt.against = against.compare(
+                request, request.tolerance if request.tolerance is not None else self.settings.tolerance,
+                self._run_once, functools.partial(self._run_in, rev_pool, against.args),
+                functools.partial(Attempt, request), self.plan.benchmark_options)
 
     # -- judging and confirming ---------------------------------------------------------------
 
@@ -298,14 +319,19 @@ class PlanRunner:
     def _run_once(self, request: Request, attempt: Attempt, options: Mapping[str, Any],
                   fixed: Mapping[str, int] | None = None) -> None:
         """Run the test once in its environment and add what came back to ``attempt``."""
+        self._run_in(self.pool, self.plan.agent_args, request, attempt, options, fixed)
+
+    def _run_in(self, pool: EnvironmentPool, args: AgentArgs, request: Request, attempt: Attempt,
+                options: Mapping[str, Any], fixed: Mapping[str, int] | None = None) -> None:
+        """:meth:`_run_once` with the agents of ``pool`` (REV's, for --hostperf-against)."""
         env = request.target.env
         try:
-            client = self.pool.agent(env, self.plan.agent_args)
+            client = pool.agent(env, args)
         except EnvironmentFailure as exc:
             required = env.split(":")[0] in {e.split(":")[0] for e in self.settings.require}
             attempt.fail(Outcome.ERROR if required else Outcome.SKIPPED, str(exc))
             return
-        state = self.pool.state(env)
+        state = pool.state(env)
         message = {"op": "run", "nodeid": request.test, "mount": request.target.mount or "",
                    "mount_path": state.mount_path(request.target.mount), "benchmark_options": dict(options)}
         if fixed is not None:
@@ -315,20 +341,20 @@ class PlanRunner:
             answer = parse_run_answer(client.request(message, "result", self.settings.timeout_s,
                                                      f"running {request.test}"))
         except AgentTimeout:
-            self.pool.restart(env)
+            pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: {request.test} did not finish within "
                                          f"{self.settings.timeout_s:.0f} s (--hostperf-timeout); the agent was "
                                          "stopped and will be restarted for the next test")
             return
         except (AgentDied, EnvironmentFailure) as exc:
             tail = client.transport.log_tail()
-            self.pool.restart(env)
+            pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: the agent crashed while running {request.test} "
                                          f"({exc})" + _indented_tail(tail))
             return
         except (ProtocolError, MalformedAnswer) as exc:
             # The channel may be out of step after a garbled answer: start afresh.
-            self.pool.restart(env)
+            pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: malformed answer from the agent while running "
                                          f"{request.test}: {exc}; the agent will be restarted for the next test")
             return

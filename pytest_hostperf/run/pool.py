@@ -73,9 +73,11 @@ class EnvironmentState:
 class EnvironmentPool:
     """Starts, identifies, restarts and stops the session's environments."""
 
-    def __init__(self, context: EnvironmentContext, factory: BackendFactory) -> None:
+    def __init__(self, context: EnvironmentContext, factory: BackendFactory,
+                 adjust_launch: Callable[[AgentLaunch], AgentLaunch] | None = None) -> None:
         self.context = context
         self._factory = factory
+        self._adjust_launch = adjust_launch  # e.g. REV's import roots first (--hostperf-against)
         self._states: dict[str, EnvironmentState] = {}
         self._states_lock = threading.Lock()
         self._prestarts: list[tuple[threading.Thread, threading.Event]] = []
@@ -177,6 +179,8 @@ class EnvironmentPool:
         try:
             backend.check()
             launch = backend.launch_for(self.context.settings.project_dir, args.test_files, args.pytest_args)
+            if self._adjust_launch is not None:
+                launch = self._adjust_launch(launch)
             client, hello = _connect(state.name, backend, launch)
         except EnvironmentFailure as exc:
             state.failure = exc

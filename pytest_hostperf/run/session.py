@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 from pytest_hostperf.baselines import BaselineStore, EnvironmentSave
 from pytest_hostperf.model import EnvironmentReport, Record, Verdict
 from pytest_hostperf.report.json import build_json
+from pytest_hostperf.run.against import AgainstRevision
 from pytest_hostperf.run.judge import Judge
 from pytest_hostperf.run.plan import Plan, PlanRunner, Strategy
 from pytest_hostperf.run.pool import EnvironmentPool
@@ -24,13 +25,14 @@ class SessionRun:
     """Measures the plan's tests on request and keeps one record per item."""
 
     def __init__(self, plan: Plan, pool: EnvironmentPool, settings: Settings,
-                 default_budgets: Mapping[str, float], strategy: Strategy | None = None) -> None:
+                 default_budgets: Mapping[str, float], strategy: Strategy | None = None,
+                 against: AgainstRevision | None = None) -> None:
         self.plan = plan
         self.pool = pool
         self.settings = settings
         self.store = BaselineStore(settings.baselines_dir)
         self.judge = Judge(settings, self.store, plan.comparisons, default_budgets)
-        self.runner = PlanRunner(plan, pool, self.judge, settings, strategy)
+        self.runner = PlanRunner(plan, pool, self.judge, settings, strategy, against=against)
         self.records: dict[str, Record] = {}
 
     def start(self) -> None:
@@ -42,6 +44,9 @@ class SessionRun:
 
         self.pool.in_background(load_statistics, "hostperf-import")
         self.pool.prestart(self.plan.envs, self.plan.agent_args)
+        against = self.runner.against
+        if against is not None and against.args.test_files:
+            against.pool.prestart(self.plan.envs, against.args)
 
     def run_test(self, test: str) -> None:
         """Measure every target of ``test`` unless already done (one item triggers its whole group)."""
