@@ -30,14 +30,35 @@ def _ratio_text(ratio: Mapping[str, Any] | None) -> str:
     return f"{ratio['ratio']:.2f}x [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]"
 
 
+def _against_text(against: Mapping[str, Any] | None) -> str:
+    if not against:
+        return "-"
+    if against.get("error"):
+        return "absent" if against["error"] == "absent" else "fails at REV"
+    low, high = against["ci"]
+    return f"{against['ratio']:.2f}x [{low:.2f}, {high:.2f}]"
+
+
+def with_against(data: Mapping[str, Any]) -> bool:
+    """Whether the session compared with a git revision (--hostperf-against): one more column."""
+    return any(r.get("against") for r in data["results"])
+
+
+def columns(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The table's headers: :data:`COLUMNS`, with "vs REV [CI]" before the verdict when compared."""
+    return (*COLUMNS[:-1], "vs REV [CI]", COLUMNS[-1]) if with_against(data) else COLUMNS
+
+
 def rows(data: Mapping[str, Any]) -> Iterable[tuple[str, ...]]:
-    """One row of cells per record, in :data:`COLUMNS` order."""
+    """One row of cells per record, in :func:`columns` order."""
+    against = with_against(data)
     for r in data["results"]:
         verdict = r["verdict"] or r["outcome"]
         if r.get("accepted") and r["verdict"]:
             verdict += " (accepted)"
-        yield (r["test"], r["target"], _time(r["median_s"]), _ratio_text(r["ratio_to_baseline"]),
-               _ratio_text(r["ratio_to_native"]), verdict)
+        cells = (r["test"], r["target"], _time(r["median_s"]), _ratio_text(r["ratio_to_baseline"]),
+                 _ratio_text(r["ratio_to_native"]))
+        yield (*cells, _against_text(r.get("against")), verdict) if against else (*cells, verdict)
 
 
 def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]:
@@ -46,8 +67,9 @@ def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]
     An item's line is :func:`~pytest_hostperf.report.summary.one_line_reason` (at most 200
     characters); ``verbose`` (pytest's ``-v``) prints the whole reason instead.
     """
-    table = [COLUMNS, *rows(data)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    headers = columns(data)
+    table = [headers, *rows(data)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.extend(footer(data))
@@ -66,6 +88,10 @@ def footer(data: Mapping[str, Any]) -> list[str]:
     settings = data["settings"]
     lines = [f"tolerance {settings['tolerance']:.0%}, alpha {settings['alpha']} over "
              f"{settings['comparisons']} comparisons (Bonferroni); baselines in {settings['baselines']}"]
+    revs = sorted({r["against"]["rev"] for r in data["results"] if r.get("against")})
+    if revs:
+        lines.append(f"REV = {', '.join(rev[:12] for rev in revs)} (--hostperf-against): working tree / REV from "
+                     "random-order pairs in the same session; this comparison gates")
     for name, env in data["environments"].items():
         parts = [f"{name}:"]
         if env["error"]:

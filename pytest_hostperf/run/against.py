@@ -75,10 +75,10 @@ class AgainstRevision:
         rev_attempt = scratch()
         reference = paired.calibrate(request, rev_attempt, scratch, at_rev, options, self.budget)
         if reference is None:
-            why = _first_line(rev_attempt.message) or f"outcome {getattr(rev_attempt.outcome, 'value', '?')}"
+            failure = _failure_text(rev_attempt)
             if rev_attempt.outcome is Outcome.PASSED:
-                why = "the test does not call the benchmark fixture there"
-            return self._without(rev_attempt.message or why, f"fails at REV {self.short}: {why}")
+                failure = "the test does not call the benchmark fixture there"
+            return self._without(failure, f"fails at REV {self.short}: {_first_line(failure)}")
         candidate = paired.Side(request, scratch(), reference.iterations, current)
         if paired.half(candidate, options) is None:  # the working tree's unmeasured half
             return self._without("the working tree's side failed", "the working tree's side failed while pairing")
@@ -94,6 +94,19 @@ class AgainstRevision:
 
     def _without(self, error: str, reason: str) -> Against:
         return Against(self.revision.sha, verdict="no-baseline", reason=reason, error=error)
+
+
+def _failure_text(attempt: paired.Measured) -> str:
+    """What REV's run said: its message, else the crash line of its failed report."""
+    texts = [attempt.message] if attempt.message else []
+    for report in attempt.reports:
+        longrepr = report.get("longrepr") if report.get("outcome") == "failed" else None
+        crash = longrepr.get("reprcrash") if isinstance(longrepr, Mapping) else None
+        if isinstance(crash, Mapping) and crash.get("message"):
+            texts.append(str(crash["message"]))
+        elif isinstance(longrepr, str):
+            texts.append(longrepr)
+    return "\n".join(texts) or f"outcome {getattr(attempt.outcome, 'value', attempt.outcome)}"
 
 
 def _first_line(text: str) -> str:
