@@ -316,3 +316,22 @@ def test_bad_container_limits_are_usage_errors(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest_subprocess("--hostperf")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "hostperf_docker_pids" in result.stderr.str() and "at least 16" in result.stderr.str()
+
+
+def test_against_a_revision_in_docker_mounts_revs_tree_beside_the_working_tree(pytester: pytest.Pytester,
+                                                                              engine: Any) -> None:
+    # A second container on REV's tree (read-only, REV's import roots first): the
+    # working tree's 3x faster code reads as an improvement in docker as natively.
+    from test_against import git, make_repo
+
+    make_repo(pytester.path, src_layout=False, rev_cost=9000, tree_cost=3000)
+    report = pytester.path / "r.json"
+    result = hostperf(pytester, "--hostperf-against=HEAD", "-k", "changed or new", f"--hostperf-json={report}")
+    assert result.ret == 0, result.stdout.str()
+    rows = records(report)
+    sha = git(pytester.path, "rev-parse", "HEAD")
+    changed = rows["test_changed[docker]"]
+    assert changed["verdict"] == "improvement" and changed["against"]["rev"] == sha, changed["against"]
+    assert rows["test_new[docker]"]["against"]["error"] == "absent"
+    mine = [name for name in ours(engine)["containers"] if name.startswith("hostperf-") and name.endswith("-rev")]
+    assert not any(json.loads(report.read_text())["session_id"] in name for name in mine)

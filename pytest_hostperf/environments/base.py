@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -102,6 +103,8 @@ class AgentLaunch:
     test_files: tuple[str, ...]  # paths relative to project_dir to collect
     pytest_args: tuple[str, ...]  # extra args: -c inifile, --benchmark-* options, ...
     env: str               # environment name, e.g. "docker"
+    #: Directories put before ``pythonpath`` (REV's src/ and project dir, --hostperf-against).
+    import_roots: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         """The agent's command line (no shell involved anywhere)."""
@@ -114,7 +117,7 @@ class AgentLaunch:
     def environ(self) -> dict[str, str]:
         """Variables the agent needs; backends add them to the environment they start."""
         return {
-            "PYTHONPATH": self.pythonpath,
+            "PYTHONPATH": os.pathsep.join([*self.import_roots, self.pythonpath]),
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
             "PYTEST_ADDOPTS": "",

@@ -37,7 +37,7 @@ class NativeEnvironment(Environment):
         env.update(launch.environ())
         existing = os.environ.get("PYTHONPATH")
         if existing:
-            env["PYTHONPATH"] = launch.pythonpath + os.pathsep + existing
+            env["PYTHONPATH"] = launch.environ()["PYTHONPATH"] + os.pathsep + existing
         argv = launch.argv()
         argv[0] = self.python
         self._log = open(self.work_dir / "native-agent.log", "w", encoding="utf-8")  # noqa: SIM115

@@ -12,7 +12,6 @@ judgement (:func:`pytest_hostperf.pairing.judge`) is the item's verdict.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,7 +33,7 @@ def import_roots(project_dir: Path) -> Callable[[AgentLaunch], AgentLaunch]:
 
     def adjust(launch: AgentLaunch) -> AgentLaunch:
         roots = [f"{launch.project_dir}/src"] if src_layout else []
-        return dataclasses.replace(launch, pythonpath=os.pathsep.join([*roots, launch.project_dir, launch.pythonpath]))
+        return dataclasses.replace(launch, import_roots=(*roots, launch.project_dir))
 
     return adjust
 
@@ -68,8 +67,9 @@ class AgainstRevision:
         try:
             client = self.pool.agent(env, self.args)
         except EnvironmentFailure as exc:
-            return self._without(_first_line(str(exc)), f"REV {self.short} could not run in {env}: "
-                                                        f"{_first_line(str(exc))}")
+            tail = getattr(exc, "log_tail", "") or ""
+            return self._without(f"{exc}\n{tail}".strip(), f"REV {self.short} could not run in {env}: "
+                                                             f"{_first_line(str(exc))}")
         if request.test not in (client.hello.get("collected") or ()):
             return self._without("absent", f"not at REV {self.short}: added since (no comparison)")
         rev_attempt = scratch()
