@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from pytest_hostperf.revision import Revision
+if TYPE_CHECKING:  # settings stay importable without the environments package
+    from pytest_hostperf.revision import Revision
 
 
 @dataclasses.dataclass(frozen=True)
