@@ -12,8 +12,8 @@ import json
 import statistics
 import sys
 from collections import Counter
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 VERDICTS = ("regression", "improvement", "inconclusive", "unstable", "pass")
 BUDGET = 1.10  # the overhead budget of issue #10's example
@@ -74,7 +74,8 @@ def _detect(rows: list[dict], pairs: int, round_ms: float, confidence: float) ->
         lag = [r["lag1"] for r in group]
         significant = sum(abs(r["lag1"]) > 2 / r["pairs"] ** 0.5 for r in group)
         out.append(
-            f"  {slowdown:.0%}: width bootstrap/Wilcoxon median {_median(_width(r, 'boot_ci') / _width(r) for r in group):.2f}; "
+            f"  {slowdown:.0%}: width bootstrap/Wilcoxon median "
+            f"{_median(_width(r, 'boot_ci') / _width(r) for r in group):.2f}; "
             f"misses the all-session median ratio: Wilcoxon {sum(_excludes(r, truth[r['workload']]) for r in group)}"
             f"/{len(group)}, bootstrap {sum(_excludes(r, truth[r['workload']], 'boot_ci') for r in group)}/{len(group)}"
             + (f"; excludes 1.0: Wilcoxon {sum(_excludes(r, 1.0) for r in group)}, bootstrap "
@@ -91,7 +92,8 @@ def _sweep(rows: list[dict]) -> list[str]:
         same, slower = _by(rows, round_ms=round_ms, slowdown=0.0), _by(rows, round_ms=round_ms, slowdown=0.10)
         out.append(
             f"{round_ms:>3} ms {_median(r['pairs'] for r in same):>5.0f} | {_median(_width(r) for r in same):>7.2%}"
-            f"   {sum(_excludes(r, 1.0) for r in same):>3}/{len(same)}   {sum(r['verdict_5'] == 'regression' for r in same):>3}/{len(same)}"
+            f"   {sum(_excludes(r, 1.0) for r in same):>3}/{len(same)}"
+            f"   {sum(r['verdict_5'] == 'regression' for r in same):>3}/{len(same)}"
             f"          | {_median(r['ratio'] for r in slower):.4f}  {_median(_width(r) for r in slower):>7.2%}"
             f"   {sum(r['verdict_5'] == 'regression' for r in slower):>3}/{len(slower)}"
             f"   {sum(r['verdict_5'] == 'unstable' for r in slower):>3}")
@@ -136,12 +138,13 @@ def _pinning(rows: list[dict]) -> list[str]:
             if not same:
                 continue
             ratios = [r[prefix + "ratio"] for r in same]
-            count = lambda group, v: sum(r[prefix + "verdict_5"] == v for r in group)  # noqa: E731
+            count = lambda group, v, key=prefix + "verdict_5": sum(r[key] == v for r in group)  # noqa: E731
             line = (f"{placement:<8} {clock:<5} | {sum(_excludes(r, 1.0, prefix + 'ci') for r in same):>3}/{len(same)}"
                     f"  {count(same, 'regression'):>3}  {count(same, 'improvement'):>3}  {count(same, 'unstable'):>3}"
                     f"  {_median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]"
                     f"  {_median(_width(r, prefix + 'ci') for r in same):>6.2%} | {count(slower, 'regression'):>3}/"
-                    f"{len(slower)}  {count(slower, 'unstable'):>3}  {_median(_width(r, prefix + 'ci') for r in slower):>6.2%}")
+                    f"{len(slower)}  {count(slower, 'unstable'):>3}"
+                    f"  {_median(_width(r, prefix + 'ci') for r in slower):>6.2%}")
             if docker:
                 values = [r[prefix + "ratio"] for r in docker]
                 line += (f" | {sum(0.95 <= v <= 1.05 for v in values):>3}/{len(values)}"

@@ -16,6 +16,7 @@ from scipy import stats as sps
 from pytest_hostperf import pairing, signedrank
 from pytest_hostperf.verdict import Verdict
 
+
 def test_large_comparison_uses_selection_and_agrees_with_scipy_p():
     d = np.random.default_rng(3).normal(0.02, 0.05, 2500)
     e = pairing.estimate_log_ratios(d, 0.999)
