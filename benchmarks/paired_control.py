@@ -17,12 +17,10 @@ correlation between the A/A ratios and the probe ratios. Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(1, str(HERE))
 
-from paired_prototype import BASE_SIZE, WORKLOADS, Worker, calibrate, confidence, native, uptime  # noqa: E402
+from paired_prototype import BASE_SIZE, WORKLOADS, Worker, calibrate, confidence, experiment, native, uptime  # noqa: E402
 
 from pytest_hostperf import pairing  # noqa: E402
 
@@ -95,18 +93,8 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", type=int, default=10)
-    parser.add_argument("--pairs", type=int, default=pairing.DEFAULT_PAIRS)
-    parser.add_argument("--round-ms", type=float, default=pairing.DEFAULT_ROUND_SECONDS * 1e3)
-    parser.add_argument("--log", type=Path, default=HERE / "results" / "paired-prototype.log")
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "paired-control.json")
-    args = parser.parse_args()
+    args, lines = experiment(__doc__, "paired control (probe pairs)", 10, "paired-control.json")
     conf = confidence(len(WORKLOADS))
-    lines = [f"# paired control (probe pairs), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"# command: python3 benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}",
-             f"# before: {uptime()}"]
-    print("\n".join(lines), flush=True)
     rows: list[dict] = []
     for session in range(args.sessions):
         for workload in WORKLOADS:

@@ -186,6 +186,22 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
+def experiment(doc: str | None, title: str, sessions: int, json_name: str) -> tuple[argparse.Namespace, list[str]]:
+    """The follow-up experiments' common options and log header (printed)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=sessions)
+    parser.add_argument("--pairs", type=int, default=pairing.DEFAULT_PAIRS)
+    parser.add_argument("--round-ms", type=float, default=pairing.DEFAULT_ROUND_SECONDS * 1e3)
+    parser.add_argument("--log", type=Path, default=HERE / "results" / "paired-prototype.log")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / json_name)
+    args = parser.parse_args()
+    lines = [f"# {title}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"# command: python3 benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}",
+             f"# before: {uptime()}"]
+    print("\n".join(lines), flush=True)
+    return args, lines
+
+
 def run_detect(sessions: int, pairs: int, round_ms: float, log: Callable[[str], None],
                bootstrap: bool = True) -> list[dict]:
     rows: list[dict] = []
