@@ -79,7 +79,7 @@ class AgainstRevision:
             if rev_attempt.outcome is Outcome.PASSED:
                 failure = "the test does not call the benchmark fixture there"
             return self._without(failure, f"fails at REV {self.short}: {_first_line(failure)}")
-        candidate = paired.Side(request, scratch(), reference.iterations, current)
+        candidate = paired.Side(request, scratch(), reference.iterations, current, reference.rounds)
         if paired.half(candidate, options) is None:  # the working tree's unmeasured half
             return self._without("the working tree's side failed", "the working tree's side failed while pairing")
         candidate.attempt.samples.clear()

@@ -47,6 +47,9 @@ class PairBudget:
     side_s: float = DEFAULT_SIDE_SECONDS
     round_s: float = pairing.DEFAULT_ROUND_SECONDS
     max_pairs: int = pairing.DEFAULT_PAIRS
+    #: Rounds per half; a half's per-call time is their median. More than one was worse
+    #: under load here (a longer half is more often cut by other tasks' time slices).
+    rounds: int = 1
 
     def iterations(self, call_s: float) -> int:
         """Calls per half so that a half lasts about ``round_s``."""
@@ -91,6 +94,7 @@ class Side:
     attempt: Measured
     iterations: int
     run: RunOnce         # how this side runs a request (its own agent)
+    rounds: int = 1
 
 
 def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], run: RunOnce,
@@ -108,7 +112,7 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
     attempt.reports, attempt.mount_info = warm.reports, warm.mount_info
     # Sized from the warm half, a real one: a first call can run on a CPU quota's unused
     # share (or before a VM's vCPU is throttled) and would make every later half too long.
-    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run)
+    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds)
 
 
 def measure_pairs(reference: Side, candidate: Side, options: Mapping[str, Any], budget: PairBudget,
@@ -136,13 +140,13 @@ def measure_pairs(reference: Side, candidate: Side, options: Mapping[str, Any], 
 
 
 def half(side: Side, options: Mapping[str, Any]) -> float | None:
-    """One fixed-work half; its per-call time (the mean of its rounds), None when it failed."""
+    """One fixed-work half; its per-call time (the median of its rounds), None when it failed."""
     before = len(side.attempt.samples)
-    side.run(side.request, side.attempt, options, {"iterations": side.iterations, "rounds": 1})
+    side.run(side.request, side.attempt, options, {"iterations": side.iterations, "rounds": side.rounds})
     new = side.attempt.samples[before:]
     if side.attempt.finished or not new:
         return None
-    return statistics.fmean(new)
+    return statistics.median(new)
 
 
 def as_ratio(estimate: pairing.PairedEstimate) -> RatioEstimate:
