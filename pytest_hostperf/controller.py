@@ -119,12 +119,14 @@ class HostperfPlugin:
                                self.pool.context.session_id)
 
     def _stop(self) -> None:
-        self.pool.stop_all()
-        if self.rev_pool is not None:
-            self.rev_pool.stop_all()
-        if self.checkout is not None:
-            self.checkout.remove()
-        workdir.remove(self.work_dir)
+        try:
+            self.pool.stop_all()
+            if self.rev_pool is not None:
+                self.rev_pool.stop_all()
+        finally:
+            if self.checkout is not None:
+                self.checkout.remove()
+            workdir.remove(self.work_dir)
 
     def _start_native_early(self, config: pytest.Config) -> None:
         """Start the native agent now, before collection, as xdist starts its workers.

@@ -106,7 +106,7 @@ def test_an_improvement_since_rev_is_proven_and_unchanged_code_passes(pytester: 
     changed = rows["test_changed[native]"]
     assert changed["against"]["rev"] == sha and changed["verdict"] == "improvement", changed["against"]
     assert 0.15 < changed["against"]["ratio"] < 0.7 and changed["against"]["ci"][1] < 1 / 1.05
-    assert changed["against"]["pairs"] >= 16 and "gates, --hostperf-against" in changed["reason"]
+    assert changed["against"]["pairs"] >= 40 and "gates, --hostperf-against" in changed["reason"]
     same = rows["test_same[native]"]
     assert same["against"]["verdict"] not in ("regression", "improvement"), same["against"]
     assert same["against"]["ci"][0] < 1.05 and same["against"]["ci"][1] > 1 / 1.05

@@ -36,8 +36,10 @@ from pytest_hostperf.model import RatioEstimate
 #: Per side and comparison of one test: about this much time in halves (0.4 s is 200
 #: pairs of 2 ms rounds natively; the prototype's 300 pairs gave A/A intervals ~2% wide).
 DEFAULT_SIDE_SECONDS = 0.4
-#: Never fewer pairs than this (the interval needs some; the drift guard asks for 40).
-MIN_PAIRS = 16
+#: Never fewer pairs than the drift guard needs (8 batches of 5): with 16-20 pairs and
+#: the guard off, 1 of 5 A/A comparisons of a file-I/O test here read a false
+#: `improvement` (benchmarks/results/paired-study.log, first run).
+MIN_PAIRS = pairing.DRIFT_BATCHES * pairing.DRIFT_MIN_BATCH
 
 
 @dataclasses.dataclass(frozen=True)
