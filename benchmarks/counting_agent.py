@@ -1,0 +1,167 @@
+"""A minimal controller for counting agents, natively and in Docker (benchmarks and tests).
+
+The plugin's controller will start counting agents through its own environment backends;
+this stand-in speaks the same protocol over a child's stdin/stdout so the counting
+mechanism can be measured and tested on its own:
+
+    with CountingAgent.native(project_dir, ["tests/test_x.py"]) as agent:
+        result = agent.count("tests/test_x.py::test_parse")
+        result["instructions"]["per_call"]
+
+Docker agents run in a throw-away ``docker run -i --rm`` container (no network, no
+capabilities, project and package read-only, dumps on a tmpfs), labelled and named so
+that :meth:`CountingAgent.close` removes it even when the agent hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pytest_hostperf import counting  # noqa: E402
+from pytest_hostperf.agent import protocol  # noqa: E402
+
+DOCKER_DUMP_DIR = "/hostperf-callgrind"
+DOCKER_LABEL = "io.hostperf.h5-counting"
+
+
+class AgentError(RuntimeError):
+    """The counting agent died, hung or answered nonsense; the message has its log tail."""
+
+
+class CountingAgent:
+    def __init__(self, argv: list[str], env: dict[str, str] | None, cwd: str | None, *,
+                 cleanup: list[str] | None = None, temp_dir: str | None = None) -> None:
+        self._log = tempfile.TemporaryFile()
+        started = time.perf_counter()
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                        env=env, cwd=cwd, start_new_session=True)
+        self._cleanup = cleanup or []
+        self._temp_dir = temp_dir
+        self._pending = b""
+        try:
+            self.ready = self._receive(timeout=600)
+        except BaseException:
+            self.close()
+            raise
+        self.start_s = time.perf_counter() - started
+        if self.ready.get("event") != "ready":
+            self.close()
+            raise AgentError(f"agent did not start: {self.ready}")
+
+    # -- launchers ----------------------------------------------------------------------
+
+    @classmethod
+    def native(cls, project: Path, test_files: Sequence[str], *, python: str | None = None,
+               allocator: str | None = counting.DEFAULT_ALLOCATOR, valgrind: bool = True) -> "CountingAgent":
+        """A counting agent (or, with ``valgrind=False``, a plain timing agent) on this host."""
+        python = python or os.path.realpath(sys.executable)
+        problem = counting.interpreter_problem(python)
+        if problem:
+            raise AgentError(problem)
+        dump_dir = tempfile.mkdtemp(prefix="hostperf-h5-dumps-")
+        argv = _agent_argv(python, "native", str(project), test_files)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HOSTPERF_"))}
+        env.update(PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1", PYTEST_ADDOPTS="")
+        if valgrind:
+            argv = counting.counting_argv(argv, dump_dir, disable_aslr=shutil.which("setarch") is not None)
+            env.update(counting.counting_environ(dump_dir, allocator))
+        return cls(argv, env, str(project), temp_dir=dump_dir)
+
+    @classmethod
+    def docker(cls, image: str, python: str, project: Path, test_files: Sequence[str], *,
+               allocator: str | None = counting.DEFAULT_ALLOCATOR) -> "CountingAgent":
+        """A counting agent in a fresh container of ``image`` (which must have valgrind)."""
+        name = f"hostperf-h5-count-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        agent = _agent_argv(python, "docker", "/project", test_files)
+        # setarch -R is refused by Docker's default seccomp profile (personality).
+        argv = counting.counting_argv(agent, DOCKER_DUMP_DIR, disable_aslr=False)
+        environ = {"PYTHONPATH": "/hostperf", "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_ADDOPTS": "",
+                   **counting.counting_environ(DOCKER_DUMP_DIR, allocator)}
+        docker = ["docker", "run", "-i", "--rm", "--name", name, "--label", f"{DOCKER_LABEL}={os.getpid()}",
+                  "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                  "--mount", f"type=bind,src={project},dst=/project,readonly",
+                  "--mount", f"type=bind,src={REPO / 'pytest_hostperf'},dst=/hostperf/pytest_hostperf,readonly",
+                  "--tmpfs", f"{DOCKER_DUMP_DIR}:rw,size=64m", "-w", "/project"]
+        for key, value in environ.items():
+            docker += ["-e", f"{key}={value}"]
+        return cls(docker + [image] + argv, None, None, cleanup=["docker", "rm", "-f", name])
+
+    # -- requests -------------------------------------------------------------------------
+
+    def count(self, nodeid: str, timeout: float = 900, **options: Any) -> dict[str, Any]:
+        """The agent's answer to a ``count`` request for ``nodeid``."""
+        return self.request({"op": "count", "nodeid": nodeid, "mount": "host", "mount_path": None, **options},
+                            timeout)
+
+    def run(self, nodeid: str, timeout: float = 900) -> dict[str, Any]:
+        """The agent's answer to a timing ``run`` request (a non-valgrind agent)."""
+        return self.request({"op": "run", "nodeid": nodeid, "mount": "host", "mount_path": None,
+                             "benchmark_options": {}}, timeout)
+
+    def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.process.stdin.write(protocol.encode(message))  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+        return self._receive(timeout)
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.seek(0)
+        return "\n".join(self._log.read().decode(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        """Shut the agent down; kill it (and its container) if it does not go."""
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(protocol.encode({"op": "shutdown"}))  # type: ignore[union-attr]
+                self.process.stdin.close()  # type: ignore[union-attr]
+                self.process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._cleanup:
+            subprocess.run(self._cleanup, capture_output=True, check=False)
+        if self._temp_dir:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+        self._log.close()
+
+    def __enter__(self) -> "CountingAgent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()  # type: ignore[union-attr]
+        while True:
+            while b"\n" in self._pending:
+                line, self._pending = self._pending.split(b"\n", 1)
+                message = protocol.decode(line)
+                if message is not None:
+                    if message.get("event") == "fatal":
+                        raise AgentError(f"agent fatal: {message.get('message')}\n{self.log_tail()}")
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AgentError(f"no answer within {timeout:.0f} s\n{self.log_tail()}")
+            if select.select([fd], [], [], remaining)[0]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise AgentError(f"agent exited with {self.process.wait()}\n{self.log_tail()}")
+                self._pending += chunk
+
+
+def _agent_argv(python: str, env: str, rootdir: str, test_files: Sequence[str]) -> list[str]:
+    return [python, "-m", "pytest_hostperf.agent", "--env", env, "--rootdir", rootdir, "--",
+            *test_files]

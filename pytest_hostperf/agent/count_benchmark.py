@@ -1,0 +1,133 @@
+"""The agent's ``count`` request: a pytest-benchmark test whose ``benchmark(...)`` counts.
+
+The test runs through pytest's normal protocol (fixtures, parametrize, markers), only
+its ``benchmark`` fixture is changed for that one call: pytest-benchmark's ``__call__``
+and ``pedantic`` keep their own checks (used twice, bad ``iterations``) and reach the
+fixture's ``_raw``/``_raw_pedantic``, which this module replaces on the instance by a
+call of :meth:`InstructionCounter.measure`. The function's result is returned as usual,
+so the test's own assertions still run.
+
+Stdlib (and, at run time, pytest-benchmark's fixture object) only: runs in every environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pytest_hostperf.agent.count_fingerprint import software_fingerprint
+from pytest_hostperf.agent.instructions import (
+    DEFAULT_TARGET_INSTRUCTIONS,
+    Count,
+    CountingUnavailable,
+    InstructionCounter,
+)
+
+_PATCHED = ("_raw", "_raw_pedantic")
+
+
+class BenchmarkCounting:
+    """Counting state of one agent: idle until a ``count`` request arms it.
+
+    The worker calls :meth:`refusal` before running a ``count`` request, :meth:`arm`
+    with the request, :meth:`attach` and :meth:`detach` around the test call.
+    """
+
+    def __init__(self, open_counter: Callable[[int], InstructionCounter] = InstructionCounter.open) -> None:
+        self._open_counter = open_counter
+        self._counter: InstructionCounter | None = None
+        self._reason: str | None = None
+        self._software: dict[str, Any] | None = None
+        self._armed = False
+        self._count: Count | None = None
+        self._patched: Any = None
+
+    def refusal(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer to a ``count`` request when this process cannot count, else None."""
+        if self._counter is None and self._reason is None:
+            try:
+                self._counter = self._open_counter(int(request.get("target_instructions")
+                                                       or DEFAULT_TARGET_INSTRUCTIONS))
+            except CountingUnavailable as exc:
+                self._reason = str(exc)
+        if self._reason is None:
+            return None
+        return {"event": "result", "nodeid": request.get("nodeid"), "outcome": "skipped", "reports": [],
+                "samples": None, "iterations": None, "instructions": None, "instructions_reason": self._reason}
+
+    def arm(self, request: dict[str, Any]) -> None:
+        """Count the next test call if ``request`` is a ``count`` request."""
+        self._armed = request.get("op") == "count" and self._counter is not None
+        if self._armed and self._counter is not None and request.get("target_instructions"):
+            self._counter.target_instructions = int(request["target_instructions"])
+        self._count = None
+
+    def attach(self, item: Any) -> None:
+        """Make the item's ``benchmark`` fixture count (no-op unless armed)."""
+        if not self._armed:
+            return
+        fixture = (getattr(item, "funcargs", None) or {}).get("benchmark")
+        if fixture is None or not all(hasattr(fixture, name) for name in _PATCHED):
+            return  # detach() reports why nothing was counted
+        fixture._raw = self._raw
+        fixture._raw_pedantic = self._raw_pedantic
+        self._patched = fixture
+
+    def detach(self, item: Any) -> dict[str, Any] | None:
+        """The measurement fields of the result (None unless armed); disarms."""
+        if not self._armed:
+            return None
+        self._armed = False
+        if self._patched is not None:
+            for name in _PATCHED:
+                self._patched.__dict__.pop(name, None)
+            self._patched = None
+        if self._software is None and self._counter is not None:
+            self._software = software_fingerprint(self._counter.machine_code)
+        measurement: dict[str, Any] = {"samples": None, "iterations": None, "software": self._software,
+                                       "instructions": self._count.to_json() if self._count else None}
+        if self._count is None:
+            measurement["instructions_reason"] = _why_nothing_counted(item)
+        return measurement
+
+    # -- the replacements of pytest-benchmark's BenchmarkFixture._raw / _raw_pedantic --------
+
+    def _raw(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        assert self._counter is not None
+        result, self._count = self._counter.measure(function, lambda: (args, kwargs))
+        return result
+
+    def _raw_pedantic(self, target: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+                      setup: Callable[[], Any] | None = None, teardown: Callable[..., Any] | None = None,
+                      rounds: int = 1, warmup_rounds: int = 0, iterations: int = 1) -> Any:
+        # rounds/warmup_rounds/iterations size a *timing*; a count sizes itself. The
+        # argument rules are pytest-benchmark's, so a test that fails there fails here.
+        for name, value, minimum in (("iterations", iterations, 1), ("rounds", rounds, 1),
+                                     ("warmup_rounds", warmup_rounds, 0)):
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(f"Must have positive int for `{name}`.")
+        if iterations > 1 and setup:
+            raise ValueError("Can't use more than 1 `iterations` with a `setup` function.")
+        fixed_args, fixed_kwargs = tuple(args), dict(kwargs or {})
+
+        def prepare() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if setup is not None:
+                produced = setup()
+                if produced:
+                    if fixed_args or fixed_kwargs:
+                        raise TypeError("Can't use `args` or `kwargs` if `setup` returns the arguments.")
+                    return tuple(produced[0]), dict(produced[1])
+            return fixed_args, fixed_kwargs
+
+        assert self._counter is not None
+        result, self._count = self._counter.measure(target, prepare, teardown)
+        return result
+
+
+def _why_nothing_counted(item: Any) -> str:
+    fixture = (getattr(item, "funcargs", None) or {}).get("benchmark")
+    if fixture is None:
+        return "the test has no benchmark fixture"
+    if not all(hasattr(fixture, name) for name in _PATCHED):
+        return (f"this pytest-benchmark ({type(fixture).__module__}) has no BenchmarkFixture._raw/_raw_pedantic "
+                "to count through; counting supports pytest-benchmark 3.2 to 5.x")
+    return "the test did not reach benchmark(...) (failed or skipped before it)"

@@ -1,0 +1,244 @@
+"""Instruction counting, controller side: start a counting agent, say where it works, judge.
+
+The counting agent is the ordinary agent (``python -m pytest_hostperf.agent``) started
+under callgrind by :func:`counting_argv` with :func:`counting_environ`; it answers
+``count`` requests (see :mod:`pytest_hostperf.agent.count_benchmark`). It is a second
+agent per environment, beside the timing agent, because valgrind slows everything it
+runs (~10x uninstrumented, ~70x counted) and must never touch a timing.
+
+:func:`judge_instructions` and :func:`attribute` are the verdict rules for counts (pure).
+Nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Callable, Final, Mapping, Sequence
+
+from pytest_hostperf.agent import protocol
+from pytest_hostperf.agent.instructions import DUMP_DIR_VARIABLE, DUMP_FILE_NAME
+
+#: Callgrind with instrumentation and collection off until the agent's client requests
+#: switch them on around the counted calls. ``--vgdb=no``: no FIFOs in /tmp that a
+#: killed run would leave behind. ``--dump-line=no``: only the totals are read.
+VALGRIND_OPTIONS: Final = ("--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
+                           "--vgdb=no", "--dump-line=no", "-q")
+#: pymalloc's pool state makes a counted block of allocation-heavy code take one of two
+#: paths, ~1% apart, depending on the process's history (measured: benchmarks/results/
+#: instructions-methods.log); glibc malloc does not. Counting uses it; timing never does.
+DEFAULT_ALLOCATOR: Final = "malloc"
+DEFAULT_TOLERANCE: Final = 0.01
+#: How much slower than native a VM may run CPU work before counting inside it is refused.
+MAX_VM_SLOWDOWN: Final = 2.0
+
+
+class CountingSetupError(Exception):
+    """The counting agent cannot be started as asked; the message says why and the fix."""
+
+
+# -- starting the counting agent ----------------------------------------------------------
+
+def interpreter_problem(python: str) -> str | None:
+    """Why ``python`` cannot run under valgrind (a script, not a binary), or None.
+
+    A pyenv shim is a shell script: valgrind would count the shell, and the real
+    interpreter it execs would run uncounted. A symlink to a binary is fine (and a
+    venv's ``bin/python`` must be run through its symlink to find its ``pyvenv.cfg``).
+    """
+    real = os.path.realpath(python)
+    try:
+        with open(real, "rb") as binary:
+            magic = binary.read(4)
+    except OSError as exc:
+        return f"cannot read the interpreter {python} ({exc})"
+    if magic.startswith(b"#!"):
+        return (f"{python} is a script ({real}), not the interpreter binary (a pyenv shim?): valgrind would count the "
+                "script's shell; use the real interpreter, e.g. ~/.pyenv/versions/X.Y.Z/bin/pythonX.Y or a venv's "
+                "bin/python")
+    if magic != b"\x7fELF":
+        return f"{python} ({real}) is not an ELF executable, which valgrind needs"
+    return None
+
+
+def counting_argv(agent_argv: Sequence[str], dump_dir: str, *, valgrind: str = "valgrind",
+                  disable_aslr: bool = True, machine: str | None = None) -> list[str]:
+    """The command that runs ``agent_argv`` (``[python, "-m", ...]``) as a counting agent.
+
+    ``dump_dir`` is a directory of this agent alone inside the environment (callgrind
+    writes a small file per counted block there; the agent removes each after reading).
+    ``disable_aslr`` prefixes ``setarch <machine> -R``; Docker's default seccomp profile
+    refuses that personality, so pass False there: under valgrind the client's memory
+    is laid out by valgrind itself, the same from run to run even with ASLR on
+    (measured), so counts do not depend on it.
+    """
+    if not agent_argv:
+        raise CountingSetupError("counting_argv needs the agent's command line, got an empty one")
+    prefix = ["setarch", machine or platform.machine(), "-R"] if disable_aslr else []
+    return [*prefix, valgrind, *VALGRIND_OPTIONS, f"--callgrind-out-file={dump_dir.rstrip('/')}/{DUMP_FILE_NAME}",
+            *agent_argv]
+
+
+def counting_environ(dump_dir: str, allocator: str | None = DEFAULT_ALLOCATOR) -> dict[str, str]:
+    """Variables the counting agent needs on top of the normal agent's."""
+    environ = {"PYTHONHASHSEED": "0", DUMP_DIR_VARIABLE: dump_dir.rstrip("/") or "/"}
+    if allocator:
+        environ["PYTHONMALLOC"] = allocator
+    return environ
+
+
+# -- where counting works -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CountingSupport:
+    """Whether one environment can count instructions, and why not."""
+
+    environment: str
+    works: bool
+    reason: str | None = None
+    per_call: float | None = None       # the probe's count, for the curious
+    noise: float | None = None
+    software: Mapping[str, Any] | None = None
+
+    def describe(self) -> str:
+        if self.works:
+            return f"{self.environment}: instruction counting works (probe noise {100 * (self.noise or 0):.4f}%)"
+        return f"{self.environment}: no instruction counting, timings only: {self.reason}"
+
+
+def refusal(environment: str, *, machine: str, slowdown: float | None = None,
+            valgrind: str | None = "valgrind") -> CountingSupport | None:
+    """The environment's support decided without running anything, or None: probe it.
+
+    ``slowdown`` is how much slower than native the environment runs CPU work (a VM
+    under TCG: ~12x here); ``valgrind`` its valgrind path, None when it has none.
+    """
+    if machine.lower() not in ("x86_64", "amd64"):
+        return CountingSupport(environment, False, f"the counting helper supports x86-64 only, this is {machine}")
+    if slowdown is not None and slowdown > MAX_VM_SLOWDOWN:
+        return CountingSupport(environment, False, (
+            f"it runs CPU work ~{slowdown:.0f}x slower than native (software emulation): counted code would run "
+            f"~{70 * slowdown:.0f}x slower than native; the same software counts the same instructions natively or "
+            "in docker"))
+    if valgrind is None:
+        return CountingSupport(environment, False, "valgrind is not installed there (Debian/Ubuntu: apt-get install "
+                                                   "valgrind; hostperf images: see docs/instructions.md)")
+    return None
+
+
+def parse_probe(environment: str, returncode: int, stdout: bytes, stderr: str) -> CountingSupport:
+    """The support an environment reported from :mod:`pytest_hostperf.agent.count_probe`."""
+    for line in stdout.splitlines():
+        message = protocol.decode(line)
+        if message and message.get("event") == "count-probe":
+            return CountingSupport(environment, bool(message.get("works")), message.get("reason"),
+                                   message.get("per_call"), message.get("noise"), message.get("software"))
+    tail = " | ".join(stderr.strip().splitlines()[-3:]) or "no output"
+    hint = " (valgrind or setarch missing?)" if returncode in (126, 127) else ""
+    return CountingSupport(environment, False, f"the counting probe exited with {returncode}{hint}: {tail}")
+
+
+Runner = Callable[[Sequence[str], Mapping[str, str]], "tuple[int, bytes, str]"]
+
+
+def probe(environment: str, python: str, pythonpath: str, run: Runner, dump_dir: str, *,
+          disable_aslr: bool = True, machine: str | None = None) -> CountingSupport:
+    """Run the counting probe in an environment through ``run(argv, environ)``.
+
+    ``run`` executes inside the environment (a subprocess natively, ``docker exec`` in a
+    container, ...) and returns ``(returncode, stdout, stderr)``; ``dump_dir`` must
+    exist and be writable there; ``pythonpath`` holds ``pytest_hostperf`` there.
+    """
+    argv = counting_argv([python, "-m", "pytest_hostperf.agent.count_probe"], dump_dir,
+                         disable_aslr=disable_aslr, machine=machine)
+    environ = {"PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1", **counting_environ(dump_dir)}
+    return parse_probe(environment, *run(argv, environ))
+
+
+def probe_native(python: str | None = None, timeout: float = 300) -> CountingSupport:
+    """Whether the host itself counts: refusal rules, interpreter check, then a real probe."""
+    python = python or sys.executable
+    decided = refusal("native", machine=platform.machine(), valgrind=shutil.which("valgrind"))
+    if decided is not None:
+        return decided
+    problem = interpreter_problem(python)
+    if problem:
+        return CountingSupport("native", False, problem)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[int, bytes, str]:
+        env = {**os.environ, **environ}
+        if os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = environ["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
+        try:
+            done = subprocess.run(list(argv), env=env, capture_output=True, timeout=timeout, check=False)
+        except FileNotFoundError as exc:
+            return 127, b"", str(exc)
+        except subprocess.TimeoutExpired:
+            return 124, b"", f"no answer within {timeout:.0f} s"
+        return done.returncode, done.stdout, done.stderr.decode(errors="replace")
+
+    with tempfile.TemporaryDirectory(prefix="hostperf-count-probe-") as dump_dir:
+        aslr_off = shutil.which("setarch") is not None
+        return probe("native", python, package_root, run, dump_dir, disable_aslr=aslr_off)
+
+
+# -- judging a count -------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class InstructionJudgement:
+    verdict: str          # "pass" | "regression" | "improvement" | "unstable" (verdict.Verdict values)
+    ratio: float          # per_call / baseline per_call
+    noise: float          # the larger of the two counts' noise floors
+    reason: str
+
+    @property
+    def changed(self) -> bool:
+        return self.verdict in ("regression", "improvement")
+
+
+def judge_instructions(per_call: float, baseline_per_call: float, *, noise: float = 0.0,
+                       baseline_noise: float = 0.0, tolerance: float = DEFAULT_TOLERANCE) -> InstructionJudgement:
+    """The verdict of a count against its baseline (same software fingerprint).
+
+    Counts repeat exactly between sessions of the same software, so no statistics are
+    needed: a change beyond ``tolerance`` is a regression/improvement, unless the test's
+    own noise floor (two counts in one session) is so large that it could explain it
+    (change <= 2 x noise): then ``unstable``.
+    """
+    if per_call <= 0 or baseline_per_call <= 0:
+        raise ValueError(f"instruction counts must be positive, got {per_call} against {baseline_per_call}")
+    ratio = per_call / baseline_per_call
+    change = ratio - 1
+    floor = max(noise, baseline_noise)
+    text = f"instructions {100 * change:+.2f}%"
+    if abs(change) <= tolerance:
+        return InstructionJudgement("pass", ratio, floor, f"{text} (within {100 * tolerance:g}%)")
+    if abs(change) <= 2 * floor:
+        return InstructionJudgement("unstable", ratio, floor, (
+            f"{text}, but two counts of this test in one session differ by {100 * floor:.2f}%"))
+    return InstructionJudgement("regression" if change > 0 else "improvement", ratio, floor, text)
+
+
+def attribute(instructions: InstructionJudgement | None, time_verdict: str,
+              time_ratio_ci: tuple[float, float] | None = None, time_tolerance: float = 0.05) -> str:
+    """Who moved: ``code`` (instructions), ``platform`` (only time), ``both`` or ``none``.
+
+    Time that changed with the instructions is the code's doing when the time ratio
+    divided by the instruction ratio stays within the time tolerance (the interval of
+    that residual reaches back inside it); otherwise the platform moved as well: ``both``.
+    Without a count (not measured here) only ``platform`` or ``none`` can be said.
+    """
+    time_changed = time_verdict in ("regression", "improvement", "overhead")
+    if instructions is None or not instructions.changed:
+        return "platform" if time_changed else "none"
+    if not time_changed or time_ratio_ci is None:
+        return "code"
+    low, high = (bound / instructions.ratio for bound in time_ratio_ci)
+    residual_beyond = low > 1 + time_tolerance or high < 1 - time_tolerance
+    return "both" if residual_beyond else "code"
