@@ -33,6 +33,7 @@ from pytest_hostperf import counting  # noqa: E402
 from pytest_hostperf.agent import protocol  # noqa: E402
 
 DOCKER_DUMP_DIR = "/hostperf-callgrind"
+DOCKER_TMPFS = "/hostperf-tmpfs"   # a writable directory for hostperf_dir tests
 DOCKER_LABEL = "io.hostperf.h5-counting"
 
 
@@ -50,6 +51,8 @@ class CountingAgent:
         self._cleanup = cleanup or []
         self._temp_dir = temp_dir
         self._pending = b""
+        self.container = cleanup[-1] if cleanup else None
+        self._pid: int | None = None
         try:
             self.ready = self._receive(timeout=600)
         except BaseException:
@@ -64,7 +67,8 @@ class CountingAgent:
 
     @classmethod
     def native(cls, project: Path, test_files: Sequence[str], *, python: str | None = None,
-               allocator: str | None = counting.DEFAULT_ALLOCATOR, valgrind: bool = True) -> "CountingAgent":
+               allocator: str | None = counting.DEFAULT_ALLOCATOR, valgrind: bool = True,
+               extra_env: dict[str, str] | None = None) -> "CountingAgent":
         """A counting agent (or, with ``valgrind=False``, a plain timing agent) on this host."""
         python = python or os.path.realpath(sys.executable)
         problem = counting.interpreter_problem(python)
@@ -73,7 +77,7 @@ class CountingAgent:
         dump_dir = tempfile.mkdtemp(prefix="hostperf-h5-dumps-")
         argv = _agent_argv(python, "native", str(project), test_files)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HOSTPERF_"))}
-        env.update(PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1", PYTEST_ADDOPTS="")
+        env.update(PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1", PYTEST_ADDOPTS="", **(extra_env or {}))
         if valgrind:
             argv = counting.counting_argv(argv, dump_dir, disable_aslr=shutil.which("setarch") is not None)
             env.update(counting.counting_environ(dump_dir, allocator))
@@ -81,34 +85,50 @@ class CountingAgent:
 
     @classmethod
     def docker(cls, image: str, python: str, project: Path, test_files: Sequence[str], *,
-               allocator: str | None = counting.DEFAULT_ALLOCATOR) -> "CountingAgent":
+               allocator: str | None = counting.DEFAULT_ALLOCATOR,
+               extra_env: dict[str, str] | None = None) -> "CountingAgent":
         """A counting agent in a fresh container of ``image`` (which must have valgrind)."""
         name = f"hostperf-h5-count-{os.getpid()}-{time.monotonic_ns() % 10**9}"
         agent = _agent_argv(python, "docker", "/project", test_files)
         # setarch -R is refused by Docker's default seccomp profile (personality).
         argv = counting.counting_argv(agent, DOCKER_DUMP_DIR, disable_aslr=False)
         environ = {"PYTHONPATH": "/hostperf", "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_ADDOPTS": "",
-                   **counting.counting_environ(DOCKER_DUMP_DIR, allocator)}
+                   **counting.counting_environ(DOCKER_DUMP_DIR, allocator), **(extra_env or {})}
         docker = ["docker", "run", "-i", "--rm", "--name", name, "--label", f"{DOCKER_LABEL}={os.getpid()}",
                   "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                   "--mount", f"type=bind,src={project},dst=/project,readonly",
                   "--mount", f"type=bind,src={REPO / 'pytest_hostperf'},dst=/hostperf/pytest_hostperf,readonly",
-                  "--tmpfs", f"{DOCKER_DUMP_DIR}:rw,size=64m", "-w", "/project"]
+                  "--tmpfs", f"{DOCKER_DUMP_DIR}:rw,size=64m", "--tmpfs", f"{DOCKER_TMPFS}:rw,size=64m",
+                  "-w", "/project"]
         for key, value in environ.items():
             docker += ["-e", f"{key}={value}"]
         return cls(docker + [image] + argv, None, None, cleanup=["docker", "rm", "-f", name])
 
     # -- requests -------------------------------------------------------------------------
 
-    def count(self, nodeid: str, timeout: float = 900, **options: Any) -> dict[str, Any]:
+    def count(self, nodeid: str, mount_path: str | None = None, timeout: float = 900,
+              **options: Any) -> dict[str, Any]:
         """The agent's answer to a ``count`` request for ``nodeid``."""
-        return self.request({"op": "count", "nodeid": nodeid, "mount": "host", "mount_path": None, **options},
-                            timeout)
+        return self.request({"op": "count", "nodeid": nodeid, "mount": "host", "mount_path": mount_path,
+                             **options}, timeout)
 
-    def run(self, nodeid: str, timeout: float = 900) -> dict[str, Any]:
+    def run(self, nodeid: str, mount_path: str | None = None, timeout: float = 900) -> dict[str, Any]:
         """The agent's answer to a timing ``run`` request (a non-valgrind agent)."""
-        return self.request({"op": "run", "nodeid": nodeid, "mount": "host", "mount_path": None,
+        return self.request({"op": "run", "nodeid": nodeid, "mount": "host", "mount_path": mount_path,
                              "benchmark_options": {}}, timeout)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the agent process has used so far, read from the host's /proc."""
+        if self._pid is None:
+            self._pid = self.process.pid
+            if self.container:
+                inspect = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.container],
+                                         capture_output=True, text=True, check=True)
+                self._pid = int(inspect.stdout.strip())
+        pid = self._pid
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.process.stdin.write(protocol.encode(message))  # type: ignore[union-attr]
@@ -165,3 +185,41 @@ class CountingAgent:
 def _agent_argv(python: str, env: str, rootdir: str, test_files: Sequence[str]) -> list[str]:
     return [python, "-m", "pytest_hostperf.agent", "--env", env, "--rootdir", rootdir, "--",
             *test_files]
+
+
+# -- a scratch image with Debian's valgrind (the change images/base.py needs, proved) ---------
+
+SCRATCH_TAG = "hostperf-h5-valgrind:scratch"
+VALGRIND_DEBS = ("valgrind", "libc6-dbg")   # valgrind's Depends on Debian 12, besides libc6
+
+
+def project_image() -> tuple[str, str]:
+    """(tag, interpreter path) of the newest hostperf project image on this engine."""
+    listing = subprocess.run(["docker", "images", "--filter", "label=io.hostperf.kind=project",
+                              "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=True)
+    tags = [tag for tag in listing.stdout.split() if not tag.endswith(":<none>")]
+    if not tags:
+        raise AgentError("no hostperf project image here: run `hostperf image build` in example_project first")
+    python = subprocess.run(["docker", "inspect", "-f", '{{index .Config.Labels "io.hostperf.python"}}', tags[0]],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    return tags[0], python
+
+
+def build_valgrind_image(base: str, tag: str = SCRATCH_TAG) -> float:
+    """Build ``tag`` FROM ``base`` plus valgrind's .debs downloaded on this (Debian 12) host.
+
+    The build has no network: the packages come from ``apt-get download`` here, as the
+    base image's own packages come from the host's mirror. Returns the build seconds.
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hostperf-h5-image-") as context:
+        debs = Path(context, "debs")
+        debs.mkdir()
+        os.chmod(debs, 0o777)  # apt's _apt user downloads into it
+        subprocess.run(["apt-get", "download", *VALGRIND_DEBS], cwd=debs, capture_output=True, check=True)
+        Path(context, "Dockerfile").write_text(
+            f"FROM {base}\nCOPY debs /tmp/debs\n"
+            "RUN dpkg -i /tmp/debs/*.deb && rm -rf /tmp/debs && valgrind --version\n")
+        subprocess.run(["docker", "build", "--network", "none", "-q", "-t", tag,
+                        "--label", f"{DOCKER_LABEL}=scratch", context], capture_output=True, check=True)
+    return time.perf_counter() - started

@@ -12,11 +12,15 @@ Stdlib (and, at run time, pytest-benchmark's fixture object) only: runs in every
 
 from __future__ import annotations
 
+import gc
+import os
 from typing import Any, Callable
 
 from pytest_hostperf.agent.count_fingerprint import software_fingerprint
+from pytest_hostperf.agent.isolation import Zygote
 from pytest_hostperf.agent.instructions import (
     DEFAULT_TARGET_INSTRUCTIONS,
+    DUMP_DIR_VARIABLE,
     Count,
     CountingUnavailable,
     InstructionCounter,
@@ -28,8 +32,9 @@ _PATCHED = ("_raw", "_raw_pedantic")
 class BenchmarkCounting:
     """Counting state of one agent: idle until a ``count`` request arms it.
 
-    The worker calls :meth:`refusal` before running a ``count`` request, :meth:`arm`
-    with the request, :meth:`attach` and :meth:`detach` around the test call.
+    The worker calls :meth:`start` once before announcing itself, answers a ``count``
+    request with :meth:`answer`; in the child that runs it, :meth:`arm` sees the request,
+    :meth:`attach` and :meth:`detach` wrap the test call.
     """
 
     def __init__(self, open_counter: Callable[[int], InstructionCounter] = InstructionCounter.open) -> None:
@@ -40,19 +45,35 @@ class BenchmarkCounting:
         self._armed = False
         self._count: Count | None = None
         self._patched: Any = None
+        self._zygote: Zygote | None = None
 
-    def refusal(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        """The answer to a ``count`` request when this process cannot count, else None."""
-        if self._counter is None and self._reason is None:
-            try:
-                self._counter = self._open_counter(int(request.get("target_instructions")
-                                                       or DEFAULT_TARGET_INSTRUCTIONS))
-            except CountingUnavailable as exc:
-                self._reason = str(exc)
-        if self._reason is None:
-            return None
-        return {"event": "result", "nodeid": request.get("nodeid"), "outcome": "skipped", "reports": [],
-                "samples": None, "iterations": None, "instructions": None, "instructions_reason": self._reason}
+    def start(self, serve: Callable[[dict[str, Any]], dict[str, Any]], after: Callable[[], Any]) -> None:
+        """Become a counting agent if started as one (by ``counting_argv``), else do nothing.
+
+        Called once, after collection and before the agent announces itself: opens the
+        counter, takes the software fingerprint, then forks the zygote (see
+        :mod:`.isolation`) that will run ``serve(request)`` and ``after()`` in a fresh
+        child per ``count`` request, so every count starts from this very state.
+        """
+        if DUMP_DIR_VARIABLE not in os.environ:
+            return
+        try:
+            self._counter = self._open_counter(DEFAULT_TARGET_INSTRUCTIONS)
+        except CountingUnavailable as exc:
+            self._reason = str(exc)
+            return
+        self._software = software_fingerprint(self._counter.machine_code)
+        gc.collect()
+        self._zygote = Zygote(serve, after)
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The result of a ``count`` request, counted in a fresh child of the zygote."""
+        if self._zygote is None:
+            reason = self._reason or ("this agent was not started as a counting agent: start it with "
+                                      "pytest_hostperf.counting.counting_argv() and counting_environ()")
+            return {"event": "result", "nodeid": request.get("nodeid"), "outcome": "skipped", "reports": [],
+                    "samples": None, "iterations": None, "instructions": None, "instructions_reason": reason}
+        return self._zygote.call(request)
 
     def arm(self, request: dict[str, Any]) -> None:
         """Count the next test call if ``request`` is a ``count`` request."""
@@ -81,8 +102,6 @@ class BenchmarkCounting:
             for name in _PATCHED:
                 self._patched.__dict__.pop(name, None)
             self._patched = None
-        if self._software is None and self._counter is not None:
-            self._software = software_fingerprint(self._counter.machine_code)
         measurement: dict[str, Any] = {"samples": None, "iterations": None, "software": self._software,
                                        "instructions": self._count.to_json() if self._count else None}
         if self._count is None:

@@ -68,6 +68,9 @@ class AgentWorker:
         items = {item.nodeid: item for item in session.items}
         _warm_timer_precision(session.config)
         self._fingerprint = _inside_fingerprint({})
+        # A counting agent (under callgrind) forks its zygote here; any other agent: no-op.
+        self._counting.start(lambda request: self._run(session, items, request),
+                             lambda: session._setupstate.teardown_exact(None))
         self.channel.send({
             "event": "ready",
             "protocol": protocol.PROTOCOL_VERSION,
@@ -88,7 +91,7 @@ class AgentWorker:
             elif request.get("op") == "run":
                 self.channel.send(self._run(session, items, request))
             elif request.get("op") == "count":
-                self.channel.send(self._counting.refusal(request) or self._run(session, items, request))
+                self.channel.send(self._counting.answer(request))
             else:
                 self.channel.send({"event": "fatal", "message": f"unknown request {request!r}"})
         session._setupstate.teardown_exact(None)  # higher-scoped fixtures kept warm until now
