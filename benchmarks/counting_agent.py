@@ -118,17 +118,22 @@ class CountingAgent:
                              "benchmark_options": {}}, timeout)
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the agent process has used so far, read from the host's /proc."""
+        """CPU time (user + system) of the agent and its zygote's counting children so far.
+
+        Read from the host's /proc: the agent, its direct children (the zygote) and the
+        children the zygote has reaped (one per count), for a container too.
+        """
         if self._pid is None:
             self._pid = self.process.pid
             if self.container:
                 inspect = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.container],
                                          capture_output=True, text=True, check=True)
                 self._pid = int(inspect.stdout.strip())
-        pid = self._pid
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = _stat_seconds(self._pid, with_reaped=False)
+        with open(f"/proc/{self._pid}/task/{self._pid}/children", encoding="ascii") as children:
+            for child in children.read().split():
+                total += _stat_seconds(int(child), with_reaped=True)
+        return total
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.process.stdin.write(protocol.encode(message))  # type: ignore[union-attr]
@@ -182,6 +187,13 @@ class CountingAgent:
                 self._pending += chunk
 
 
+def _stat_seconds(pid: int, with_reaped: bool) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if with_reaped else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _agent_argv(python: str, env: str, rootdir: str, test_files: Sequence[str]) -> list[str]:
     return [python, "-m", "pytest_hostperf.agent", "--env", env, "--rootdir", rootdir, "--",
             *test_files]
@@ -197,7 +209,8 @@ def project_image() -> tuple[str, str]:
     """(tag, interpreter path) of the newest hostperf project image on this engine."""
     listing = subprocess.run(["docker", "images", "--filter", "label=io.hostperf.kind=project",
                               "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=True)
-    tags = [tag for tag in listing.stdout.split() if not tag.endswith(":<none>")]
+    tags = [tag for tag in listing.stdout.split()
+            if not tag.endswith(":<none>") and not tag.startswith(SCRATCH_TAG.split(":")[0])]
     if not tags:
         raise AgentError("no hostperf project image here: run `hostperf image build` in example_project first")
     python = subprocess.run(["docker", "inspect", "-f", '{{index .Config.Labels "io.hostperf.python"}}', tags[0]],

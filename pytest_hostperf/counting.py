@@ -26,9 +26,8 @@ from pytest_hostperf.agent.instructions import DUMP_DIR_VARIABLE, DUMP_FILE_NAME
 
 #: Callgrind with instrumentation and collection off until the agent's client requests
 #: switch them on around the counted calls. ``--vgdb=no``: no FIFOs in /tmp that a
-#: killed run would leave behind. ``--dump-line=no``: only the totals are read.
-VALGRIND_OPTIONS: Final = ("--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
-                           "--vgdb=no", "--dump-line=no", "-q")
+#: killed run would leave behind.
+VALGRIND_OPTIONS: Final = ("--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no", "--vgdb=no", "-q")
 #: pymalloc's pool state makes a counted block of allocation-heavy code take one of two
 #: paths, ~1% apart, depending on the process's history (measured: benchmarks/results/
 #: instructions-methods.log); glibc malloc does not. Counting uses it; timing never does.

@@ -51,9 +51,11 @@ class BenchmarkCounting:
         """Become a counting agent if started as one (by ``counting_argv``), else do nothing.
 
         Called once, after collection and before the agent announces itself: opens the
-        counter, takes the software fingerprint, then forks the zygote (see
-        :mod:`.isolation`) that will run ``serve(request)`` and ``after()`` in a fresh
-        child per ``count`` request, so every count starts from this very state.
+        counter, then forks the zygote (see :mod:`.isolation`) that will run
+        ``serve(request)`` and ``after()`` in a fresh child per ``count`` request, so
+        every count starts from this very state. The software fingerprint is taken
+        after the fork, in the agent: it reads /proc, whose changing numbers (CPU MHz,
+        free memory) would otherwise move the zygote's heap from session to session.
         """
         if DUMP_DIR_VARIABLE not in os.environ:
             return
@@ -62,9 +64,9 @@ class BenchmarkCounting:
         except CountingUnavailable as exc:
             self._reason = str(exc)
             return
-        self._software = software_fingerprint(self._counter.machine_code)
         gc.collect()
         self._zygote = Zygote(serve, after)
+        self._software = software_fingerprint(self._counter.machine_code)
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         """The result of a ``count`` request, counted in a fresh child of the zygote."""
@@ -73,7 +75,9 @@ class BenchmarkCounting:
                                       "pytest_hostperf.counting.counting_argv() and counting_environ()")
             return {"event": "result", "nodeid": request.get("nodeid"), "outcome": "skipped", "reports": [],
                     "samples": None, "iterations": None, "instructions": None, "instructions_reason": reason}
-        return self._zygote.call(request)
+        answer = self._zygote.call(request)
+        answer["software"] = self._software
+        return answer
 
     def arm(self, request: dict[str, Any]) -> None:
         """Count the next test call if ``request`` is a ``count`` request."""
@@ -102,7 +106,7 @@ class BenchmarkCounting:
             for name in _PATCHED:
                 self._patched.__dict__.pop(name, None)
             self._patched = None
-        measurement: dict[str, Any] = {"samples": None, "iterations": None, "software": self._software,
+        measurement: dict[str, Any] = {"samples": None, "iterations": None,
                                        "instructions": self._count.to_json() if self._count else None}
         if self._count is None:
             measurement["instructions_reason"] = _why_nothing_counted(item)

@@ -14,8 +14,8 @@ clock, so that two sessions do exactly the same thing:
 2. a probe: one call counted, which sizes the blocks: ``n = ceil(target / probe)``;
 3. warm-up calls uninstrumented (at least 8, so CPython's specializing interpreter has
    settled);
-4. blocks A and B of ``n`` counted calls, then a block of ``n`` calls of a no-op that
-   takes the same arguments through the same loop and the same two toggles. When one
+4. blocks A and B of ``n`` counted calls, then a no-op block: the same loop and the
+   same two toggles around each of ``n`` empty slots (see :meth:`_block`). When one
    call already fills a block (``n == 1``) the probe serves as block A and step 3 is
    skipped: a 10 ms function then costs two counted calls and one uninstrumented;
 5. ``per_call = (mean(A, B) - noop) / n``; the noise floor is ``|A - B|`` relative to it.
@@ -122,10 +122,6 @@ class CallgrindDumps:
                 path.unlink(missing_ok=True)
 
 
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
 Prepare = Callable[[], "tuple[tuple[Any, ...], dict[str, Any]]"]
 
 
@@ -171,7 +167,20 @@ class InstructionCounter:
         to its idle state.
         """
         started = time.perf_counter()
-        result = self._call(target, prepare, teardown)  # 1. uninstrumented first call
+        self._call(target, prepare, teardown)  # 1. uninstrumented first call
+        was_enabled = gc.isenabled()
+        # Collected here, uninstrumented: a collection of the agent's heap (pytest and
+        # all) at callgrind speed cost more than the blocks themselves (measured).
+        gc.collect()
+        gc.disable()
+        try:
+            return self._measure_with_gc_off(target, prepare, teardown, started)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _measure_with_gc_off(self, target: Callable[..., Any], prepare: Prepare,
+                             teardown: Callable[..., Any] | None, started: float) -> tuple[Any, Count]:
         with self._instrumented():
             _, probe = self._block(target, prepare, teardown, 1)  # 2.
         calls = max(1, min(MAX_CALLS_PER_BLOCK, math.ceil(self.target_instructions / max(probe, 1))))
@@ -186,7 +195,7 @@ class InstructionCounter:
             if calls > 1:
                 result, first = self._block(target, prepare, teardown, calls)  # 4.
             result, second = self._block(target, prepare, teardown, calls)
-            _, noop = self._block(_noop, prepare, teardown, calls)
+            _, noop = self._block(None, prepare, teardown, calls)
         counted = (first + second) / 2 - noop
         if counted <= 0:
             raise CountingUnavailable(f"the function counted no more instructions than a no-op ({first}, {second} vs "
@@ -206,22 +215,32 @@ class InstructionCounter:
             if teardown is not None:
                 teardown(*args, **kwargs)
 
-    def _block(self, target: Callable[..., Any], prepare: Prepare, teardown: Callable[..., Any] | None,
+    def _block(self, target: Callable[..., Any] | None, prepare: Prepare, teardown: Callable[..., Any] | None,
                calls: int) -> tuple[Any, int]:
-        """``calls`` calls with collection on only inside each; returns (last result, total)."""
+        """``calls`` calls with collection on only inside each; returns (last result, total).
+
+        ``target=None`` is the no-op arm: the same loop and toggles with nothing between
+        them, so what it counts (the toggles' own return and call paths) cancels, and
+        what remains is the call ``target(*args, **kwargs)`` itself. (A no-op *function*
+        would cancel the cost of a Python call, and make a cheap C builtin such as
+        ``time.sleep`` count less than nothing.)
+        """
         toggle = self._code.toggle_collect
         result = None
-        was_enabled = gc.isenabled()
-        gc.collect()
-        gc.disable()
+        # ZERO after START is needed: the first dump after instrumentation is switched on
+        # again otherwise reports a garbage total (measured with callgrind 3.19).
         self._code.request(ZERO_STATS)
         try:
             for _ in range(calls):
                 args, kwargs = prepare()
                 self._collecting = True
-                toggle()
-                result = target(*args, **kwargs)
-                toggle()
+                if target is None:
+                    toggle()
+                    toggle()
+                else:
+                    toggle()
+                    result = target(*args, **kwargs)
+                    toggle()
                 self._collecting = False
                 if teardown is not None:
                     teardown(*args, **kwargs)
@@ -229,8 +248,6 @@ class InstructionCounter:
             if self._collecting:  # the target raised between the toggles
                 toggle()
                 self._collecting = False
-            if was_enabled:
-                gc.enable()
         self._code.dump_stats_at(b"hostperf-block")
         return result, self._dumps.take_latest()
 
@@ -241,7 +258,7 @@ class InstructionCounter:
         # With --collect-atstart=yes the toggles would invert: everything *but* the calls
         # would be counted. An empty block shows it: it must count nothing.
         with self._instrumented():
-            _, empty = self._block(_noop, _no_arguments, None, 0)
+            _, empty = self._block(None, _no_arguments, None, 0)
         if empty != 0:
             raise CountingUnavailable(f"callgrind collected {empty} instructions with no call in the block: start "
                                       "valgrind with --collect-atstart=no (pytest_hostperf.counting.counting_argv)")

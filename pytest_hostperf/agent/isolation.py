@@ -105,7 +105,10 @@ def _child(request_r: int, answer_w: int, serve: Serve, after: Callable[[], Any]
         request: dict[str, Any] = {}
         try:
             request = json.loads(_read_frame(request_r)[1])
-            answer = {} if request.get("op") == _WARM_UP else serve(request)
+            if request.get("op") == _WARM_UP:
+                _write_frame(answer_w, _ANSWER, b"{}")
+                return
+            answer = serve(request)
         except BaseException:  # noqa: BLE001 - anything goes back to the controller
             answer = _error(str(request.get("nodeid")), "the counting child failed:\n" + traceback.format_exc(limit=20))
         _write_frame(answer_w, _ANSWER, json.dumps(answer).encode())

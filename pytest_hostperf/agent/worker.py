@@ -66,11 +66,12 @@ class AgentWorker:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         items = {item.nodeid: item for item in session.items}
-        _warm_timer_precision(session.config)
-        self._fingerprint = _inside_fingerprint({})
-        # A counting agent (under callgrind) forks its zygote here; any other agent: no-op.
+        # A counting agent (under callgrind) forks its zygote here, before anything reads
+        # the machine's changing state (/proc) into the heap; any other agent: no-op.
         self._counting.start(lambda request: self._run(session, items, request),
                              lambda: session._setupstate.teardown_exact(None))
+        _warm_timer_precision(session.config)
+        self._fingerprint = _inside_fingerprint({})
         self.channel.send({
             "event": "ready",
             "protocol": protocol.PROTOCOL_VERSION,
