@@ -16,6 +16,7 @@ import dataclasses
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,62 @@ def probe_native(python: str | None = None, timeout: float = 300) -> CountingSup
     with tempfile.TemporaryDirectory(prefix="hostperf-count-probe-") as dump_dir:
         aslr_off = shutil.which("setarch") is not None
         return probe("native", python, package_root, run, dump_dir, disable_aslr=aslr_off)
+
+
+def probe_docker(client: Any, image: str, python: str, timeout: float = 300) -> CountingSupport:
+    """Whether containers of ``image`` count: the probe in a throw-away container.
+
+    ``client`` is a docker-py client. The container gets what the docker environment's
+    agent gets: no network, no capabilities, the package read-only, a tmpfs for the
+    dumps; ``setarch -R`` is left out (Docker's default seccomp refuses it).
+    """
+    from docker.errors import ContainerError, DockerException
+    from docker.types import Mount
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    dump_dir, parent = "/hostperf-callgrind", "/opt/hostperf-probe"
+    argv = counting_argv([python, "-m", "pytest_hostperf.agent.count_probe"], dump_dir, disable_aslr=False)
+    environ = {"PYTHONPATH": parent, "PYTHONDONTWRITEBYTECODE": "1", **counting_environ(dump_dir)}
+    try:
+        output = client.containers.run(
+            image, argv, environment=environ, remove=True, network_mode="none", cap_drop=["ALL"],
+            security_opt=["no-new-privileges"], stdout=True, stderr=False,
+            labels={PROBE_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+            mounts=[Mount(f"{parent}/pytest_hostperf", package, type="bind", read_only=True),
+                    Mount(dump_dir, None, type="tmpfs")])
+    except ContainerError as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
+        return parse_probe("docker", int(exc.exit_status), b"", stderr)
+    except DockerException as exc:
+        return CountingSupport("docker", False, f"could not run the counting probe in {image}: {exc}")
+    return parse_probe("docker", 0, bytes(output), "")
+
+
+#: On the probe's container: who started it (host:pid), should it ever outlive its run.
+PROBE_LABEL: Final = "io.hostperf.count-probe"
+#: CPU-bound Python in a QEMU VM without KVM (TCG) runs ~12x slower than native here.
+TCG_SLOWDOWN: Final = 12.0
+
+
+def where_counting_works(*, docker_client: Any = None, docker_image: str | None = None,
+                         docker_python: str | None = None, qemu_accelerator: str | None = None) -> list[CountingSupport]:
+    """What ``hostperf doctor`` lists: native always, docker and qemu when given.
+
+    Runs real probes (a few seconds each under valgrind). ``qemu_accelerator`` is
+    "kvm" or "tcg" as the qemu backend detected it.
+    """
+    supports = [probe_native()]
+    if docker_client is not None and docker_image and docker_python:
+        supports.append(refusal("docker", machine=platform.machine())
+                        or probe_docker(docker_client, docker_image, docker_python))
+    if qemu_accelerator == "tcg":
+        supports.append(refusal("qemu", machine="x86_64", slowdown=TCG_SLOWDOWN)
+                        or CountingSupport("qemu", True))  # (refusal() always answers for TCG)
+    elif qemu_accelerator:
+        supports.append(CountingSupport("qemu", False, (
+            f"a {qemu_accelerator} VM could count with valgrind on its disk, but no probe runs through the VM's "
+            "agent yet; the same software counts the same instructions natively or in docker")))
+    return supports
 
 
 # -- judging a count -------------------------------------------------------------------------

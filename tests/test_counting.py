@@ -132,3 +132,14 @@ def test_attribution(instructions: float | None, time_verdict: str, time_ci: tup
                      expected: str) -> None:
     judgement = _changed(instructions) if instructions is not None else None
     assert counting.attribute(judgement, time_verdict, time_ci) == expected
+
+
+def test_where_counting_works_lists_native_and_says_why_not_in_a_vm(monkeypatch: pytest.MonkeyPatch) -> None:
+    native = counting.CountingSupport("native", True, noise=0.0)
+    monkeypatch.setattr(counting, "probe_native", lambda: native)  # the real probe: test_instructions_agent.py
+    tcg = counting.where_counting_works(qemu_accelerator="tcg")
+    assert tcg[0] is native
+    assert tcg[1].environment == "qemu" and not tcg[1].works and "~12x slower" in (tcg[1].reason or "")
+    kvm = counting.where_counting_works(qemu_accelerator="kvm")[1]
+    assert not kvm.works and "no probe runs through the VM" in (kvm.reason or "")
+    assert [s.environment for s in counting.where_counting_works()] == ["native"]

@@ -26,6 +26,7 @@ from pytest_hostperf.agent.client_requests import MachineCode, isa_level, unsupp
 from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
 from pytest_hostperf.agent.instructions import CallgrindDumps, CountingUnavailable, InstructionCounter, read_dump_total
 from pytest_hostperf.agent.isolation import Zygote
+from pytest_hostperf.counting import probe_docker, probe_native
 
 COUNTING = Path(__file__).parent / "projects" / "counting"
 FILES = ["test_counted.py"]
@@ -243,8 +244,6 @@ def test_a_wrong_launch_is_refused_with_the_reason(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_probe_counts_natively() -> None:
     _need_valgrind()
-    from pytest_hostperf.counting import probe_native
-
     support = probe_native()
     assert support.works, support.reason
     assert support.per_call and support.per_call > 2000 and (support.noise or 0) < 0.01
@@ -254,7 +253,7 @@ def test_the_probe_counts_natively() -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_docker_counts_what_native_counts(project_image: Any) -> None:
+def test_docker_counts_what_native_counts(engine: Any, project_image: Any) -> None:
     """Same interpreter build in the image: the count in a container matches native's."""
     _need_valgrind()
     client = _client()
@@ -269,8 +268,12 @@ def test_docker_counts_what_native_counts(project_image: Any) -> None:
             in_docker = agent.count(nodeid, **TARGET)
         with client.CountingAgent.native(COUNTING, FILES) as agent:
             native = agent.count(nodeid, **TARGET)
+        with_valgrind = probe_docker(engine, tag, project_image.python)
+        without = probe_docker(engine, project_image.tag, project_image.python)
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+    assert with_valgrind.works, with_valgrind.reason
+    assert not without.works and "valgrind" in (without.reason or ""), without.reason
     assert in_docker["software"]["env_kind"] != native["software"]["env_kind"]
     same_build = in_docker["software"]["interpreter"] == native["software"]["interpreter"]
     if not same_build:

@@ -12,6 +12,7 @@ Stdlib (and, at run time, pytest-benchmark's fixture object) only: runs in every
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from typing import Any, Callable
@@ -66,6 +67,9 @@ class BenchmarkCounting:
             return
         gc.collect()
         self._zygote = Zygote(serve, after)
+        # Reaped before the agent exits, so its exit (and callgrind's last dump into the
+        # dump directory) is over when the controller removes that directory.
+        atexit.register(self._zygote.close)
         self._software = software_fingerprint(self._counter.machine_code)
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
