@@ -195,26 +195,36 @@ def probe_docker(client: Any, image: str, python: str, timeout: float = 300) -> 
     agent gets: no network, no capabilities, the package read-only, a tmpfs for the
     dumps; ``setarch -R`` is left out (Docker's default seccomp refuses it).
     """
-    from docker.errors import ContainerError, DockerException
+    from docker.errors import DockerException
     from docker.types import Mount
 
     package = os.path.dirname(os.path.abspath(__file__))
     dump_dir, parent = "/hostperf-callgrind", "/opt/hostperf-probe"
     argv = counting_argv([python, "-m", "pytest_hostperf.agent.count_probe"], dump_dir, disable_aslr=False)
     environ = {"PYTHONPATH": parent, "PYTHONDONTWRITEBYTECODE": "1", **counting_environ(dump_dir)}
+    container = None
     try:
-        output = client.containers.run(
-            image, argv, environment=environ, remove=True, network_mode="none", cap_drop=["ALL"],
-            security_opt=["no-new-privileges"], stdout=True, stderr=False,
-            labels={PROBE_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+        container = client.containers.create(
+            image, argv, environment=environ, network_mode="none", cap_drop=["ALL"],
+            security_opt=["no-new-privileges"], labels={PROBE_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
             mounts=[Mount(f"{parent}/pytest_hostperf", package, type="bind", read_only=True),
                     Mount(dump_dir, None, type="tmpfs")])
-    except ContainerError as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
-        return parse_probe("docker", int(exc.exit_status), b"", stderr)
+        container.start()
+        code = int(container.wait(timeout=timeout).get("StatusCode", -1))
+        stdout = container.logs(stdout=True, stderr=False)
+        stderr = container.logs(stdout=False, stderr=True).decode(errors="replace")
     except DockerException as exc:
-        return CountingSupport("docker", False, f"could not run the counting probe in {image}: {exc}")
-    return parse_probe("docker", 0, bytes(output), "")
+        hint = " (valgrind is not installed in the image)" if "valgrind" in str(exc) else ""
+        return CountingSupport("docker", False, f"could not run the counting probe in {image}{hint}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a timeout of wait() comes from requests; all become a reason
+        return CountingSupport("docker", False, f"the counting probe in {image} did not finish: {exc!r}")
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except DockerException:
+                pass
+    return parse_probe("docker", code, bytes(stdout), stderr)
 
 
 #: On the probe's container: who started it (host:pid), should it ever outlive its run.

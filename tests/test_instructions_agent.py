@@ -26,7 +26,7 @@ from pytest_hostperf.agent.client_requests import MachineCode, isa_level, unsupp
 from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
 from pytest_hostperf.agent.instructions import CallgrindDumps, CountingUnavailable, InstructionCounter, read_dump_total
 from pytest_hostperf.agent.isolation import Zygote
-from pytest_hostperf.counting import probe_docker, probe_native
+from pytest_hostperf.counting import PROBE_LABEL, probe_docker, probe_native
 
 COUNTING = Path(__file__).parent / "projects" / "counting"
 FILES = ["test_counted.py"]
@@ -274,6 +274,7 @@ def test_docker_counts_what_native_counts(engine: Any, project_image: Any) -> No
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
     assert with_valgrind.works, with_valgrind.reason
     assert not without.works and "valgrind" in (without.reason or ""), without.reason
+    assert not engine.containers.list(all=True, filters={"label": PROBE_LABEL}), "a probe container was left behind"
     assert in_docker["software"]["env_kind"] != native["software"]["env_kind"]
     same_build = in_docker["software"]["interpreter"] == native["software"]["interpreter"]
     if not same_build:
