@@ -43,13 +43,13 @@ class AgentError(RuntimeError):
 
 class CountingAgent:
     def __init__(self, argv: list[str], env: dict[str, str] | None, cwd: str | None, *,
-                 cleanup: list[str] | None = None, temp_dir: str | None = None) -> None:
+                 cleanup: list[str] | None = None, dumps: counting.DumpDirectory | None = None) -> None:
         self._log = tempfile.TemporaryFile()
         started = time.perf_counter()
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                         env=env, cwd=cwd, start_new_session=True)
         self._cleanup = cleanup or []
-        self._temp_dir = temp_dir
+        self._dumps = dumps
         self._pending = b""
         self.container = cleanup[-1] if cleanup else None
         self._pid: int | None = None
@@ -68,20 +68,30 @@ class CountingAgent:
     @classmethod
     def native(cls, project: Path, test_files: Sequence[str], *, python: str | None = None,
                allocator: str | None = counting.DEFAULT_ALLOCATOR, valgrind: bool = True,
-               extra_env: dict[str, str] | None = None) -> "CountingAgent":
-        """A counting agent (or, with ``valgrind=False``, a plain timing agent) on this host."""
+               extra_env: dict[str, str] | None = None, dump_dir: str | None = None) -> "CountingAgent":
+        """A counting agent (or, with ``valgrind=False``, a plain timing agent) on this host.
+
+        Dumps go to a :class:`counting.DumpDirectory` slot unless ``dump_dir`` is given
+        (the caller's, which it must remove).
+        """
         python = python or os.path.realpath(sys.executable)
         problem = counting.interpreter_problem(python)
         if problem:
             raise AgentError(problem)
-        dump_dir = tempfile.mkdtemp(prefix="hostperf-h5-dumps-")
         argv = _agent_argv(python, "native", str(project), test_files)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HOSTPERF_"))}
         env.update(PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1", PYTEST_ADDOPTS="", **(extra_env or {}))
+        dumps = counting.DumpDirectory() if valgrind and dump_dir is None else None
         if valgrind:
+            dump_dir = dump_dir or dumps.__enter__()  # type: ignore[union-attr]
             argv = counting.counting_argv(argv, dump_dir, disable_aslr=shutil.which("setarch") is not None)
             env.update(counting.counting_environ(dump_dir, allocator))
-        return cls(argv, env, str(project), temp_dir=dump_dir)
+        try:
+            return cls(argv, env, str(project), dumps=dumps)
+        except BaseException:
+            if dumps is not None:
+                dumps.__exit__(None, None, None)
+            raise
 
     @classmethod
     def docker(cls, image: str, python: str, project: Path, test_files: Sequence[str], *,
@@ -156,8 +166,8 @@ class CountingAgent:
                 self.process.wait()
         if self._cleanup:
             subprocess.run(self._cleanup, capture_output=True, check=False)
-        if self._temp_dir:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+        if self._dumps is not None:
+            self._dumps.__exit__(None, None, None)
         self._log.close()
 
     def __enter__(self) -> "CountingAgent":

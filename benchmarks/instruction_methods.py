@@ -109,6 +109,12 @@ def main() -> int:
         print("(a3) callgrind_control -i on/off from outside (vgdb):")
         measure_callgrind_control(workdir)
 
+        print("(a) the dump directory's path: a fresh counting agent per session counts the JSON round trip")
+        for label, fixed in (("random mkdtemp name per session", False), ("the same path every session", True)):
+            counts = dump_path_sessions(fixed, sessions=8)
+            print(f"  {label:<34} {counts}  {len(set(counts))} distinct, spread "
+                  f"{100 * (max(counts) - min(counts)) / min(counts):.3f}%", flush=True)
+
         print("(a) pymalloc vs glibc malloc, 8 blocks of 7 calls of a loop of 2000 int ops, one process each:")
         for allocator in ("pymalloc", "malloc"):
             blocks = blocks_of(allocator, workdir)
@@ -132,6 +138,24 @@ def measure_callgrind_control(workdir: str) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def dump_path_sessions(fixed: bool, sessions: int) -> list[int]:
+    from counting_agent import CountingAgent  # noqa: PLC0415 - the benchmarks' own client
+
+    counts = []
+    with counting.DumpDirectory() as stable:
+        for _ in range(sessions):
+            dump_dir = stable if fixed else tempfile.mkdtemp(prefix="hostperf-h5-dumps-")
+            try:
+                with CountingAgent.native(HERE.parent / "example_project", ["tests/test_catalog_perf.py"],
+                                          dump_dir=dump_dir) as agent:
+                    answer = agent.count("tests/test_catalog_perf.py::test_json_roundtrip[100]")
+                counts.append(round(answer["instructions"]["per_call"]))
+            finally:
+                if not fixed:
+                    shutil.rmtree(dump_dir, ignore_errors=True)
+    return counts
 
 
 def blocks_of(allocator: str, workdir: str) -> list[int]:

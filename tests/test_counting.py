@@ -143,3 +143,22 @@ def test_where_counting_works_lists_native_and_says_why_not_in_a_vm(monkeypatch:
     kvm = counting.where_counting_works(qemu_accelerator="kvm")[1]
     assert not kvm.works and "no probe runs through the VM" in (kvm.reason or "")
     assert [s.environment for s in counting.where_counting_works()] == ["native"]
+
+
+def test_dump_directory_gives_the_same_path_each_session_and_another_to_a_concurrent_one(tmp_path: Path) -> None:
+    base = str(tmp_path / "dumps")
+    with counting.DumpDirectory(base) as first:
+        Path(first, "callgrind.out.1").write_text("summary: 1\n")
+        with counting.DumpDirectory(base) as second:
+            assert first.endswith("slot-0") and second.endswith("slot-1")
+        assert not os.path.exists(second)
+    assert not os.path.exists(first)  # emptied and removed
+    with counting.DumpDirectory(base) as again:
+        assert again == first and os.listdir(again) == []
+
+
+def test_dump_directory_with_every_slot_taken_says_so(tmp_path: Path) -> None:
+    base = str(tmp_path / "dumps")
+    with counting.DumpDirectory(base, slots=1):
+        with pytest.raises(counting.CountingSetupError, match="in use by other hostperf sessions"):
+            counting.DumpDirectory(base, slots=1).__enter__()
