@@ -20,8 +20,8 @@ clock, so that two sessions do exactly the same thing:
    skipped: a 10 ms function then costs two counted calls and one uninstrumented;
 5. ``per_call = (mean(A, B) - noop) / n``; the noise floor is ``|A - B|`` relative to it.
 
-GC is collected before and disabled during every block. The whole module is stdlib only:
-it runs inside every environment.
+GC is collected once, uninstrumented, after step 1 and disabled until the last block
+ends. The whole module is stdlib only: it runs inside every environment.
 """
 
 from __future__ import annotations
