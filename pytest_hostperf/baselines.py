@@ -366,3 +366,9 @@ def _directory_lock(directory: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+#: For the other files kept under the baselines directory (instruction counts): the same
+#: all-or-nothing write and the same lock.
+write_all = _replace_all
+directory_lock = _directory_lock

@@ -293,7 +293,8 @@ TCG_SLOWDOWN: Final = 12.0
 
 
 def where_counting_works(*, docker_client: Any = None, docker_image: str | None = None,
-                         docker_python: str | None = None, qemu_accelerator: str | None = None) -> list[CountingSupport]:
+                         docker_python: str | None = None,
+                         qemu_accelerator: str | None = None) -> list[CountingSupport]:
     """What ``hostperf doctor`` lists: native always, docker and qemu when given.
 
     Runs real probes (a few seconds each under valgrind). ``qemu_accelerator`` is

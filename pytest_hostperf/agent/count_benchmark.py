@@ -18,7 +18,6 @@ import os
 from typing import Any, Callable
 
 from pytest_hostperf.agent.count_fingerprint import software_fingerprint
-from pytest_hostperf.agent.isolation import Zygote
 from pytest_hostperf.agent.instructions import (
     DEFAULT_TARGET_INSTRUCTIONS,
     DUMP_DIR_VARIABLE,
@@ -26,6 +25,7 @@ from pytest_hostperf.agent.instructions import (
     CountingUnavailable,
     InstructionCounter,
 )
+from pytest_hostperf.agent.isolation import Zygote
 
 _PATCHED = ("_raw", "_raw_pedantic")
 
@@ -123,8 +123,9 @@ class BenchmarkCounting:
         result, self._count = self._counter.measure(function, lambda: (args, kwargs))
         return result
 
-    def _raw_pedantic(self, target: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
-                      setup: Callable[[], Any] | None = None, teardown: Callable[..., Any] | None = None,
+    def _raw_pedantic(self, target: Callable[..., Any], args: tuple[Any, ...] = (),
+                      kwargs: dict[str, Any] | None = None, setup: Callable[[], Any] | None = None,
+                      teardown: Callable[..., Any] | None = None,
                       rounds: int = 1, warmup_rounds: int = 0, iterations: int = 1) -> Any:
         # rounds/warmup_rounds/iterations size a *timing*; a count sizes itself. The
         # argument rules are pytest-benchmark's, so a test that fails there fails here.

@@ -136,7 +136,7 @@ class InstructionCounter:
         self._collecting = False
 
     @classmethod
-    def open(cls, target_instructions: int = DEFAULT_TARGET_INSTRUCTIONS) -> "InstructionCounter":
+    def open(cls, target_instructions: int = DEFAULT_TARGET_INSTRUCTIONS) -> InstructionCounter:
         """A counter for this process, or :class:`CountingUnavailable` saying why not."""
         try:
             code = MachineCode()
@@ -251,7 +251,7 @@ class InstructionCounter:
         self._code.dump_stats_at(b"hostperf-block")
         return result, self._dumps.take_latest()
 
-    def _instrumented(self) -> "_Instrumented":
+    def _instrumented(self) -> _Instrumented:
         return _Instrumented(self._code)
 
     def _check_collection_starts_off(self) -> None:

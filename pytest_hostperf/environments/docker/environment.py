@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
 
-from pytest_hostperf import images
+from pytest_hostperf import counting, images
 from pytest_hostperf.agent import protocol
 from pytest_hostperf.agent.keepalive import READY_MARK
 from pytest_hostperf.environments import labels
@@ -48,6 +48,9 @@ MOUNTS: Final = (
     Mount("tmpfs", "/hostperf/tmpfs", "tmpfs mount (memory)"),
     Mount("layer", "/var/tmp/hostperf-layer", "directory in the container's writable layer"),
 )
+#: Where a counting agent's callgrind writes its dumps: a tmpfs of its own, the same path
+#: in every session (the path lives in callgrind's memory beside the counted program's).
+COUNT_DUMP_DIR: Final = "/hostperf/callgrind"
 #: What the keep-alive prepares for the agent's uid: the volume (root-owned) and the layer dir.
 _PREPARED: Final = (MOUNTS[1].path, MOUNTS[3].path)
 
@@ -101,13 +104,36 @@ class DockerEnvironment(Environment):
         return MOUNTS
 
     def start_agent(self, launch: AgentLaunch) -> DockerExecTransport:
+        return self._exec_agent(launch, launch.argv(), {})
+
+    def start_counting_agent(self, launch: AgentLaunch) -> DockerExecTransport:
+        """The agent under callgrind, exec'd in the session's container (same limits, no network).
+
+        ``setarch -R`` is left out: Docker's default seccomp profile refuses it, and under
+        valgrind the client's layout repeats anyway (docs/instructions.md).
+        """
+        container = self._container(launch)
+        try:
+            found = container.exec_run(["valgrind", "--version"], user=self.agent_user())
+            works = found.exit_code == 0
+        except Exception:  # noqa: BLE001 - docker.errors.APIError: the executable is missing
+            works = False
+        if not works:
+            raise EnvironmentFailure(ENV_NAME, f"valgrind is not installed in the image {self.image().tag}, so "
+                                               "instructions cannot be counted in docker",
+                                     hint="hostperf's own images have it (rebuild: hostperf image build); add "
+                                          "your distribution's valgrind package to a --hostperf-image")
+        argv = counting.counting_argv(launch.argv(), COUNT_DUMP_DIR, disable_aslr=False)
+        return self._exec_agent(launch, argv, counting.counting_environ(COUNT_DUMP_DIR))
+
+    def _exec_agent(self, launch: AgentLaunch, argv: list[str], extra: Mapping[str, str]) -> DockerExecTransport:
         container = self._container(launch)
         token = os.urandom(8).hex()
         # HOME and USER: the controller's uid has no passwd entry in the image.
-        environment = {**launch.environ(), "HOME": "/tmp", "USER": "hostperf", protocol.TOKEN_VAR: token}
+        environment = {**launch.environ(), "HOME": "/tmp", "USER": "hostperf", protocol.TOKEN_VAR: token, **extra}
         api = self.client().api
         try:
-            exec_id = api.exec_create(container.id, launch.argv(), stdin=True, tty=False,
+            exec_id = api.exec_create(container.id, argv, stdin=True, tty=False,
                                       environment=environment, workdir=launch.project_dir,
                                       user=self.agent_user())["Id"]
             sock = api.exec_start(exec_id, socket=True)
@@ -277,6 +303,8 @@ class DockerEnvironment(Environment):
             DockerMount(MOUNTS[0].path, str(self._created.bind_dir), type="bind"),
             DockerMount(MOUNTS[1].path, self._created.volume, type="volume"),
             DockerMount(MOUNTS[2].path, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=limits.tmpfs_bytes),
+            # ~70 KB per counted block, deleted once read: 64 MiB is plenty.
+            DockerMount(COUNT_DUMP_DIR, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=64 << 20),
         ]
 
     def _wait_keepalive(self, container: Any, timeout: float = 30.0) -> None:
