@@ -73,7 +73,7 @@ class DockerEnvironment(Environment):
     def __init__(self, session_id: str, project_dir: Path, work_dir: Path, image: str | None = None,
                  network: bool = False, cpus: float | None = None, reporter: Reporter = SILENT,
                  requirements: Sequence[str] = (), pids: int | None = None, memory: str | None = None,
-                 tmpfs_size: str | None = None) -> None:
+                 tmpfs_size: str | None = None, counting: bool = False) -> None:
         self.session_id = session_id
         self.project_dir = Path(project_dir).resolve()
         self.work_dir = Path(work_dir)
@@ -81,6 +81,8 @@ class DockerEnvironment(Environment):
         self.network = network
         self.cpus = cpus
         self.requirements = tuple(requirements)
+        # Counting sessions build on the base with Debian's valgrind (images/ref.py).
+        self.base = images.COUNTING_BASE_TAG if counting else images.BASE_TAG
         self._limit_settings = (pids, memory, tmpfs_size)
         self._reporter = reporter
         self._client: docker.DockerClient | None = None
@@ -203,7 +205,7 @@ class DockerEnvironment(Environment):
         if self._image is None:
             try:
                 self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
-                                                  self.requirements, self._reporter)
+                                                  self.requirements, self._reporter, base=self.base)
             except images.ImageBuildError as exc:
                 raise EnvironmentFailure(ENV_NAME, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - docker.errors.* from the engine while building
