@@ -68,7 +68,7 @@ class CountingAgent:
     @classmethod
     def native(cls, project: Path, test_files: Sequence[str], *, python: str | None = None,
                allocator: str | None = counting.DEFAULT_ALLOCATOR, valgrind: bool = True,
-               extra_env: dict[str, str] | None = None, dump_dir: str | None = None) -> "CountingAgent":
+               extra_env: dict[str, str] | None = None, dump_dir: str | None = None) -> CountingAgent:
         """A counting agent (or, with ``valgrind=False``, a plain timing agent) on this host.
 
         Dumps go to a :class:`counting.DumpDirectory` slot unless ``dump_dir`` is given
@@ -96,7 +96,7 @@ class CountingAgent:
     @classmethod
     def docker(cls, image: str, python: str, project: Path, test_files: Sequence[str], *,
                allocator: str | None = counting.DEFAULT_ALLOCATOR,
-               extra_env: dict[str, str] | None = None) -> "CountingAgent":
+               extra_env: dict[str, str] | None = None) -> CountingAgent:
         """A counting agent in a fresh container of ``image`` (which must have valgrind)."""
         name = f"hostperf-h5-count-{os.getpid()}-{time.monotonic_ns() % 10**9}"
         agent = _agent_argv(python, "docker", "/project", test_files)
@@ -170,7 +170,7 @@ class CountingAgent:
             self._dumps.__exit__(None, None, None)
         self._log.close()
 
-    def __enter__(self) -> "CountingAgent":
+    def __enter__(self) -> CountingAgent:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -91,7 +91,8 @@ def summarize(native: list[dict[str, Any]], docker: list[dict[str, Any]], call_s
             walls = [s["start_wall_s"] for s in sessions]
             cpus = [s["start_cpu_s"] for s in sessions]
             print(f"\n{label} agent start under valgrind (collection, fingerprint, zygote): wall median "
-                  f"{statistics.median(walls):.1f} s (max {max(walls):.1f}), CPU median {statistics.median(cpus):.1f} s; "
+                  f"{statistics.median(walls):.1f} s (max {max(walls):.1f}), "
+                  f"CPU median {statistics.median(cpus):.1f} s; "
                   f"software ids {sorted({s['software_id'] for s in sessions})}")
 
 

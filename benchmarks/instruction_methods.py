@@ -159,12 +159,13 @@ def dump_path_sessions(fixed: bool, sessions: int) -> list[int]:
 
 
 def blocks_of(allocator: str, workdir: str) -> list[int]:
-    code = ("import sys, json\nsys.path.insert(0, %r)\n"
+    code = (f"import sys, json\nsys.path.insert(0, {str(HERE.parent)!r})\n"
             "from pytest_hostperf.agent.instructions import InstructionCounter\n"
-            "def work(k):\n    s = 0\n    for i in range(k): s += i * i %% 7\n    return s\n"
+            "def work(k):\n    s = 0\n    for i in range(k): s += i * i % 7\n    return s\n"
             "c = InstructionCounter.open()\nout = []\n"
-            "with c._instrumented():\n    for _ in range(8): out.append(c._block(work, lambda: ((2000,), {}), None, 7)[1])\n"
-            "print(json.dumps(out))\n") % str(HERE.parent)
+            "with c._instrumented():\n"
+            "    for _ in range(8): out.append(c._block(work, lambda: ((2000,), {}), None, 7)[1])\n"
+            "print(json.dumps(out))\n")
     dumps = tempfile.mkdtemp(dir=workdir)
     argv = counting.counting_argv([PYTHON, "-c", code], dumps, disable_aslr=False)
     env = {**os.environ, **counting.counting_environ(dumps, None if allocator == "pymalloc" else allocator)}

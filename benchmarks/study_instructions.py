@@ -91,7 +91,8 @@ def main() -> int:
             for condition, factor in (("unchanged", 1.0), ("slowed", args.slowdown)):
                 counts = count_session(workdir, factor)
                 times = time_records(workdir, factor, workdir / f"{condition}-{i}.json")
-                session[condition] = {"counts": counts, "time_verdicts": {t: r.get("verdict") for t, r in times.items()}}
+                session[condition] = {"counts": counts,
+                                      "time_verdicts": {t: r.get("verdict") for t, r in times.items()}}
                 for test, count in counts.items():
                     base = baseline[test]
                     judged = judge_instructions(count["per_call"], base["per_call"], noise=count["noise"],
@@ -123,7 +124,8 @@ def main() -> int:
               + f" | {dict(attributions[test])} |")
     if args.out:
         args.out.write_text(json.dumps({"baseline": baseline, "rounds": raw,
-                                        "verdicts": {k: {t: dict(c) for t, c in v.items()} for k, v in verdicts.items()},
+                                        "verdicts": {k: {t: dict(c) for t, c in v.items()}
+                                                     for k, v in verdicts.items()},
                                         "attributions": {t: dict(c) for t, c in attributions.items()}},
                                        indent=1) + "\n")
     return 0

@@ -12,15 +12,14 @@ import importlib.util
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
 
+from pytest_hostperf import images
 from pytest_hostperf.agent import count_fingerprint
 from pytest_hostperf.agent.client_requests import MachineCode, isa_level, unsupported_reason
 from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
@@ -90,7 +89,8 @@ def test_package_list_is_normalised_and_sorted() -> None:
 def test_fingerprint_id_follows_the_match_keys_only() -> None:
     base = {key: "x" for key in count_fingerprint.MATCH_KEYS}
     assert count_fingerprint.fingerprint_id({**base, "packages": ["a==1"]}) == count_fingerprint.fingerprint_id(base)
-    assert count_fingerprint.fingerprint_id({**base, "isa_level": "x86-64-v4"}) != count_fingerprint.fingerprint_id(base)
+    other_level = {**base, "isa_level": "x86-64-v4"}
+    assert count_fingerprint.fingerprint_id(other_level) != count_fingerprint.fingerprint_id(base)
 
 
 @x86_64_only
@@ -254,24 +254,21 @@ def test_the_probe_counts_natively() -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_docker_counts_what_native_counts(engine: Any, project_image: Any) -> None:
-    """Same interpreter build in the image: the count in a container matches native's."""
+    """Same interpreter build in the image: the count in a container matches native's.
+
+    The image is the project image on the counting base (Debian's valgrind), the one a
+    ``--hostperf-measure=time,instructions`` session builds and caches.
+    """
     _need_valgrind()
     client = _client()
-    tag = f"hostperf-h5-valgrind:test-{uuid.uuid4().hex[:8]}"
-    try:
-        try:
-            client.build_valgrind_image(project_image.tag, tag)
-        except subprocess.CalledProcessError as exc:
-            pytest.skip(f"could not build an image with valgrind here ({exc}; apt-get download needs the Debian mirror)")
-        nodeid = f"{FILES[0]}::test_loop[2000]"
-        with client.CountingAgent.docker(tag, project_image.python, COUNTING, FILES) as agent:
-            in_docker = agent.count(nodeid, **TARGET)
-        with client.CountingAgent.native(COUNTING, FILES) as agent:
-            native = agent.count(nodeid, **TARGET)
-        with_valgrind = probe_docker(engine, tag, project_image.python)
-        without = probe_docker(engine, project_image.tag, project_image.python)
-    finally:
-        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+    counting_image = images.ensure_image(engine, COUNTING, base=images.COUNTING_BASE_TAG)
+    nodeid = f"{FILES[0]}::test_loop[2000]"
+    with client.CountingAgent.docker(counting_image.tag, counting_image.python, COUNTING, FILES) as agent:
+        in_docker = agent.count(nodeid, **TARGET)
+    with client.CountingAgent.native(COUNTING, FILES) as agent:
+        native = agent.count(nodeid, **TARGET)
+    with_valgrind = probe_docker(engine, counting_image.tag, counting_image.python)
+    without = probe_docker(engine, project_image.tag, project_image.python)
     assert with_valgrind.works, with_valgrind.reason
     assert not without.works and "valgrind" in (without.reason or ""), without.reason
     assert not engine.containers.list(all=True, filters={"label": PROBE_LABEL}), "a probe container was left behind"
