@@ -245,16 +245,24 @@ class BaselineStore:
         return current
 
 
-def read_baseline(path: Path) -> BaselineFile:
-    """Parse and validate one baseline file; every problem is a :class:`BaselineError`."""
-    fix = (f"restore it (git checkout -- {path}) or move it away to start a new baseline; "
-           "hostperf never overwrites a file it cannot read")
+def read_json_file(path: Path, instead: str) -> Any:
+    """The JSON in a file under the baselines directory; a :class:`BaselineError` if unreadable.
+
+    ``instead``: what moving the file away lets the user do ("start a new baseline").
+    """
+    fix = f"restore it (git checkout -- {path}) or move it away to {instead}; hostperf never overwrites a file " \
+          "it cannot read"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise BaselineError(path, f"cannot be read ({exc})", fix) from exc
     except json.JSONDecodeError as exc:
         raise BaselineError(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", fix) from exc
+
+
+def read_baseline(path: Path) -> BaselineFile:
+    """Parse and validate one baseline file; every problem is a :class:`BaselineError`."""
+    data = read_json_file(path, "start a new baseline")
     if not isinstance(data, dict) or data.get("tool") != TOOL:
         raise BaselineError(path, "is not a pytest-hostperf baseline (no \"tool\": \"pytest-hostperf\")",
                             "keep other tools' files out of the baselines directory or point "
@@ -278,7 +286,9 @@ def read_baseline(path: Path) -> BaselineFile:
                             f"correct the hand edit or restore the file (git checkout -- {path}); "
                             "hostperf never overwrites a file it cannot read") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BaselineError(path, f"has an unexpected structure ({type(exc).__name__}: {exc})", fix) from exc
+        raise BaselineError(path, f"has an unexpected structure ({type(exc).__name__}: {exc})",
+                            f"restore it (git checkout -- {path}) or move it away to start a new baseline; "
+                            "hostperf never overwrites a file it cannot read") from exc
 
 
 def dumps(data: Any) -> str:

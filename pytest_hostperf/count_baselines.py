@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pytest_hostperf.baselines import TOOL, BaselineError, BaselineSaveError, directory_lock, dumps, write_all
+from pytest_hostperf.baselines import (
+    TOOL,
+    BaselineError,
+    BaselineSaveError,
+    directory_lock,
+    dumps,
+    read_json_file,
+    write_all,
+)
 from pytest_hostperf.model import RecordError, non_negative, positive
 
 SUBDIRECTORY = "instructions"
@@ -125,14 +132,8 @@ class CountStore:
 
 def read_counts(path: Path) -> CountFile:
     """Parse and validate one count file; every problem is a :class:`BaselineError`."""
-    fix = (f"restore it (git checkout -- {path}) or move it away to count a new baseline; "
-           "hostperf never overwrites a file it cannot read")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(path, f"cannot be read ({exc})", fix) from exc
-    except json.JSONDecodeError as exc:
-        raise BaselineError(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", fix) from exc
+    fix = f"move it away to count a new baseline (or restore it: git checkout -- {path})"
+    data = read_json_file(path, "count a new baseline")
     if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("kind") != KIND:
         raise BaselineError(path, "is not a pytest-hostperf instruction-count baseline", fix)
     if data.get("schema_version") != SCHEMA_VERSION:
