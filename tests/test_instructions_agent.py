@@ -12,7 +12,6 @@ import importlib.util
 import os
 import platform
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -172,15 +171,14 @@ def _count_all(agent: Any, nodeids: list[str]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def counted() -> dict[str, Any]:
-    """Two fresh counting agents, counting every test, the second in reverse order."""
+    """One counting agent counting every test (that counts repeat between agents and
+    sessions is asserted end to end by tests/test_instructions_plugin.py)."""
     _need_valgrind()
     client = _client()
     with client.CountingAgent.native(COUNTING, FILES) as agent:
         nodeids = agent.ready["collected"]
         first = _count_all(agent, nodeids)
-    with client.CountingAgent.native(COUNTING, FILES) as agent:
-        second = _count_all(agent, nodeids[::-1])
-    return {"first": first, "second": second}
+    return {"first": first}
 
 
 def _per_call(answer: dict[str, Any]) -> float:
@@ -208,13 +206,11 @@ def test_a_sleep_counts_its_few_instructions_not_its_time(counted: dict[str, Any
 
 
 @pytest.mark.slow
-def test_counts_repeat_across_agents_whatever_the_order(counted: dict[str, Any]) -> None:
+def test_two_counts_of_a_test_in_one_session_agree(counted: dict[str, Any]) -> None:
     for test, answer in counted["first"].items():
         # A sleep's few instructions depend on how the kernel wakes it: time, not code.
         if answer["instructions"] is None or test == "test_sleep":
             continue
-        again = _per_call(counted["second"][test])
-        assert again == pytest.approx(_per_call(answer), rel=1e-4), test
         assert answer["instructions"]["noise"] < 0.01, test
 
 
@@ -229,7 +225,6 @@ def test_results_carry_outcome_reason_and_software(counted: dict[str, Any]) -> N
     assert software["machine"] == platform.machine() and software["hash_seed"] == "0"
     assert software["allocator"] == "malloc" and software["valgrind"].startswith("valgrind-")
     assert software["id"] == count_fingerprint.fingerprint_id(software)
-    assert software["id"] == counted["second"]["test_loop[2000]"]["software"]["id"]
 
 
 @pytest.mark.slow
@@ -253,27 +248,16 @@ def test_the_probe_counts_natively() -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_docker_counts_what_native_counts(engine: Any, project_image: Any) -> None:
-    """Same interpreter build in the image: the count in a container matches native's.
+def test_the_docker_probe_needs_valgrind_in_the_image(engine: Any, project_image: Any) -> None:
+    """The counting base's project image counts, the plain one says valgrind is missing.
 
-    The image is the project image on the counting base (Debian's valgrind), the one a
-    ``--hostperf-measure=time,instructions`` session builds and caches.
+    (Counts in docker against native ones: tests/test_instructions_plugin.py.)
     """
     _need_valgrind()
-    client = _client()
     counting_image = images.ensure_image(engine, COUNTING, base=images.COUNTING_BASE_TAG)
-    nodeid = f"{FILES[0]}::test_loop[2000]"
-    with client.CountingAgent.docker(counting_image.tag, counting_image.python, COUNTING, FILES) as agent:
-        in_docker = agent.count(nodeid, **TARGET)
-    with client.CountingAgent.native(COUNTING, FILES) as agent:
-        native = agent.count(nodeid, **TARGET)
     with_valgrind = probe_docker(engine, counting_image.tag, counting_image.python)
     without = probe_docker(engine, project_image.tag, project_image.python)
     assert with_valgrind.works, with_valgrind.reason
+    assert with_valgrind.software and with_valgrind.software["env_kind"] != "native"
     assert not without.works and "valgrind" in (without.reason or ""), without.reason
     assert not engine.containers.list(all=True, filters={"label": PROBE_LABEL}), "a probe container was left behind"
-    assert in_docker["software"]["env_kind"] != native["software"]["env_kind"]
-    same_build = in_docker["software"]["interpreter"] == native["software"]["interpreter"]
-    if not same_build:
-        pytest.skip(f"the image's interpreter is not this host's build ({sys.version}); counts may differ")
-    assert _per_call(in_docker) == pytest.approx(_per_call(native), rel=0.01)

@@ -75,6 +75,11 @@ def _session(project: Path, envs: list[str], *extra: str) -> tuple[subprocess.Co
     return done, json.loads(report.read_text())
 
 
+def _same_interpreter(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    keys = ("python_version", "python_compiler", "python_implementation")
+    return all(one["fingerprint"].get(key) == other["fingerprint"].get(key) for key in keys)
+
+
 def _by_item(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["test"].split("::")[-1], r["env"]): r for r in data["results"]}
 
@@ -109,6 +114,10 @@ def test_three_percent_more_work_is_an_instruction_regression_and_unchanged_code
         assert same["instructions"]["verdict"] == "pass", same["reason"]
         assert abs(same["instructions"]["ratio_to_baseline"] - 1) < 0.002
         assert same["verdict"] not in ("regression", "overhead"), same["reason"]
+    if len(envs) == 2 and _same_interpreter(records[("test_same", "native")], records[("test_same", "docker")]):
+        # The project image carries the host's interpreter build: the same count inside.
+        native, docker = (records[("test_same", env)]["instructions"]["per_call"] for env in envs)
+        assert docker == pytest.approx(native, rel=0.01)
     assert "instructions [who]" in changed.stdout and "+3.0" in changed.stdout
     failed = [line for line in changed.stdout.splitlines() if line.startswith("FAILED")]
     assert len(failed) == len(envs) and all("test_more" in line for line in failed), failed
