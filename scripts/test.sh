@@ -10,4 +10,5 @@ fi
 # Lint and types first (seconds): configured in pyproject.toml.
 python3 -m ruff check .
 python3 -m mypy
-exec python3 -m pytest tests -p no:cacheprovider -ra "$@"
+# --durations: the slowest tests are named in every CI log (the suite must stay well under 30 minutes).
+exec python3 -m pytest tests -p no:cacheprovider -ra --durations=25 "$@"

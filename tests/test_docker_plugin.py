@@ -147,20 +147,27 @@ def test_cpu_bound_body_costs_nothing_in_a_container(project: pytest.Pytester, e
     assert 0.95 <= ratio <= 1.05, intervals
 
 
-def test_cpu_quota_doubles_the_ratio_to_native(project: pytest.Pytester, engine: Any) -> None:
-    # Rounds of ~0.2 s, longer than the CFS period (100 ms): the quota throttles each alike.
-    # Ten blocks of four rounds (alternating every ~3 s) gave medians of three sessions
-    # from 1.76 to 2.29 on this machine; single-round blocks read ~1.6 (see test_quota_spin).
-    ratio, rows = median_ratio(project, "test_quota_spin", 20, "--hostperf-docker-cpus=0.5")
-    assert all(r["fingerprint"]["cpu_quota"] == 0.5 for r in rows)
-    assert 1.8 <= ratio <= 2.2, [r["ratio_to_native"] for r in rows]
+def test_cpu_quota_raises_the_ratio_to_native(project: pytest.Pytester, engine: Any) -> None:
+    # The mechanism, not a speed: a quarter of a CPU makes a single-threaded spin clearly
+    # slower, and the fingerprint says why. (Half a CPU is not enough to assert on: when the
+    # host is busy, native gets about half a core too, and the ratio read 1.26-1.44.) Rounds of ~0.2 s are longer than the CFS period
+    # (100 ms), so the quota throttles each alike; the exact figure depends on the host
+    # (at 0.5 CPU, medians of three quiet sessions read 1.76-2.29 on one machine, 2.07-2.36 on
+    # another), so the bounds only rule out "no quota" and "no work".
+    ratio, rows = median_ratio(project, "test_quota_spin", 8, "--hostperf-docker-cpus=0.25", sessions=1)
+    assert all(r["fingerprint"]["cpu_quota"] == 0.25 for r in rows)
+    assert all(r["ratio_to_native"]["ci_low"] > 1.5 for r in rows), [r["ratio_to_native"] for r in rows]
+    assert 1.8 <= ratio <= 8, [r["ratio_to_native"] for r in rows]
 
 
 def test_overhead_over_budget_fails_with_its_own_verdict(project: pytest.Pytester, engine: Any) -> None:
-    result = hostperf(project, "--hostperf-docker-cpus=0.5", "-k", "cpu", "--hostperf-max-overhead=docker=1.05")
+    # test_quota_spin's ~0.2 s rounds: a quota shows in every round (test_cpu's first round
+    # after an idle spell runs on unused quota, which once put its interval's low end at 0.99).
+    result = hostperf(project, "--hostperf-docker-cpus=0.25", "-k", "quota_spin", "--hostperf-blocks=6",
+                      "--hostperf-max-overhead=docker=1.05")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["hostperf overhead [[]docker[]]: overhead *x native (CI *) exceeds budget 1.05x",
-                                 "FAILED test_work.py::test_cpu[[]docker[]] - hostperf overhead*"])
+                                 "FAILED test_work.py::test_quota_spin[[]docker[]] - hostperf overhead*"])
 
 
 def test_missing_engine_skips_or_errors_with_the_fix(project: pytest.Pytester, tmp_path: Path,
