@@ -121,3 +121,17 @@ def test_three_percent_more_work_is_an_instruction_regression_and_unchanged_code
     assert "instructions [who]" in changed.stdout and "+3.0" in changed.stdout
     failed = [line for line in changed.stdout.splitlines() if line.startswith("FAILED")]
     assert len(failed) == len(envs) and all("test_more" in line for line in failed), failed
+    assert not _processes_naming(tmp_path), "a counting agent outlived its session"
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """Command lines of live processes that name ``path`` (the agents get it as --rootdir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmdline:
+            found.append(cmdline)
+    return found
