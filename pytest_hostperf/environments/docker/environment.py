@@ -82,6 +82,7 @@ class DockerEnvironment(Environment):
         self.cpus = cpus
         self.requirements = tuple(requirements)
         # Counting sessions build on the base with Debian's valgrind (images/ref.py).
+        self.counting = counting
         self.base = images.COUNTING_BASE_TAG if counting else images.BASE_TAG
         self._limit_settings = (pids, memory, tmpfs_size)
         self._reporter = reporter
@@ -114,6 +115,9 @@ class DockerEnvironment(Environment):
         ``setarch -R`` is left out: Docker's default seccomp profile refuses it, and under
         valgrind the client's layout repeats anyway (docs/instructions.md).
         """
+        if not self.counting:
+            raise EnvironmentFailure(ENV_NAME, "this docker environment was made without counting=True (its "
+                                               "container has no dump directory for callgrind)")
         container = self._container(launch)
         try:
             found = container.exec_run(["valgrind", "--version"], user=self.agent_user())
@@ -305,8 +309,9 @@ class DockerEnvironment(Environment):
             DockerMount(MOUNTS[0].path, str(self._created.bind_dir), type="bind"),
             DockerMount(MOUNTS[1].path, self._created.volume, type="volume"),
             DockerMount(MOUNTS[2].path, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=limits.tmpfs_bytes),
-            # ~70 KB per counted block, deleted once read: 64 MiB is plenty.
-            DockerMount(COUNT_DUMP_DIR, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=64 << 20),
+            # Counting sessions only: ~70 KB per counted block, deleted once read.
+            *([DockerMount(COUNT_DUMP_DIR, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=64 << 20)]
+              if self.counting else []),
         ]
 
     def _wait_keepalive(self, container: Any, timeout: float = 30.0) -> None:
