@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from pytest_hostperf.model import Record, RecordError, SessionSummary, count, non_negative, positive
 from pytest_hostperf.sampling import thin
@@ -213,18 +213,13 @@ class BaselineStore:
         """
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
-        stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BaselineSaveError(self.directory, f"cannot create the directory ({exc})") from exc
-        with _directory_lock(self.directory):
-            texts = {}
-            for save in saves:
-                path = self.path_for(save.environment, save.fingerprint_id)
-                texts[path] = dumps(self._merged(path, save, session_id, stamp, max_history).to_json())
-            _replace_all(self.directory, texts)
-        return list(texts)
+
+        def texts(stamp: str) -> dict[Path, str]:
+            paths = [(self.path_for(save.environment, save.fingerprint_id), save) for save in saves]
+            return {path: dumps(self._merged(path, save, session_id, stamp, max_history).to_json())
+                    for path, save in paths}
+
+        return write_locked(self.directory, texts, now)
 
     def _merged(self, path: Path, save: EnvironmentSave, session_id: str, stamp: str,
                 max_history: int) -> BaselineFile:
@@ -378,7 +373,19 @@ def _directory_lock(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-#: For the other files kept under the baselines directory (instruction counts): the same
-#: all-or-nothing write and the same lock.
-write_all = _replace_all
-directory_lock = _directory_lock
+def write_locked(directory: Path, texts: Callable[[str], Mapping[Path, str]],
+                 now: _dt.datetime | None = None) -> list[Path]:
+    """Write the files ``texts(timestamp)`` names in ``directory``, all or none, under its lock.
+
+    ``texts`` runs under the lock, so what it reads (the current files) nobody changes
+    before the write; a :class:`BaselineError` it raises leaves every file as it was.
+    """
+    stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BaselineSaveError(directory, f"cannot create the directory ({exc})") from exc
+    with _directory_lock(directory):
+        staged = texts(stamp)
+        _replace_all(directory, staged)
+    return list(staged)

@@ -18,15 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pytest_hostperf.baselines import (
-    TOOL,
-    BaselineError,
-    BaselineSaveError,
-    directory_lock,
-    dumps,
-    read_json_file,
-    write_all,
-)
+from pytest_hostperf.baselines import TOOL, BaselineError, dumps, read_json_file, write_locked
 from pytest_hostperf.model import RecordError, non_negative, positive
 
 SUBDIRECTORY = "instructions"
@@ -108,13 +100,9 @@ class CountStore:
         """Append this session's counts to every file: all of them or none."""
         if not saves:
             return []
-        stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BaselineSaveError(self.directory, f"cannot create the directory ({exc})") from exc
-        with directory_lock(self.directory):
-            texts = {}
+
+        def texts(stamp: str) -> dict[Path, str]:
+            staged = {}
             for save in saves:
                 path = self.path_for(save.environment, save.software_id)
                 current = read_counts(path) if path.exists() else CountFile(
@@ -125,10 +113,10 @@ class CountStore:
                     history[:] = [c for c in history if c.session_id != session_id]
                     history.append(SavedCount(per_call, noise, session_id, stamp))
                     del history[:-kept]
-                texts[path] = dumps(current.to_json())
-            write_all(self.directory, texts)
-        return list(texts)
+                staged[path] = dumps(current.to_json())
+            return staged
 
+        return write_locked(self.directory, texts, now)
 
 def read_counts(path: Path) -> CountFile:
     """Parse and validate one count file; every problem is a :class:`BaselineError`."""
