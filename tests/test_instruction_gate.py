@@ -123,3 +123,41 @@ def test_the_terminal_table_gets_an_instructions_column_when_counting() -> None:
     assert "instructions qemu: not counted, timings only: TCG is too slow" in lines
     assert any(line.startswith("REGRESSION") and "instructions +3.0% (attribution: code)" in line for line in lines)
     assert Record.from_json(data["results"][0]).instructions == record.instructions
+
+
+def test_where_counting_cannot_run_the_reason_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_hostperf.environments.base import AgentLaunch, EnvironmentFailure
+    from pytest_hostperf.environments.native import NativeEnvironment
+
+    launch = AgentLaunch("python3", str(tmp_path), str(tmp_path), ("t.py",), (), "native")
+    shim = tmp_path / "python3"
+    shim.write_text("#!/bin/sh\nexec python3 \"$@\"\n")
+    with pytest.raises(EnvironmentFailure, match="not the interpreter binary"):
+        NativeEnvironment(tmp_path, python=str(shim)).start_counting_agent(launch)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(EnvironmentFailure, match="apt-get install valgrind"):
+        NativeEnvironment(tmp_path).start_counting_agent(launch)
+
+
+def test_qemu_under_tcg_is_refused_with_the_reason_and_nothing_is_started() -> None:
+    from types import SimpleNamespace
+
+    from pytest_hostperf.run.count import InstructionCounting
+    from pytest_hostperf.run.plan import Request
+    from pytest_hostperf.run.pool import AgentArgs, EnvironmentState
+    from pytest_hostperf.targets import Target
+
+    class NeverStarted:
+        name = "qemu"
+
+        def start_counting_agent(self, launch: object) -> None:
+            raise AssertionError("a counting agent was started under TCG")
+
+    state = EnvironmentState("qemu", NeverStarted())  # type: ignore[arg-type]
+    state.fingerprint = {"outside": {"accelerator": "tcg"}}
+    settings = SimpleNamespace(baselines_dir=Path("baselines"))
+    counting = InstructionCounting(SimpleNamespace(), settings, AgentArgs(()))  # type: ignore[arg-type]
+    request = Request("t.py::test_x[qemu]", "t.py::test_x", Target("qemu", None))
+    count = counting.count(request, state, 0.001)
+    assert count.per_call is None and "software emulation" in count.reason and "840x" in count.reason
+    assert counting.summary() == {"qemu": {"startup_s": None, "refused": count.reason}}
