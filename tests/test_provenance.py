@@ -78,6 +78,30 @@ def test_an_installed_module_is_reported_with_distribution_version_and_compiled_
     assert any(name.startswith("psutil._psutil_") for name in entry["compiled"])
 
 
+def test_the_distribution_is_found_when_its_name_differs_from_the_module(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wheel without top_level.txt (hatch, flit, poetry build them): its RECORD says what it owns."""
+    site = tmp_path / "lib" / "site-packages"
+    (site / "hp_fancy_mod").mkdir(parents=True)
+    (site / "hp_fancy_mod" / "__init__.py").write_text("")
+    for name, version, files in (("aaa-first", "1.0", "aaa/__init__.py"), ("Fancy.Dist", "2.0", "hp_fancy_mod/__init__.py")):
+        info = site / f"{name.replace('.', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "RECORD").write_text(f"{files},sha256=x,1\n{info.name}/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    import hp_fancy_mod  # noqa: F401
+
+    try:
+        entry = ImportTracker("/nonexistent-project").describe("hp_fancy_mod")
+    finally:
+        del sys.modules["hp_fancy_mod"]
+    assert (entry["origin"], entry["path"]) == ("site-packages", "site-packages/hp_fancy_mod/__init__.py")
+    assert (entry["distribution"], entry["version"]) == ("Fancy.Dist", "2.0")
+    tracker = ImportTracker("/nonexistent-project")
+    assert tracker.describe("_pytest")["distribution"] == "pytest"      # top_level.txt of pytest
+
+
 def test_stdlib_the_agent_itself_and_start_up_hooks_are_left_out(project: Path) -> None:
     import json  # noqa: F401
 

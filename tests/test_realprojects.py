@@ -1,9 +1,8 @@
 """Real projects run the same code in every environment (issue #9), end to end.
 
 Each project under ``tests/projects/`` is copied to a temporary directory and installed
-editable into its own throwaway venv, as its developers work (a clean venv: pytest and
-pytest-benchmark at this interpreter's versions, pytest-hostperf from this checkout, the
-project's own dependencies). Then ``pytest --hostperf`` runs it natively, in docker and
+editable into its own throwaway venv, as its developers work (``project_venv`` in
+conftest.py). Then ``pytest --hostperf`` runs it natively, in docker and
 in qemu, and the project's own test checks, inside each environment, that the module it
 imports is the project's file (and for msgpack, the C extension).
 
@@ -13,12 +12,10 @@ missing; each reason says which step of /work/notes/realprojects-integration.md 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,14 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-PROJECTS = REPO / "tests" / "projects"
 FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
-#: The agent's own stack at this interpreter's versions: the image built for them is the
-#: one the rest of the suite uses (and its VM disk is cached).
-PINS = [f"pytest=={importlib.metadata.version('pytest')}",
-        f"pytest-benchmark=={importlib.metadata.version('pytest-benchmark')}"]
-DEPENDENCIES = {"compiled": ["msgpack==1.1.0"]}
 
 ROOTS = "the controller passes no --import-root yet (integration step 1): "
 DEPS = "the image build does not take dependencies.plan_requirements yet (integration step 2): "
@@ -64,42 +54,6 @@ def cases() -> list[Any]:
     return params
 
 
-def run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=_clean_environ())
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def _clean_environ() -> dict[str, str]:
-    # The venv must see only itself: no PYTHONPATH to this checkout, no outer pytest's options.
-    drop = ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTHONDEVMODE", "PYTHONWARNINGS")
-    return {k: v for k, v in os.environ.items() if k not in drop}
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
-    """(venv python, project copy) for a test project, installed once per module."""
-    made: dict[str, tuple[Path, Path]] = {}
-
-    def install(name: str) -> tuple[Path, Path]:
-        if name not in made:
-            base = tmp_path_factory.mktemp(name)
-            project = base / name
-            shutil.copytree(PROJECTS / name, project)
-            python = base / "venv" / "bin" / "python"
-            run([sys.executable, "-m", "venv", str(base / "venv")])
-            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            run([*pip, "wheel", *PINS, *DEPENDENCIES.get(name, [])])
-            # setuptools' editable builds need no isolation (and no network) with wheel installed.
-            run([*pip, "--no-build-isolation", "-e", str(REPO)])
-            run([*pip, "--no-build-isolation", "--no-deps", "-e", str(project)])
-            made[name] = (python, project)
-        return made[name]
-
-    return install
-
-
 def available(env: str) -> None:
     if env == "docker":
         from pytest_hostperf.environments.base import EnvironmentFailure
@@ -118,10 +72,11 @@ def available(env: str) -> None:
 
 
 @pytest.mark.parametrize(("project_name", "env"), cases())
-def test_the_projects_own_code_runs_in_every_environment(installed: Callable[[str], tuple[Path, Path]],
-                                                         project_name: str, env: str, tmp_path: Path) -> None:
+def test_the_projects_own_code_runs_in_every_environment(project_venv: Callable[[str], tuple[Path, Path]],
+                                                         clean_environ: dict[str, str], project_name: str, env: str,
+                                                         tmp_path: Path) -> None:
     available(env)
-    python, project = installed(project_name)
+    python, project = project_venv(project_name)
     report = tmp_path / "report.json"
     envs = "native" if env == "native" else f"native,{env}"
     # The strict project also turns a leaked file or socket of the tool itself into an error.
@@ -130,7 +85,8 @@ def test_the_projects_own_code_runs_in_every_environment(installed: Callable[[st
     argv = [str(python), *strict, "-m", "pytest", *FAST, *strict_pytest, "--hostperf", f"--hostperf-envs={envs}",
             f"--hostperf-require={env}", f"--hostperf-json={report}", "--hostperf-max-overhead=docker=1000,qemu:tcg=100000",
             "-v", "-rA"]
-    result = subprocess.run(argv, cwd=project, capture_output=True, text=True, env=_clean_environ(), timeout=1500)
+    result = subprocess.run(argv, cwd=project, capture_output=True, text=True, env=clean_environ, timeout=1500,
+                            check=False)
     output = result.stdout + result.stderr
     records = [r for r in json.loads(report.read_text())["results"] if r["env"] == env] if report.exists() else []
     assert records, f"no {env} record in the report:\n{output}"

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--continue-on-collection-errors",
                 "-q",
                 *pytest_args,
+                *_serial_if_xdist(),
             ],
             plugins=[worker],
         )
@@ -76,6 +77,16 @@ def _put_import_roots_first(rootdir: str, roots: list[str]) -> None:
     sys.path[:] = paths + [entry for entry in sys.path if entry not in paths]
     inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in paths]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + inherited)
+
+
+def _serial_if_xdist() -> list[str]:
+    """``-n 0`` where pytest-xdist is installed: an ``addopts = -n 2`` in the project's ini
+    would otherwise hand the agent's collection to worker processes (every request then
+    finds no item). Last on the command line, so it wins over addopts; ``-p no:xdist``
+    would instead make that ``-n`` an unknown option."""
+    import importlib.util
+
+    return ["-n", "0"] if importlib.util.find_spec("xdist") is not None else []
 
 
 def _import_root_path(rootdir: str, relative: str) -> str:

@@ -16,10 +16,11 @@ import hashlib
 import importlib.machinery
 import importlib.metadata
 import os
+import re
 import sys
 import sysconfig
 from types import ModuleType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 #: Shipped with the agent, never installed: identical everywhere by construction.
 _OWN = "pytest_hostperf"
@@ -39,7 +40,7 @@ class ImportTracker:
         self.startup = frozenset(_top_level(startup))
         self.harness: frozenset[str] = frozenset()
         self._seen: set[str] = set()
-        self._distributions: Mapping[str, list[str]] | None = None
+        self._owners = _Owners()
 
     def mark_harness(self) -> None:
         """Call when collection starts: what is imported by now is pytest and its plugins."""
@@ -50,29 +51,27 @@ class ImportTracker:
         names = set(sys.modules)
         changed = {name.partition(".")[0] for name in names - self._seen}
         self._seen = names
-        entries = {top: self.describe(top) for top in sorted(changed) if _reportable(top)}
-        return {top: entry for top, entry in entries.items()
-                if top not in self.startup or entry["origin"] == "project"}
+        wanted = [top for top in sorted(changed) if _reportable(top) and (top not in self.startup or self._own(top))]
+        return {top: self.describe(top) for top in wanted}
 
     def describe(self, top: str) -> ModuleEntry:
         """One module's origin: see the module docstring."""
-        module = sys.modules.get(top)
-        location = _location(module)
+        location = _location(sys.modules.get(top))
         entry: ModuleEntry = {"harness": top in self.harness}
-        dists = self._dists_of(top)
-        if dists:
-            entry["distribution"] = dists[0]
-            entry["version"] = _version(dists[0])
-        if location is None:
+        if location is None:  # not reported (see _reportable), but describable
             entry["origin"] = "builtin"
             return entry
-        if _inside(location, self.project_root) and not _installed(location):
+        if self._own(top):
+            # No distribution: an editable install's metadata is from install time, the code is now.
             entry["origin"] = "project"
             entry["path"] = _relative(location, self.project_root)
             entry["files"] = self._project_files(top)
         else:
             entry["origin"] = "site-packages" if _installed(location) else "other"
             entry["path"] = _install_relative(location)
+            owner = self._owners.owner(top, location)
+            if owner is not None:
+                entry["distribution"], entry["version"] = owner
         compiled = sorted(name for name, mod in _family(top) if _is_extension(mod))
         if compiled:
             entry["compiled"] = compiled
@@ -86,19 +85,73 @@ class ImportTracker:
                 files[_relative(location, self.project_root)] = _digest(location)
         return dict(sorted(files.items()))
 
-    def _dists_of(self, top: str) -> list[str]:
-        if self._distributions is None:
-            self._distributions = _packages_distributions()
-        return list(self._distributions.get(top, []))
+    def _own(self, top: str) -> bool:
+        location = _location(sys.modules.get(top))
+        return location is not None and _inside(location, self.project_root) and not _installed(location)
+
+
+class _Owners:
+    """Which installed distribution a top-level module belongs to, read from its own site dir.
+
+    ``importlib.metadata.packages_distributions()`` parses every distribution's metadata:
+    1.4 s on a host with ~200 of them, on the agent's start-up path. Here only the
+    directory the module was loaded from is searched, likely names first, reading the
+    plain ``top_level.txt``/``RECORD`` files; only the owner's metadata is parsed.
+    """
+
+    def __init__(self) -> None:
+        self._tops: dict[str, dict[str, str]] = {}    # site dir -> {top-level name: metadata dir}
+        self._unread: dict[str, list[str]] = {}       # site dir -> metadata dirs not read yet
+        self._owners: dict[str, tuple[str, str] | None] = {}  # metadata dir -> (name, version)
+
+    def owner(self, top: str, location: str) -> tuple[str, str] | None:
+        site = _site_dir(top, location)
+        tops = self._tops.setdefault(site, {})
+        if site not in self._unread:
+            try:
+                names = [n for n in os.listdir(site) if n.endswith((".dist-info", ".egg-info"))]
+            except OSError:
+                names = []
+            # Likely owners first: "msgpack-1.1.0.dist-info" for msgpack, "pytest-9.0.3.dist-info" for _pytest.
+            guess = _canonical(top.lstrip("_"))
+            self._unread[site] = sorted(names, key=lambda n: (not _canonical(n).startswith(guess), n))
+        pending = self._unread[site]
+        while top not in tops and pending:
+            directory = os.path.join(site, pending.pop(0))
+            for name in _declared_tops(directory):
+                tops.setdefault(name, directory)
+        found = tops.get(top)
+        if found is None:
+            return None
+        if found not in self._owners:
+            dist = importlib.metadata.Distribution.at(found)
+            name = dist.metadata["Name"] if dist.metadata else None
+            self._owners[found] = (str(name), str(dist.version)) if name else None
+        return self._owners[found]
+
+
+def _declared_tops(directory: str) -> set[str]:
+    """Top-level names a distribution installed: its ``top_level.txt``, else its file list."""
+    for listing, split in (("top_level.txt", None), ("RECORD", ","), ("installed-files.txt", None)):
+        try:
+            with open(os.path.join(directory, listing), encoding="utf-8", errors="replace") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        if split is None and listing == "top_level.txt":
+            return {line.strip() for line in lines if line.strip()}
+        paths = [line.split(",")[0] if split else line for line in lines]
+        return {p.split("/")[0].split(".")[0] for p in paths if p and not p.startswith("..")}
+    return set()
 
 
 def _reportable(top: str) -> bool:
-    if top in ("__main__", _OWN) or top in _stdlib_names() or top.startswith("_frozen"):
+    if top == _OWN or top.startswith("__") or top in _stdlib_names():
         return False
-    module = sys.modules.get(top)
-    location = _location(module)
-    # A module of the interpreter's own library that the name list does not know (3.9).
-    return not (location and _in_stdlib(location))
+    location = _location(sys.modules.get(top))
+    # No file: built into the interpreter or made at run time (cython_runtime, __mp_main__),
+    # nothing to compare. In the interpreter's own library: stdlib the name list misses (3.9).
+    return location is not None and not _in_stdlib(location)
 
 
 def _top_level(names: Iterable[str]) -> set[str]:
@@ -154,34 +207,26 @@ def _digest(path: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()[:16]
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def _site_dir(top: str, location: str) -> str:
+    """The directory a top-level module or package was loaded from (its ``sys.path`` entry)."""
+    parts = location.split(os.sep)
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] == top or parts[index].split(".")[0] == top:
+            return os.sep.join(parts[:index]) or os.sep
+    return os.path.dirname(location)
 
 
-def _packages_distributions() -> Mapping[str, list[str]]:
-    """Top-level import name -> distribution names (``packages_distributions`` is 3.10+)."""
-    finder = getattr(importlib.metadata, "packages_distributions", None)
-    if finder is not None:
-        return finder()  # type: ignore[no-any-return]
-    mapping: dict[str, list[str]] = {}
-    for dist in importlib.metadata.distributions():
-        text = dist.read_text("top_level.txt") or ""
-        names = text.split() or {str(f).split("/")[0].split(".")[0] for f in dist.files or ()}
-        for name in names:
-            mapping.setdefault(name, []).append(str(dist.metadata["Name"]))
-    return mapping
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stdlib_names() -> frozenset[str]:
     names = getattr(sys, "stdlib_module_names", None)  # 3.10+
     return frozenset(names) if names else frozenset(sys.builtin_module_names)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stdlib_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     return tuple({os.path.realpath(paths["stdlib"]), os.path.realpath(paths["platstdlib"])})
