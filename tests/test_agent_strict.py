@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,22 +31,22 @@ def project(path: Path, ini: str) -> Path:
     return path
 
 
-def agent(project_dir: Path, python: list[str], extra_env: dict[str, str] | None = None) -> PipeTransport:
+def run_agent(project_dir: Path, python: list[str]) -> tuple[dict[str, Any], dict[str, Any], int | None, str]:
+    """Start the agent, run test_sum once, shut it down: (ready, result, exit code, log tail)."""
     launch = AgentLaunch(python[0], str(package_parent()), str(project_dir), ("test_strict.py",),
                          ("-c", "pytest.ini"), "native")
-    argv = launch.argv()
-    env = {**os.environ, **launch.environ(), **(extra_env or {})}
-    return PipeTransport(spawn([*python, *argv[1:]], env, cwd=str(project_dir)))
-
-
-def run_once(transport: PipeTransport) -> tuple[dict[str, object], dict[str, object]]:
+    env = {**os.environ, **launch.environ()}
+    transport = PipeTransport(spawn([*python, *launch.argv()[1:]], env, cwd=str(project_dir)))
     client = AgentClient("native", transport)
-    hello = client.wait_ready(120)
-    result = client.request(dict(RUN), "result", 120, "running test_sum")
-    client.request({"op": "shutdown"}, "bye", 30, "shutting down")
-    transport.process.wait(timeout=60)  # leaves by itself after "bye"
-    transport._drain.join(timeout=10)   # its last stderr lines (warnings at exit) are in the tail
-    return hello, result
+    try:
+        hello = client.wait_ready(120)
+        result = client.request(dict(RUN), "result", 120, "running test_sum")
+        client.request({"op": "shutdown"}, "bye", 30, "shutting down")
+        transport.process.wait(timeout=60)  # leaves by itself after "bye"
+        transport._drain.join(timeout=10)   # its last stderr lines (warnings at exit) are in the tail
+    finally:
+        transport.close()
+    return hello, result, transport.process.returncode, transport.log_tail()
 
 
 def installed_as_plugin() -> bool:
@@ -56,14 +57,10 @@ def installed_as_plugin() -> bool:
 def test_the_agent_starts_under_filterwarnings_error_with_the_plugin_installed(tmp_path: Path) -> None:
     # The installed plugin's package is marked for assertion rewriting, but the agent has
     # imported it already: without PYTEST_DONT_REWRITE, pytest's warning is an error here.
-    transport = agent(project(tmp_path, "[pytest]\nfilterwarnings = error\n"), [sys.executable])
-    try:
-        hello, result = run_once(transport)
-    finally:
-        transport.close()
-    assert hello["collected"] == ["test_strict.py::test_sum"], transport.log_tail()
-    assert result["outcome"] == "passed", transport.log_tail()
-    assert "PytestAssertRewriteWarning" not in transport.log_tail()
+    hello, result, _, tail = run_agent(project(tmp_path, "[pytest]\nfilterwarnings = error\n"), [sys.executable])
+    assert hello["collected"] == ["test_strict.py::test_sum"], tail
+    assert result["outcome"] == "passed", tail
+    assert "PytestAssertRewriteWarning" not in tail
 
 
 def test_the_agents_channel_closes_both_ends_once() -> None:
@@ -80,14 +77,8 @@ def test_the_agent_leaks_nothing_at_exit_under_dev_mode_and_warnings_as_errors(t
     # With pytest 9.2 an unclosed channel file shows here at exit; pytest 9.0 keeps the
     # agent's plugin (and its channel) alive until interpreter finalization, which
     # emits no warning: the test above checks the channel itself.
-    transport = agent(project(tmp_path, "[pytest]\nfilterwarnings = error\n"),
-                      [sys.executable, "-X", "dev", "-X", "tracemalloc=5", "-W", "error"])
-    try:
-        _, result = run_once(transport)
-        code = transport.process.returncode
-    finally:
-        transport.close()
-    tail = transport.log_tail()
+    _, result, code, tail = run_agent(project(tmp_path, "[pytest]\nfilterwarnings = error\n"),
+                                      [sys.executable, "-X", "dev", "-X", "tracemalloc=5", "-W", "error"])
     assert result["outcome"] == "passed", tail
     assert code == 0, tail
     assert "ResourceWarning" not in tail and "Exception ignored" not in tail, tail
@@ -100,10 +91,6 @@ def test_addopts_with_xdist_workers_does_not_take_over_the_agent(tmp_path: Path)
     subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "pytest-xdist"], check=True)
     work = tmp_path / "project"
     work.mkdir()
-    transport = agent(project(work, "[pytest]\naddopts = -n 2\n"), [str(venv / "bin/python")])
-    try:
-        hello, result = run_once(transport)
-    finally:
-        transport.close()
-    assert hello["collected"] == ["test_strict.py::test_sum"], transport.log_tail()
-    assert result["outcome"] == "passed", transport.log_tail()
+    hello, result, _, tail = run_agent(project(work, "[pytest]\naddopts = -n 2\n"), [str(venv / "bin/python")])
+    assert hello["collected"] == ["test_strict.py::test_sum"], tail
+    assert result["outcome"] == "passed", tail
