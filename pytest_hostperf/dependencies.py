@@ -99,10 +99,11 @@ def plan_requirements(installed: Iterable[Installed], project_root: str, extra: 
     graph = {name: _needs(dist, dists, env) for name, dist in dists.items()}
     own = canonical(OWN_DISTRIBUTION)
     project = {name for name, dist in dists.items() if _installed_from_project(dist, project_root)}
-    needed_by_another = {needed for name, needs in graph.items() for needed in needs if needed != name}
-    # What the user chose to install (nothing else needs it) and what the project needs.
-    chosen = {name for name in dists if name not in needed_by_another and name not in TOOLING}
-    roots = (chosen - project - {own}) | {n for p in project for n in graph[p]} | set(AGENT_NEEDS)
+    # Whatever hostperf does not need is the user's; what it needs stays only when something
+    # of the user's, the project or the agent needs it too (cycles included).
+    hostperf_needs = _closure({own}, graph)
+    users = {name for name in dists if name not in hostperf_needs and name not in project and name not in TOOLING}
+    roots = users | {n for p in project for n in graph[p]} | set(AGENT_NEEDS)
     keep = _closure(roots, graph) - project - {own}
     excluded = {name: _why_left_out(name, project, own) for name in dists if name not in keep}
     patterns = [_exclude_pattern(entry) for entry in exclude if entry.strip()]

@@ -102,6 +102,18 @@ def test_what_an_extra_pulls_in_belongs_to_whoever_asked_for_the_extra() -> None
     assert "attrs==23.2.0" in result.requirements
 
 
+def test_a_cycle_of_the_users_stays_and_one_only_hostperf_reaches_goes() -> None:
+    # sphinx and its contrib packages required each other for years; docker[ssh] stacks can too.
+    venv = [Installed("sphinx", "7.0", ("sphinxcontrib-applehelp",)), Installed("sphinxcontrib-applehelp", "1.0", ("sphinx",)),
+            Installed("pytest-hostperf", "0.1.0", ("pytest", "pytest-benchmark", "docker")),
+            Installed("docker", "7.1.0", ("requests",)), Installed("requests", "2.32.3", ("docker",)),
+            *[d for d in VENV if d.name in ("pytest", "pytest-benchmark", "py-cpuinfo", "iniconfig", "pluggy",
+                                            "packaging")]]
+    result = plan(venv)
+    assert {"sphinx==7.0", "sphinxcontrib-applehelp==1.0"} <= set(result.requirements)
+    assert result.excluded["docker"] == result.excluded["requests"] == "needed only by pytest-hostperf"
+
+
 def test_pytest_and_pytest_benchmark_stay_even_when_only_hostperf_installed_them() -> None:
     venv = [d for d in VENV if d.name not in ("hypothesis", "sortedcontainers")]
     assert {"pytest==8.3.2", "pytest-benchmark==4.0.0"} <= set(plan(venv).requirements)
