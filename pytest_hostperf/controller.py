@@ -18,6 +18,7 @@ from typing import Any, Iterator, Literal
 
 import pytest
 
+from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.baselines import BaselineError, BaselineSaveError
 from pytest_hostperf.environments.base import Environment, EnvironmentContext, EnvironmentFailure
 from pytest_hostperf.model import Outcome, Record, Verdict
@@ -27,6 +28,7 @@ from pytest_hostperf.report.json import write_json
 from pytest_hostperf.report.markdown import render_markdown
 from pytest_hostperf.report.terminal import render_terminal
 from pytest_hostperf.run import workdir
+from pytest_hostperf.run.codecheck import CodeCheck
 from pytest_hostperf.run.plan import FORWARDED_BENCHMARK_OPTIONS, Plan, Request
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool
 from pytest_hostperf.run.session import SessionRun
@@ -46,11 +48,18 @@ class HostperfPlugin:
         self.config = config
         self.settings = settings
         self.kinds = kinds
+        # Where the project's code is imported from, as this interpreter sees it (native's
+        # view); every agent puts these first so the same code runs everywhere.
+        self.import_roots = _import_roots(config)
         workdir.sweep_stale()  # what a SIGKILLed session left in $TMPDIR
         session_id = uuid.uuid4().hex[:12]
         self.work_dir = workdir.create(session_id)
         context = EnvironmentContext(settings, session_id, self.work_dir, Reporter(self._write_line))
-        self.pool = EnvironmentPool(context, self._make_environment)
+        # The controller's own view of the tests' modules completes native's as the reference
+        # other environments are checked against (all there is when native is not in the session).
+        self.imports = ImportTracker(str(config.rootpath))
+        self.imports.mark_harness()  # pytest, its plugins and the initial conftests are loaded by now
+        self.pool = EnvironmentPool(context, self._make_environment, CodeCheck(self.imports.report))
         self.run: SessionRun | None = None
         self.json_report: dict[str, Any] | None = None
         self.saved: list[Path] = []
@@ -101,7 +110,7 @@ class HostperfPlugin:
             return
         files = _invocation_paths(config)
         if files is not None:
-            self.pool.prestart(["native"], AgentArgs(files, _forwarded_args(config)))
+            self.pool.prestart(["native"], AgentArgs(files, _forwarded_args(config), self.import_roots))
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self._stop()
@@ -143,8 +152,8 @@ class HostperfPlugin:
             item.stash[REQUEST_KEY] = request
             requests.append(request)
             files.add(str(item.path.relative_to(self.config.rootpath)))
-        plan = Plan(tuple(requests), AgentArgs(tuple(sorted(files)), _forwarded_args(self.config)),
-                    _benchmark_options(self.config))
+        agent_args = AgentArgs(tuple(sorted(files)), _forwarded_args(self.config), self.import_roots)
+        plan = Plan(tuple(requests), agent_args, _benchmark_options(self.config))
         self.run = SessionRun(plan, self.pool, self.settings, DEFAULT_MAX_OVERHEAD)
         self.run.start()
 
@@ -260,6 +269,19 @@ def _invocation_paths(config: pytest.Config) -> tuple[str, ...] | None:
             path_text = str(path)
         paths.append(path_text + sep + rest)
     return tuple(paths)
+
+
+def _import_roots(config: pytest.Config) -> tuple[str, ...]:
+    from pytest_hostperf.importroots import ImportRootError, controller_import_roots
+
+    try:
+        pythonpath = config.getini("pythonpath")
+    except ValueError:  # pytest's python_path plugin is disabled (-p no:python_path)
+        pythonpath = []
+    try:
+        return controller_import_roots(config.rootpath, pythonpath)
+    except ImportRootError as exc:
+        raise pytest.UsageError(f"--hostperf: {exc}") from None
 
 
 def _forwarded_args(config: pytest.Config) -> tuple[str, ...]:

@@ -95,7 +95,8 @@ def plan_requirements(installed: Iterable[Installed], project_root: str, extra: 
     interpreter's, the one that decided what got installed).
     """
     dists = {canonical(d.name): d for d in installed}
-    env = dict(marker_env if marker_env is not None else default_environment())
+    env: dict[str, str] = dict(marker_env) if marker_env is not None else {
+        key: str(value) for key, value in default_environment().items()}
     graph = {name: _needs(dist, dists, env) for name, dist in dists.items()}
     own = canonical(OWN_DISTRIBUTION)
     project = {name for name, dist in dists.items() if _installed_from_project(dist, project_root)}

@@ -104,7 +104,8 @@ def editable_installs(distributions: Iterable[importlib.metadata.Distribution] |
 def editable_source(dist: importlib.metadata.Distribution) -> str | None:
     """The checkout an editable install points at, from its ``direct_url.json``; else None."""
     info = direct_url(dist)
-    if not info.get("dir_info", {}).get("editable"):
+    dir_info = info.get("dir_info")
+    if not isinstance(dir_info, dict) or not dir_info.get("editable"):
         return None
     return file_url_path(str(info.get("url", "")))
 
@@ -125,21 +126,37 @@ def file_url_path(url: str) -> str | None:
     return unquote(parsed.path) if parsed.scheme == "file" else None
 
 
-def controller_import_roots(project_root: Path, pythonpath: Sequence[Path] = ()) -> tuple[str, ...]:
+class ImportRootError(ValueError):
+    """The project's code is imported in a way no import root can reproduce elsewhere."""
+
+
+def controller_import_roots(project_root: Path, pythonpath: Sequence[Path] = (),
+                            installs: Sequence[EditableInstall] | None = None) -> tuple[str, ...]:
     """:func:`import_roots` for this interpreter: its sys.path, editable installs and prefix.
 
     ``project_root`` is pytest's rootdir; ``pythonpath`` its ``pythonpath`` ini entries
-    (``config.getini("pythonpath")``). Paths are resolved so a symlinked checkout matches.
+    (``config.getini("pythonpath")``); ``installs`` default to :func:`editable_installs`.
+    Paths are resolved so a symlinked checkout matches. Raises :class:`ImportRootError`
+    when an editable install maps a package of the project to a directory of another name.
     """
-    editable = [d for install in editable_installs() for d in install.import_dirs]
+    installs = editable_installs() if installs is None else installs
+    root = str(project_root.resolve())
+    for install in installs:
+        for package, location in install.unmappable.items():
+            if _inside(os.path.realpath(location), root):
+                raise ImportRootError(
+                    f"package {package!r} of {install.distribution} is installed editable from {location}, a "
+                    f"directory of another name; no import root can reproduce that inside docker, qemu or ssh: "
+                    "name the directory like the package (a src/ or flat layout), so that a directory on "
+                    "sys.path holds it")
+    editable = [d for install in installs for d in install.import_dirs]
     prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix}
 
     def resolved(entries: Iterable[object]) -> list[str]:
         return [str(Path(str(e) or ".").resolve()) for e in entries]
 
-    return import_roots(str(project_root.resolve()), resolved(sys.path), cwd=os.getcwd(),
-                        editable_dirs=resolved(editable), pythonpath=resolved(pythonpath),
-                        exclude=resolved(prefixes))
+    return import_roots(root, resolved(sys.path), cwd=os.getcwd(), editable_dirs=resolved(editable),
+                        pythonpath=resolved(pythonpath), exclude=resolved(prefixes))
 
 
 def _pth_directories(path: Path) -> list[str]:
@@ -182,11 +199,17 @@ def _finder_mapping(path: Path) -> dict[str, str]:
     except (OSError, SyntaxError, ValueError):
         return {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else (
-            [node.target] if isinstance(node, ast.AnnAssign) else [])
-        if any(isinstance(t, ast.Name) and t.id == "MAPPING" for t in targets) and node.value is not None:
+        targets: list[ast.expr]
+        assigned: ast.expr | None
+        if isinstance(node, ast.Assign):
+            targets, assigned = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign):
+            targets, assigned = [node.target], node.value
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "MAPPING" for t in targets) and assigned is not None:
             try:
-                value = ast.literal_eval(node.value)
+                value = ast.literal_eval(assigned)
             except ValueError:
                 return {}
             return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

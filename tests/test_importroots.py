@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_hostperf.importroots import editable_installs, file_url_path, import_roots
+from pytest_hostperf.importroots import (
+    ImportRootError,
+    controller_import_roots,
+    editable_installs,
+    file_url_path,
+    import_roots,
+)
 
 ROOT = "/work/proj"
 
@@ -133,6 +139,12 @@ def test_a_finder_mapping_a_package_to_a_differently_named_dir_is_unmappable(tmp
     assert install.source_dir == "/work/weird"
     assert install.import_dirs == ("/work/weird/src",)
     assert install.unmappable == {"weird": "/work/weird/lib"}
+
+    # The controller refuses such a project (its roots could not reproduce it inside), naming the
+    # package, where it is mapped from and the fix; another checkout's mapping is not the project's.
+    with pytest.raises(ImportRootError, match=r"package 'weird' of weird .*/work/weird/lib.*name the directory"):
+        controller_import_roots(Path("/work/weird"), installs=[install])
+    assert controller_import_roots(tmp_path, installs=[install]) == ()
 
 
 def put_first(rootdir: Path, *roots: str) -> list[str]:

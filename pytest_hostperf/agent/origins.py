@@ -125,8 +125,8 @@ class _Owners:
             return None
         if found not in self._owners:
             dist = importlib.metadata.Distribution.at(found)
-            name = dist.metadata["Name"] if dist.metadata else None
-            self._owners[found] = (str(name), str(dist.version)) if name else None
+            owner: str | None = dist.metadata["Name"] if dist.metadata else None
+            self._owners[found] = (str(owner), str(dist.version)) if owner else None
         return self._owners[found]
 
 
