@@ -10,6 +10,7 @@ for its record; at the end it writes the reports, then saves the baselines.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import signal
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.baselines import BaselineError, BaselineSaveError
 from pytest_hostperf.environments.base import Environment, EnvironmentContext, EnvironmentFailure
+from pytest_hostperf.forwarding import forwarded_options
 from pytest_hostperf.model import Outcome, Record, Verdict
 from pytest_hostperf.options import DEFAULT_MAX_OVERHEAD, Kinds
 from pytest_hostperf.progress import Reporter
@@ -141,6 +143,7 @@ class HostperfPlugin:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         files: set[str] = set()
         requests = []
+        exempt = self.config.pluginmanager.has_plugin("timeout")
         for item in session.items:
             target = _target_of(item)
             if target is None:
@@ -151,8 +154,19 @@ class HostperfPlugin:
                               settings.max_overhead)
             item.stash[REQUEST_KEY] = request
             requests.append(request)
-            files.add(str(item.path.relative_to(self.config.rootpath)))
+            files.add(_agent_path(item, target))
+            if exempt:
+                # pytest-timeout's alarm would fire inside the controller while it waits for the
+                # whole group in every environment; the body's limit applies inside the agent
+                # (--timeout is forwarded), --hostperf-timeout guards the agent itself.
+                item.add_marker(pytest.mark.timeout(0))
         agent_args = AgentArgs(tuple(sorted(files)), _forwarded_args(self.config), self.import_roots)
+        if any(Path(f).is_absolute() for f in files):
+            # Outside the rootdir: native collects what the invocation named, so that its node
+            # ids (relative to those paths) are the controller's.
+            pyargs = ("--pyargs",) if self.config.option.pyargs else ()
+            agent_args = dataclasses.replace(agent_args, test_files=tuple(str(a) for a in self.config.args),
+                                             pytest_args=(*agent_args.pytest_args, *pyargs))
         plan = Plan(tuple(requests), agent_args, _benchmark_options(self.config))
         self.run = SessionRun(plan, self.pool, self.settings, DEFAULT_MAX_OVERHEAD)
         self.run.start()
@@ -255,6 +269,23 @@ def _agent_nodeid(item: pytest.Item, target: Target) -> str:
                             "is another plugin renaming parametrized ids?")
 
 
+def _agent_path(item: pytest.Item, target: Target) -> str:
+    """The test file as agents collect it: relative to the rootdir, which every backend mounts.
+
+    A file outside the rootdir (``--pyargs`` of an installed package) is collected natively
+    from where it is; nothing of it reaches a container, a VM or an ssh target.
+    """
+    rootpath = item.config.rootpath
+    if item.path.is_relative_to(rootpath):
+        return str(item.path.relative_to(rootpath))
+    if target.kind != "native":
+        raise pytest.UsageError(
+            f"{item.nodeid}: its file {item.path} is outside the rootdir {rootpath} (--pyargs of an installed "
+            f"package?), so {target.env} cannot see it: run the tests from the package's checkout (its rootdir "
+            f"is mounted in every environment), or keep --hostperf-envs=native for it")
+    return str(item.path)
+
+
 def _invocation_paths(config: pytest.Config) -> tuple[str, ...] | None:
     """The invocation's test paths relative to the rootdir, or None if one is not a path."""
     paths: list[str] = []
@@ -285,12 +316,16 @@ def _import_roots(config: pytest.Config) -> tuple[str, ...]:
 
 
 def _forwarded_args(config: pytest.Config) -> tuple[str, ...]:
-    """Command-line arguments that shape collection and must hold in the agent too."""
+    """The agent's pytest arguments: the ini file, and the invocation's options that hold for a
+    test body (see :mod:`pytest_hostperf.forwarding`)."""
     args: list[str] = []
     inifile = config.inipath
     if inifile is not None:
         args += ["-c", str(inifile.relative_to(config.rootpath)) if inifile.is_relative_to(config.rootpath)
                  else str(inifile)]
+    seed = config.getoption("randomly_seed", None) if config.pluginmanager.has_plugin("randomly") else None
+    args += forwarded_options(os.environ.get("PYTEST_ADDOPTS", ""), [str(a) for a in config.invocation_params.args],
+                              [str(a) for a in config.args], seed if isinstance(seed, int) else None)
     return tuple(args)
 
 

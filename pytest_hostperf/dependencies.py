@@ -12,7 +12,8 @@ and installed offline), minus:
   shipped, and the controller's libraries have no business in the measured environment
   (pytest and pytest-benchmark, which the agent runs on, always stay);
 * installer tooling (pip, setuptools, wheel) unless something kept requires it;
-* what the user excludes (ini ``hostperf_requirements_exclude``: names or globs).
+* what the user excludes (ini ``hostperf_requirements_exclude``: names or globs; pytest
+  and pytest-benchmark stay, so ``*`` leaves only them and ``hostperf_requirements``).
 
 ``hostperf_requirements`` adds lines; a line naming a distribution that is already
 pinned replaces the pin (``numpy<2`` instead of ``numpy==2.1.3``). A distribution that
@@ -108,7 +109,7 @@ def plan_requirements(installed: Iterable[Installed], project_root: str, extra: 
     keep = _closure(roots, graph) - project - {own}
     excluded = {name: _why_left_out(name, project, own) for name in dists if name not in keep}
     patterns = [_exclude_pattern(entry) for entry in exclude if entry.strip()]
-    for name in sorted(keep):
+    for name in sorted(keep - set(AGENT_NEEDS)):  # the agent cannot run without these
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
             keep.discard(name)
             excluded[name] = "named in hostperf_requirements_exclude"
@@ -124,6 +125,17 @@ def plan_requirements(installed: Iterable[Installed], project_root: str, extra: 
             del lines[name]
     return DependencyPlan(tuple(sorted(lines.values(), key=str.lower)), dict(sorted(excluded.items())),
                           tuple(problem for _, problem in sorted(problems.items()) if problem))
+
+
+def check_entries(extra: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+    """Raise :class:`RequirementError` for a ``hostperf_requirements``/``_exclude`` line that is no
+    requirement or name (checked when the session is configured, long before an image is built)."""
+    for entry in (e.strip() for e in extra):
+        if entry and not entry.startswith("#"):
+            _requirement_name(entry)
+    for entry in exclude:
+        if entry.strip():
+            _exclude_pattern(entry)
 
 
 def _why_left_out(name: str, project: set[str], own: str) -> str:

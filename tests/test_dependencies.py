@@ -19,6 +19,7 @@ from pytest_hostperf.dependencies import (
     Installed,
     RequirementError,
     canonical,
+    check_entries,
     installed_distributions,
     plan_requirements,
 )
@@ -135,6 +136,17 @@ def test_exclude_by_name_or_glob_and_replace_a_pin() -> None:
     assert result.excluded["hypothesis"] == "named in hostperf_requirements_exclude"
     assert "msgpack<1.1" in result.requirements and "msgpack==1.0.8" not in result.requirements
     assert "ujson==5.10.0" in result.requirements
+
+
+def test_excluding_everything_keeps_what_the_agent_runs_on() -> None:
+    """``*``: the image gets pytest and pytest-benchmark at the controller's versions and the
+    user's lines (pip resolves their dependencies), as before the image followed the environment."""
+    result = plan(exclude=["*"], extra=["msgpack>=1"])
+    assert result.requirements == ("msgpack>=1", "pytest-benchmark==4.0.0", "pytest==8.3.2")
+    assert result.excluded["pluggy"] == result.excluded["hypothesis"] == "named in hostperf_requirements_exclude"
+    assert check_entries(["msgpack>=1"], ["*", "types-*"]) is None
+    with pytest.raises(RequirementError, match="'numpy==1'"):
+        check_entries((), ["numpy==1"])
 
 
 def test_what_cannot_be_downloaded_is_a_problem_with_the_fix_unless_the_user_replaces_it() -> None:
