@@ -84,13 +84,59 @@ def test_the_agent_leaks_nothing_at_exit_under_dev_mode_and_warnings_as_errors(t
     assert "ResourceWarning" not in tail and "Exception ignored" not in tail, tail
 
 
-@pytest.mark.slow
-def test_addopts_with_xdist_workers_does_not_take_over_the_agent(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def plugins_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An interpreter with this one's packages plus pytest-xdist and pytest-randomly."""
+    venv = tmp_path_factory.mktemp("plugins") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "pytest-xdist"], check=True)
-    work = tmp_path / "project"
-    work.mkdir()
-    hello, result, _, tail = run_agent(project(work, "[pytest]\naddopts = -n 2\n"), [str(venv / "bin/python")])
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "pytest-xdist", "pytest-randomly"], check=True)
+    return venv / "bin/python"
+
+
+@pytest.mark.slow
+def test_addopts_with_xdist_workers_does_not_take_over_the_agent(plugins_python: Path, tmp_path: Path) -> None:
+    hello, result, _, tail = run_agent(project(tmp_path, "[pytest]\naddopts = -n 2\n"), [str(plugins_python)])
     assert hello["collected"] == ["test_strict.py::test_sum"], tail
     assert result["outcome"] == "passed", tail
+
+
+@pytest.mark.slow
+def test_xdist_workers_with_hostperf_are_a_usage_error(plugins_python: Path, tmp_path: Path) -> None:
+    project(tmp_path, "[pytest]\n")
+    done = subprocess.run([str(plugins_python), "-m", "pytest", "-p", "no:cacheprovider", "--hostperf", "-n", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert "--hostperf measures one test at a time; -n 2 (pytest-xdist)" in done.stderr
+    assert "test_sum" not in done.stdout  # nothing ran, nothing measured in parallel
+
+
+RANDOM_BODY = """
+import os, random
+from pathlib import Path
+
+def test_random(benchmark):
+    Path(os.environ["RANDOM_OUT"], f"{os.environ.get('HOSTPERF_AGENT', 'plain')}-{os.getpid()}").write_text(
+        repr(random.random()))
+    benchmark(sum, range(100))
+"""
+
+
+@pytest.mark.slow
+def test_pytest_randomlys_seed_reaches_the_agent(plugins_python: Path, tmp_path: Path) -> None:
+    """The body sees the random numbers a plain run with the same seed sees (randomly reseeds
+    ``random`` before each test); the agent otherwise runs with ``-p no:randomly``."""
+    work, out = tmp_path / "project", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    (work / "pytest.ini").write_text("[pytest]\n")
+    (work / "test_random.py").write_text(RANDOM_BODY)
+    env = {**os.environ, "RANDOM_OUT": str(out)}
+    for extra in ([], ["--hostperf"]):
+        done = subprocess.run([str(plugins_python), "-m", "pytest", "-p", "no:cacheprovider", "-p", "randomly",
+                               "--randomly-seed=123", *extra], cwd=work, env=env, capture_output=True, text=True,
+                              check=False, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    seen = {path.name.split("-")[0]: path.read_text() for path in out.iterdir()}
+    assert set(seen) == {"plain", "native"}, seen
+    assert seen["native"] == seen["plain"], seen
