@@ -22,7 +22,7 @@ TINY = PROJECTS / "tiny"
 #: one the rest of the suite uses (and its VM disk is cached) until it adds dependencies.
 AGENT_PINS = (f"pytest=={importlib.metadata.version('pytest')}",
               f"pytest-benchmark=={importlib.metadata.version('pytest-benchmark')}")
-PROJECT_DEPENDENCIES = {"compiled": ("msgpack==1.1.0",)}
+PROJECT_DEPENDENCIES = {"wellkept": ("msgpack==1.1.0",)}
 
 #: (venv python, project copy) for a project under tests/projects/, made on first use.
 ProjectVenvs = Callable[[str], "tuple[Path, Path]"]

@@ -63,6 +63,17 @@ def test_the_agent_starts_under_filterwarnings_error_with_the_plugin_installed(t
     assert "PytestAssertRewriteWarning" not in tail
 
 
+def test_what_a_conftest_imports_is_the_tests_code_not_the_harness(tmp_path: Path) -> None:
+    """pytest and its plugins are left out of the comparison with native; a dependency the
+    project's conftest imports is not (it is loaded before collection starts)."""
+    (project(tmp_path, "[pytest]\n") / "conftest.py").write_text("import packaging.version\n")
+    hello, _, _, tail = run_agent(tmp_path, [sys.executable])
+    modules = hello["modules"]
+    assert modules["packaging"]["harness"] is False, tail
+    assert modules["packaging"]["version"] == importlib.metadata.version("packaging")
+    assert modules["_pytest"]["harness"] is True and modules["conftest"]["origin"] == "project"
+
+
 def test_the_agents_channel_closes_both_ends_once() -> None:
     read_fd, write_fd = os.pipe()
     channel = AgentChannel(os.fdopen(read_fd, "rb", buffering=0), os.fdopen(write_fd, "wb", buffering=0))

@@ -72,7 +72,8 @@ def test_pins_everything_the_project_and_the_user_need_and_nothing_of_hostperf()
         "sortedcontainers==2.4.0",
         "tomli==2.0.1")  # pytest needs it only below 3.11; nothing else does, so the user installed it
     assert result.excluded == {
-        "docker": "needed only by pytest-hostperf", "myproj": "the project itself (its code comes from the mounted tree)",
+        "docker": "needed only by pytest-hostperf",
+        "myproj": "the project itself (its code comes from the mounted tree)",
         "numpy": "needed only by pytest-hostperf", "pip": "installer tooling that nothing kept requires",
         "pytest-hostperf": "pytest-hostperf itself (the agent is shipped)",
         "requests": "needed only by pytest-hostperf", "scipy": "needed only by pytest-hostperf",
@@ -105,7 +106,8 @@ def test_what_an_extra_pulls_in_belongs_to_whoever_asked_for_the_extra() -> None
 
 def test_a_cycle_of_the_users_stays_and_one_only_hostperf_reaches_goes() -> None:
     # sphinx and its contrib packages required each other for years; docker[ssh] stacks can too.
-    venv = [Installed("sphinx", "7.0", ("sphinxcontrib-applehelp",)), Installed("sphinxcontrib-applehelp", "1.0", ("sphinx",)),
+    venv = [Installed("sphinx", "7.0", ("sphinxcontrib-applehelp",)),
+            Installed("sphinxcontrib-applehelp", "1.0", ("sphinx",)),
             Installed("pytest-hostperf", "0.1.0", ("pytest", "pytest-benchmark", "docker")),
             Installed("docker", "7.1.0", ("requests",)), Installed("requests", "2.32.3", ("docker",)),
             *[d for d in VENV if d.name in ("pytest", "pytest-benchmark", "py-cpuinfo", "iniconfig", "pluggy",

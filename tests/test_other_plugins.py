@@ -119,7 +119,7 @@ def test_pyargs_of_an_installed_package_runs_natively_and_is_refused_elsewhere(
     assert [outcome for outcome, _ in outcomes(report).values()] == ["passed"]
     docker = run(pytester, "--hostperf", "--hostperf-envs=native,docker", "--pyargs", "pyargs_demo")
     assert docker.ret == pytest.ExitCode.USAGE_ERROR
-    docker.stderr.fnmatch_lines([f"*test_bench.py is outside the rootdir*so docker cannot see it*checkout*"])
+    docker.stderr.fnmatch_lines(["*test_bench.py is outside the rootdir*so docker cannot see it*checkout*"])
 
 
 def test_parallel_workers_are_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -84,7 +84,8 @@ def test_the_distribution_is_found_when_its_name_differs_from_the_module(tmp_pat
     site = tmp_path / "lib" / "site-packages"
     (site / "hp_fancy_mod").mkdir(parents=True)
     (site / "hp_fancy_mod" / "__init__.py").write_text("")
-    for name, version, files in (("aaa-first", "1.0", "aaa/__init__.py"), ("Fancy.Dist", "2.0", "hp_fancy_mod/__init__.py")):
+    for name, version, files in (("aaa-first", "1.0", "aaa/__init__.py"),
+                                 ("Fancy.Dist", "2.0", "hp_fancy_mod/__init__.py")):
         info = site / f"{name.replace('.', '_')}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")

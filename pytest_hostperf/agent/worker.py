@@ -50,7 +50,9 @@ class AgentWorker:
             config.pluginmanager.register(fixtures, "hostperf-fixtures")  # its pytest_configure runs now
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_collection(self, session: pytest.Session) -> None:
+    def pytest_load_initial_conftests(self, early_config: pytest.Config) -> None:
+        # pytest and the plugins it loaded are in by now; the project's conftests are not:
+        # what they import (the code under test, its dependencies) must be compared too.
         self.imports.mark_harness()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
