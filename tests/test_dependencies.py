@@ -198,3 +198,32 @@ def test_a_compiled_dependency_gets_a_manylinux_wheel_for_the_images_python(tmp_
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     assert wheel.startswith(f"msgpack-1.1.0-{tag}-{tag}-"), wheel
     assert "manylinux" in wheel and wheel.endswith(f"_{platform.machine()}.whl"), wheel
+
+
+def test_the_image_dependencies_of_this_interpreter_name_what_cannot_be_fetched(tmp_path: Path) -> None:
+    from pytest_hostperf.images import ImageBuildError, ImageDependencies
+
+    only_the_agents = ImageDependencies(tmp_path, exclude=("*",)).requirements()
+    assert only_the_agents == sorted([f"pytest=={pytest.__version__}",
+                                      f"pytest-benchmark=={installed_version('pytest-benchmark')}"], key=str.lower)
+    with pytest.raises(ImageBuildError, match=r"'numpy==1' is not a distribution name"):
+        ImageDependencies(tmp_path, exclude=("numpy==1",)).requirements()
+
+
+@pytest.mark.slow
+def test_a_requirement_without_a_wheel_is_named_with_the_fix(tmp_path: Path) -> None:
+    from pytest_hostperf.images import ImageBuildError
+    from pytest_hostperf.images.requirements import download_wheels
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    with pytest.raises(ImageBuildError) as caught:
+        download_wheels(tmp_path / "wheels", ["msgpack==0.0.1"], version)
+    text = str(caught.value)
+    assert f"no wheel of msgpack==0.0.1 for linux/{platform.machine()} python {version}" in text, text
+    assert "hostperf_requirements_exclude" in text and "hostperf_requirements" in text
+
+
+def installed_version(name: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(name)
