@@ -80,9 +80,12 @@ def project_venv(tmp_path_factory: pytest.TempPathFactory) -> ProjectVenvs:
             project = base / name
             shutil.copytree(PROJECTS / name, project)
             python = base / "venv" / "bin" / "python"
-            _run([sys.executable, "-m", "venv", str(base / "venv")])
-            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            _run([*pip, "wheel", *AGENT_PINS, *PROJECT_DEPENDENCIES.get(name, ())])
+            # No pip of its own (ensurepip costs ~10-40 s here): this interpreter's pip installs
+            # into it (--python), and the venv ends up as pip would leave it minus pip itself.
+            _run([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")])
+            pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                   "--disable-pip-version-check"]
+            _run([*pip, "setuptools", "wheel", *AGENT_PINS, *PROJECT_DEPENDENCIES.get(name, ())])
             # setuptools' editable builds need no isolation (and no network) once wheel is there.
             _run([*pip, "--no-build-isolation", "-e", str(REPO)])
             _run([*pip, "--no-build-isolation", "--no-deps", "-e", str(project)])

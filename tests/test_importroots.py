@@ -85,7 +85,9 @@ def make_project(path: Path, name: str, package: str, src_layout: bool = True) -
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv seeing the host's packages (setuptools for an offline --no-build-isolation build)."""
     path = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(path)], check=True)
+    # Without a pip of its own (ensurepip is most of a venv's cost): the host's pip, seen
+    # through the system site-packages, installs into it.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True)
     # setuptools < 70 builds wheels (editable ones too) through the separate `wheel` package.
     subprocess.run([str(path / "bin/python"), "-m", "pip", "install", "--quiet", "wheel"], check=True)
     return path
