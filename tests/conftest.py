@@ -80,12 +80,13 @@ def project_venv(tmp_path_factory: pytest.TempPathFactory) -> ProjectVenvs:
             project = base / name
             shutil.copytree(PROJECTS / name, project)
             python = base / "venv" / "bin" / "python"
-            # No pip of its own (ensurepip costs ~10-40 s here): this interpreter's pip installs
-            # into it (--python), and the venv ends up as pip would leave it minus pip itself.
+            # Made without ensurepip (10-40 s here under load): this interpreter's pip installs
+            # pip itself into it with the rest (the controller downloads the image's wheels with it).
             _run([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")])
             pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
                    "--disable-pip-version-check"]
-            _run([*pip, "setuptools", "wheel", *AGENT_PINS, *PROJECT_DEPENDENCIES.get(name, ())])
+            _run([*pip, f"pip=={importlib.metadata.version('pip')}", "setuptools", "wheel", *AGENT_PINS,
+                  *PROJECT_DEPENDENCIES.get(name, ())])
             # setuptools' editable builds need no isolation (and no network) once wheel is there.
             _run([*pip, "--no-build-isolation", "-e", str(REPO)])
             _run([*pip, "--no-build-isolation", "--no-deps", "-e", str(project)])

@@ -227,3 +227,23 @@ def installed_version(name: str) -> str:
     import importlib.metadata
 
     return importlib.metadata.version(name)
+
+
+def test_a_controller_without_pip_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A venv made by uv or with --without-pip has no pip to download the image's wheels with."""
+    import importlib.metadata
+
+    from pytest_hostperf.images import ImageBuildError
+    from pytest_hostperf.images.requirements import pip_requirement
+
+    real_version = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name == "pip":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    named = rf"(?s)pip is not installed in {re.escape(sys.executable)}.*-m ensurepip"
+    with pytest.raises(ImageBuildError, match=named):
+        pip_requirement()

@@ -1,15 +1,14 @@
 """Real projects run the same code in every environment (issue #9), end to end.
 
-Each project under ``tests/projects/`` is copied to a temporary directory and installed
-editable into its own throwaway venv, as its developers work (``project_venv`` in
-conftest.py). Then one ``pytest --hostperf`` session runs it natively, in docker and in
-qemu (a VM boots once per project), with the image hostperf plans from that venv:
-
-* ``wellkept``: a src layout installed editable, a compiled dependency (msgpack) and
-  ``filterwarnings = error`` run under ``-X dev -W error::ResourceWarning``, one case per
-  test file (a case is an item per environment, so the cases share one session);
-* ``collide``: a checkout of py-cpuinfo, whose released ``cpuinfo`` every image that runs
-  pytest-benchmark has in site-packages.
+The ``wellkept`` project under ``tests/projects/`` is copied to a temporary directory and
+installed editable into a throwaway venv, as its developers work (``project_venv`` in
+conftest.py). Then one ``pytest --hostperf`` session under ``-X dev -W
+error::ResourceWarning`` runs it natively, in docker and in qemu (one VM boot), with the
+image hostperf plans from that venv. Its four cases, one test file each, share that one
+venv, image, VM disk and session (CI time): a src layout installed editable, a compiled
+dependency (msgpack), ``filterwarnings = error``, and a package name that collides with
+the image (the project is a checkout of py-cpuinfo, whose released ``cpuinfo`` every image
+that runs pytest-benchmark has in site-packages).
 
 Two checks that the code inside is the project's own: the project's tests assert it in
 every environment (the module's file, msgpack's C extension), and the JSON report's
@@ -33,10 +32,10 @@ from sessions import BRIEF
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.qemu]
 
-#: The project's own top-level module, which must come from src/ in every environment.
-OWN_MODULE = {"wellkept": "hp_wellkept", "collide": "cpuinfo"}
-#: Each case (a test) and the environments its items ran in.
-CASES = {"wellkept": ("test_checksum", "test_round_trip", "test_histogram"), "collide": ("test_parse_flags",)}
+#: The project's own top-level modules, which must come from src/ in every environment.
+OWN_MODULES = ("hp_wellkept", "cpuinfo")
+#: Each case (a test), run in every environment.
+CASES = ("test_checksum", "test_round_trip", "test_histogram", "test_parse_flags")
 
 
 def environments() -> list[str]:
@@ -60,49 +59,43 @@ def environments() -> list[str]:
     return envs
 
 
-def run_session(python: Path, project: Path, env: dict[str, str], envs: list[str], report: Path,
-                *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def run_session(python: Path, project: Path, env: dict[str, str], envs: list[str],
+                report: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     joined = ",".join(envs)
-    argv = [str(python), *extra, "-m", "pytest", *BRIEF, "--hostperf", f"--hostperf-envs={joined}",
-            f"--hostperf-require={joined}", f"--hostperf-json={report}",
+    # Strict: a leaked file or socket of the tool itself is an error too.
+    argv = [str(python), "-X", "dev", "-m", "pytest", *BRIEF, "-W", "error::ResourceWarning", "--hostperf",
+            f"--hostperf-envs={joined}", f"--hostperf-require={joined}", f"--hostperf-json={report}",
             # The subject is which code runs, not this host's TCG speed (nor interleaving).
             "--hostperf-max-overhead=docker=1000,qemu:tcg=100000", "--hostperf-blocks=1", "-v", "-rA"]
-    if "-X" in extra:  # the strict project: a leaked file or socket of the tool itself is an error too
-        argv += ["-W", "error::ResourceWarning"]
     done = subprocess.run(argv, cwd=project, capture_output=True, text=True, env=env, timeout=1500, check=False)
     data = json.loads(report.read_text()) if report.exists() else {}
     return done, data
 
 
-@pytest.mark.parametrize("project_name", ["wellkept", "collide"])
 def test_the_projects_own_code_runs_in_every_environment(project_venv: Callable[[str], tuple[Path, Path]],
-                                                         clean_environ: dict[str, str], project_name: str,
-                                                         tmp_path: Path) -> None:
+                                                         clean_environ: dict[str, str], tmp_path: Path) -> None:
     envs = environments()
-    python, project = project_venv(project_name)
-    strict = ("-X", "dev") if project_name == "wellkept" else ()
-    done, data = run_session(python, project, clean_environ, envs, tmp_path / "report.json", *strict)
+    python, project = project_venv("wellkept")
+    done, data = run_session(python, project, clean_environ, envs, tmp_path / "report.json")
     output = done.stdout + done.stderr
     assert data, f"no report:\n{output}"
     records = data["results"]
     ran = {(r["test"].split("::")[-1], r["env"]) for r in records}
-    assert ran == {(case, env) for case in CASES[project_name] for env in envs}, output
+    assert ran == {(case, env) for case in CASES for env in envs}, output
     for record in records:
         assert record["outcome"] == "passed", f"{record['item']}: {record['outcome']}: {record['reason']}\n{output}"
         assert record["median_s"], f"{record['item']}: nothing measured\n{output}"
     assert done.returncode == 0, output
     assert "Traceback" not in output and "Warning" not in output, output
 
-    own = OWN_MODULE[project_name]
     for env in envs:
         code = data["environments"][env]["code"]
         assert code["mismatches"] == [], (env, code["mismatches"])
-        assert code["modules"][own]["origin"] == "project", (env, code["modules"][own])
-        assert code["modules"][own]["path"] == f"src/{own}/__init__.py", (env, code["modules"][own])
-    if project_name == "wellkept":
-        for env in envs:
-            msgpack = data["environments"][env]["code"]["modules"]["msgpack"]
-            assert (msgpack["version"], msgpack["origin"]) == ("1.1.0", "site-packages"), (env, msgpack)
-            assert "msgpack._cmsgpack" in msgpack["compiled"], (env, msgpack)  # the wheel's C extension
-        # The dependency version the tests import is part of every environment's fingerprint.
-        assert {r["fingerprint"]["modules"]["msgpack"] for r in records} == {"msgpack==1.1.0"}
+        for own in OWN_MODULES:
+            assert code["modules"][own]["origin"] == "project", (env, code["modules"][own])
+            assert code["modules"][own]["path"] == f"src/{own}/__init__.py", (env, code["modules"][own])
+        msgpack = code["modules"]["msgpack"]
+        assert (msgpack["version"], msgpack["origin"]) == ("1.1.0", "site-packages"), (env, msgpack)
+        assert "msgpack._cmsgpack" in msgpack["compiled"], (env, msgpack)  # the wheel's C extension
+    # The dependency version the tests import is part of every environment's fingerprint.
+    assert {r["fingerprint"]["modules"]["msgpack"] for r in records} == {"msgpack==1.1.0"}

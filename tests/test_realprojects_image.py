@@ -4,7 +4,7 @@
    dependency plan (:mod:`pytest_hostperf.dependencies`) and the import roots
    (:mod:`pytest_hostperf.importroots`) are what the controller computes there.
 2. Without import roots (what the controller passed before issue #9) the stock image's
-   py-cpuinfo shadows the ``collide`` project's own ``cpuinfo``, and the comparison of the
+   py-cpuinfo shadows the ``wellkept`` project's own ``cpuinfo``, and the comparison of the
    real agents' module reports names both origins. With the plugin's wiring the same
    project runs its own code everywhere (tests/test_realprojects.py).
 """
@@ -77,17 +77,16 @@ def test_the_plan_pins_msgpack_and_leaves_out_the_project_and_hostperfs_own(
     _, _, view = wellkept
     requirements = view["requirements"]
     assert "msgpack==1.1.0" in requirements
-    assert not any(r.lower().startswith(("hostperf-demo-wellkept", "pytest-hostperf", "scipy", "docker"))
+    assert not any(r.lower().startswith(("py-cpuinfo", "pytest-hostperf", "scipy", "docker"))
                    for r in requirements), requirements
     assert view["problems"] == []
     assert "src" in view["roots"]
 
 
 def test_without_import_roots_the_images_release_shadows_the_project_and_both_origins_are_named(
-        project_venv: Callable[[str], tuple[Path, Path]], project_image: images.ImageRef, tmp_path: Path) -> None:
+        wellkept: tuple[Path, Path, dict[str, Any]], project_image: images.ImageRef, tmp_path: Path) -> None:
     """The stock image, no --import-root (the controller before issue #9): py-cpuinfo's release wins there."""
-    python, project = project_venv("collide")
-    view = controller_view(python, project)
+    python, project, view = wellkept
     test = "tests/test_collide.py::test_parse_flags"
     native = NativeEnvironment(tmp_path / "native", python=str(python))
     (tmp_path / "native").mkdir()

@@ -133,11 +133,22 @@ def requirement_list(extra: Iterable[str] = ()) -> list[str]:
 
 def pip_wheel_name() -> str:
     """The file name of the host pip's own wheel (the image's venv is made without pip)."""
-    return f"pip-{importlib.metadata.version('pip')}-py3-none-any.whl"
+    return f"pip-{host_pip_version()}-py3-none-any.whl"
 
 
 def pip_requirement() -> str:
-    return f"pip=={importlib.metadata.version('pip')}"
+    return f"pip=={host_pip_version()}"
+
+
+def host_pip_version() -> str:
+    """The version of pip in the controller's interpreter, which downloads the image's wheels."""
+    try:
+        return importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        raise ImageBuildError("project", f"pip is not installed in {sys.executable}",
+                              hint="the image's wheels are downloaded with the pip of the interpreter pytest "
+                                   f"runs in (a venv made with --without-pip or by uv has none): "
+                                   f"{sys.executable} -m ensurepip, or install pip into it") from None
 
 
 def download_wheels(dest: Path, requirements: Sequence[str], python_version: str, step: str = "project") -> None:

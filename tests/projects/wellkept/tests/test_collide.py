@@ -9,5 +9,5 @@ FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36
 def test_parse_flags(benchmark):
     # py-cpuinfo from site-packages would have no ORIGIN and live elsewhere.
     assert Path(cpuinfo.__file__).resolve() == PROJECT / "src/cpuinfo/__init__.py", cpuinfo.__file__
-    assert getattr(cpuinfo, "ORIGIN", None) == "hostperf test project: collide"
+    assert getattr(cpuinfo, "ORIGIN", None) == "hostperf test project: wellkept (cpuinfo)"
     assert "sse2" in benchmark(cpuinfo.parse_flags, FLAGS)

@@ -1,10 +1,10 @@
-"""The collide test project: a checkout of `py-cpuinfo` (package `cpuinfo`), not the release.
+"""The wellkept test project's `cpuinfo`: it is a checkout of `py-cpuinfo`, not the release.
 
 It keeps py-cpuinfo's one function that pytest-benchmark calls, so pytest-benchmark
 still works wherever this package wins.
 """
 
-ORIGIN = "hostperf test project: collide"
+ORIGIN = "hostperf test project: wellkept (cpuinfo)"
 
 
 def get_cpu_info() -> dict:
