@@ -83,7 +83,9 @@ def project_venv(tmp_path_factory: pytest.TempPathFactory) -> ProjectVenvs:
             # Made without ensurepip (10-40 s here under load): this interpreter's pip installs
             # pip itself into it with the rest (the controller downloads the image's wheels with it).
             _run([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")])
-            pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+            # --no-compile: byte-compiling scipy and the rest at install was ~20 s of ~45 here;
+            # what runs is compiled on import instead.
+            pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-compile",
                    "--disable-pip-version-check"]
             _run([*pip, f"pip=={importlib.metadata.version('pip')}", "setuptools", "wheel", *AGENT_PINS,
                   *PROJECT_DEPENDENCIES.get(name, ())])

@@ -54,19 +54,16 @@ def sized(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def test_a_conftest_option_and_warning_filters_reach_the_body(sized: pytest.Pytester) -> None:
+def test_a_conftest_option_from_pytest_addopts_and_warning_filters_reach_the_body(
+        sized: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One session for both sources of options (CI time): the conftest's option comes from
+    # PYTEST_ADDOPTS, the warning filter from the command line.
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--size=77")
     report = sized.path / "r.json"
-    result = run(sized, "--hostperf", "--size=77", "-W", "error::UserWarning", f"--hostperf-json={report}")
+    result = run(sized, "--hostperf", "-W", "error::UserWarning", f"--hostperf-json={report}")
     assert outcomes(report)["test_size"][0] == "passed", result.stdout.str()
     outcome, reason = outcomes(report)["test_warns"]
     assert outcome == "failed" and "UserWarning: deprecated thing" in result.stdout.str(), (outcome, reason)
-
-
-def test_pytest_addopts_reach_the_body(sized: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTEST_ADDOPTS", "--size=77")
-    report = sized.path / "r.json"
-    run(sized, "--hostperf", "-k", "not warns", f"--hostperf-json={report}")
-    assert {test: outcome for test, (outcome, _) in outcomes(report).items()} == {"test_size": "passed"}
 
 
 def test_the_ini_file_pytest_found_applies_in_the_agent(pytester: pytest.Pytester) -> None:
