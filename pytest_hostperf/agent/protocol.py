@@ -12,10 +12,10 @@ Controller -> agent ("op"):
   {"op": "shutdown"}
 Agent -> controller ("event"):
   {"event": "ready", "protocol": int, "fingerprint": {..}, "collected": [nodeid, ..],
-   "collect_errors": [str, ..]}
+   "collect_errors": [str, ..], "modules": {top-level name: origin, ..}}   (see agent.origins)
   {"event": "result", "nodeid": str, "outcome": "passed"|"failed"|"skipped"|"error",
    "reports": [serialized TestReport, ..], "samples": [float, ..] | null,
-   "iterations": int|null, "duration_s": float}
+   "iterations": int|null, "duration_s": float, "modules": {..} (only modules first imported by this run)}
   {"event": "reference", "samples": [float, ..]}
   {"event": "pong"}
   {"event": "fatal", "message": str}

@@ -70,7 +70,7 @@ class DockerEnvironment(Environment):
     def __init__(self, session_id: str, project_dir: Path, work_dir: Path, image: str | None = None,
                  network: bool = False, cpus: float | None = None, reporter: Reporter = SILENT,
                  requirements: Sequence[str] = (), pids: int | None = None, memory: str | None = None,
-                 tmpfs_size: str | None = None) -> None:
+                 tmpfs_size: str | None = None, dependencies: images.ImageDependencies | None = None) -> None:
         self.session_id = session_id
         self.project_dir = Path(project_dir).resolve()
         self.work_dir = Path(work_dir)
@@ -78,6 +78,7 @@ class DockerEnvironment(Environment):
         self.network = network
         self.cpus = cpus
         self.requirements = tuple(requirements)
+        self.dependencies = dependencies  # the controller environment's distributions, for the image
         self._limit_settings = (pids, memory, tmpfs_size)
         self._reporter = reporter
         self._client: docker.DockerClient | None = None
@@ -177,7 +178,7 @@ class DockerEnvironment(Environment):
         if self._image is None:
             try:
                 self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
-                                                  self.requirements, self._reporter)
+                                                  self.requirements, self._reporter, dependencies=self.dependencies)
             except images.ImageBuildError as exc:
                 raise EnvironmentFailure(ENV_NAME, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - docker.errors.* from the engine while building
