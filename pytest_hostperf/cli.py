@@ -11,10 +11,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pytest_hostperf import __version__
 from pytest_hostperf.options import parse_alpha, parse_fraction
+
+if TYPE_CHECKING:
+    from pytest_hostperf.images import ImageDependencies
 
 OK, FAIL = "ok", "--"
 
@@ -194,9 +197,12 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from pytest_hostperf.environments.docker import docker_client
 
     project = Path(args.project).resolve()
-    ref = images.ensure_image(docker_client(), project, user_image=args.image, base=args.base,
-                              requirements=_project_requirements(project) + list(args.requirement or []),
-                              reporter=_reporter())
+    try:
+        ref = images.ensure_image(docker_client(), project, user_image=args.image, base=args.base,
+                                  dependencies=_project_dependencies(project, args), reporter=_reporter())
+    except images.ImageBuildError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(f"docker image: {ref.tag} ({ref.id[:19]})")
     if args.vm:
         from pytest_hostperf.environments.qemu import prepare_vm_disk
@@ -206,15 +212,23 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _project_requirements(project: Path) -> list[str]:
-    """``hostperf_requirements`` from the project's ini, read the way pytest reads it."""
-    from pytest_hostperf.images import requirements_from_project
+def _project_dependencies(project: Path, args: argparse.Namespace) -> ImageDependencies:
+    """The image's dependencies as a session in this environment plans them.
 
-    return requirements_from_project(project)
+    This interpreter's installed distributions, with ``hostperf_requirements`` and
+    ``hostperf_requirements_exclude`` read from the project's ini the way pytest reads
+    them, plus ``--requirement``/``--exclude``: the same image (and cache key) a session builds.
+    """
+    from pytest_hostperf.images import ImageDependencies, requirements_from_project
+
+    extra = requirements_from_project(project) + list(args.requirement or [])
+    exclude = requirements_from_project(project, "hostperf_requirements_exclude") + list(args.exclude or [])
+    return ImageDependencies(project, tuple(extra), tuple(exclude))
 
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
     from pytest_hostperf.environments.ship import human_size
+    from pytest_hostperf.images import ImageBuildError
     from pytest_hostperf.images.prune import apply_prune, plan_prune
 
     project = Path(args.project).resolve()
@@ -225,8 +239,12 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - without an engine the VM disks are still listed
         print(f"docker: {str(exc).splitlines()[0]}; images are not listed")
         client = None
-    entries = plan_prune(client, project, _project_requirements(project) + list(args.requirement or []),
-                         base=args.base)
+    try:
+        requirements = _project_dependencies(project, args).requirements()
+    except ImageBuildError as exc:
+        print(f"{exc}\nnothing is removed: the project image this project uses is not known", file=sys.stderr)
+        return 1
+    entries = plan_prune(client, project, requirements, base=args.base)
     if not entries:
         print("nothing built by hostperf here.")
         return 0
@@ -314,7 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--base", default="hostperf-base:bookworm",
                        help="local base image (default: hostperf-base:bookworm)")
     build.add_argument("--image", default=None, help="use this image as it is instead of building one")
-    build.add_argument("--requirement", "-r", action="append", help="extra pip requirement (repeatable)")
+    build.add_argument("--requirement", "-r", action="append",
+                       help="pip requirement added to the image, or replacing an installed one's pin (repeatable)")
+    build.add_argument("--exclude", action="append", metavar="NAME",
+                       help="installed distribution (name or glob) left out of the image (repeatable)")
     build.add_argument("--vm", action="store_true", help="also build the bootable VM disk from the image")
     build.set_defaults(func=cmd_image_build)
     prune = image_sub.add_parser(
@@ -324,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--project", default=".", help="the project whose image stays (default: .)")
     prune.add_argument("--base", default="hostperf-base:bookworm", help="base image (default: hostperf-base:bookworm)")
     prune.add_argument("--requirement", "-r", action="append", help="extra pip requirement the project image has")
+    prune.add_argument("--exclude", action="append", metavar="NAME",
+                       help="distribution left out of the project image (as for image build)")
     prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     prune.set_defaults(func=cmd_image_prune)
 

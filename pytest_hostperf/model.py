@@ -299,6 +299,9 @@ class EnvironmentReport:
     baseline_error: str | None = None   # why its baseline could not be read
     baseline: str | None = None         # the baseline file this fingerprint would use
     uncovered: str | None = None        # why the gate had no baseline here (one line)
+    #: Where the tests' modules came from here and how that differs from native
+    #: (``{"modules": {...}, "mismatches": [...]}``, see :mod:`pytest_hostperf.run.codecheck`).
+    code: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

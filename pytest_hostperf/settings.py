@@ -31,7 +31,8 @@ class Settings:
     image: str | None = None
     vm_image: str | None = None
     network: bool = False
-    requirements: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()          # hostperf_requirements: added to the image's (or replace pins)
+    requirements_exclude: tuple[str, ...] = ()  # hostperf_requirements_exclude: names/globs left out
     json_path: Path | None = None
     markdown_path: Path | None = None
     html_path: Path | None = None

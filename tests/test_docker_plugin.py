@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sessions import FAST
 
 from pytest_hostperf.environments import labels as owner_labels
 
 pytestmark = pytest.mark.docker
 
-FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
 
 CPU_AND_IO = """
 import time

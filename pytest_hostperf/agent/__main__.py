@@ -15,10 +15,14 @@ from pytest_hostperf.agent.channel import AgentChannel
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup_modules = list(sys.modules)  # the interpreter's own set-up, before the agent imports anything
     parser = argparse.ArgumentParser(prog="python -m pytest_hostperf.agent")
     parser.add_argument("--env", required=True, help="environment name, reported back")
     parser.add_argument("--rootdir", required=True, help="project root inside the environment")
     parser.add_argument("--channel", default="stdio", help="'stdio' or a device path (VM serial port)")
+    parser.add_argument("--import-root", action="append", default=[], metavar="REL",
+                        help="a directory of the project, relative to --rootdir, to import the project's "
+                             "code from ahead of site-packages (repeatable, in priority order)")
     argv = sys.argv[1:] if argv is None else argv
     # Everything after "--" belongs to pytest, untouched by our parser.
     split = argv.index("--") if "--" in argv else len(argv)
@@ -30,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HOSTPERF_AGENT"] = args.env
     os.chdir(args.rootdir)
     try:
+        # Before pytest is imported: it imports pluggy and iniconfig, which may be the project.
+        _put_import_roots_first(args.rootdir, args.import_root)
         import pytest
 
         from pytest_hostperf.agent.worker import AgentWorker
 
-        worker = AgentWorker(channel, args.env)
+        worker = AgentWorker(channel, args.env, args.rootdir, startup_modules)
         code = pytest.main(
             [
                 "--rootdir", args.rootdir,
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--continue-on-collection-errors",
                 "-q",
                 *pytest_args,
+                *_serial_if_xdist(),
             ],
             plugins=[worker],
         )
@@ -54,6 +61,41 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:  # noqa: BLE001 - anything is reported to the controller, then re-raised
         channel.send({"event": "fatal", "message": traceback.format_exc(limit=20)})
         raise
+    finally:
+        channel.close()
+
+
+def _put_import_roots_first(rootdir: str, roots: list[str]) -> None:
+    """The project's import roots at the front of sys.path (and of PYTHONPATH, for subprocesses).
+
+    A released distribution of the same name in the environment's site-packages then never
+    shadows the project's own code. Stdlib-only on purpose: nothing may be imported first.
+    """
+    paths = [_import_root_path(rootdir, root) for root in roots]
+    if not paths:
+        return
+    sys.path[:] = paths + [entry for entry in sys.path if entry not in paths]
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in paths]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths + inherited)
+
+
+def _serial_if_xdist() -> list[str]:
+    """``-n 0`` where pytest-xdist is installed: an ``addopts = -n 2`` in the project's ini
+    would otherwise hand the agent's collection to worker processes (every request then
+    finds no item). Last on the command line, so it wins over addopts; ``-p no:xdist``
+    would instead make that ``-n`` an unknown option."""
+    import importlib.util
+
+    return ["-n", "0"] if importlib.util.find_spec("xdist") is not None else []
+
+
+def _import_root_path(rootdir: str, relative: str) -> str:
+    # A root comes from the controller's command line: it must name a directory of the
+    # mounted project, never one outside it.
+    if os.path.isabs(relative) or ".." in relative.replace("\\", "/").split("/"):
+        raise ValueError(f"--import-root {relative!r}: expected a directory inside the project, relative "
+                         "to --rootdir (like 'src' or '.'), without '..'")
+    return os.path.normpath(os.path.join(rootdir, relative))
 
 
 if __name__ == "__main__":

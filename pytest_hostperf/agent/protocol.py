@@ -16,10 +16,10 @@ Controller -> agent ("op"):
   {"op": "shutdown"}
 Agent -> controller ("event"):
   {"event": "ready", "protocol": int, "fingerprint": {..}, "collected": [nodeid, ..],
-   "collect_errors": [str, ..]}
+   "collect_errors": [str, ..], "modules": {top-level name: origin, ..}}   (see agent.origins)
   {"event": "result", "nodeid": str, "outcome": "passed"|"failed"|"skipped"|"error",
    "reports": [serialized TestReport, ..], "samples": [float, ..] | null,
-   "iterations": int|null, "duration_s": float}
+   "iterations": int|null, "duration_s": float, "modules": {..} (only modules first imported by this run)}
      a "count" result also has "instructions": {"per_call": float, "noise": float,
      "calls_per_block": int, "probe": int, "blocks": [int, int], "noop": int,
      "duration_s": float} | null, "instructions_reason": str (when null), and

@@ -10,13 +10,14 @@ that pytest-benchmark measured.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import pytest
 
 from pytest_hostperf.agent import protocol, reference
 from pytest_hostperf.agent.channel import AgentChannel
 from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
+from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.fixtures import CURRENT_ENV_KEY, HostperfEnv
 from pytest_hostperf.sampling import thin
 
@@ -27,9 +28,11 @@ MAX_SAMPLES = 1000
 
 
 class AgentWorker:
-    def __init__(self, channel: AgentChannel, env: str) -> None:
+    def __init__(self, channel: AgentChannel, env: str, project_root: str = ".",
+                 startup_modules: Iterable[str] = ()) -> None:
         self.channel = channel
         self.env = env
+        self.imports = ImportTracker(project_root, startup_modules)
         self.announced = False
         self.collect_errors: list[str] = []
         self._reports: list[Any] = []
@@ -47,6 +50,12 @@ class AgentWorker:
 
         if not config.pluginmanager.is_registered(fixtures) and not config.pluginmanager.has_plugin("hostperf"):
             config.pluginmanager.register(fixtures, "hostperf-fixtures")  # its pytest_configure runs now
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_load_initial_conftests(self, early_config: pytest.Config) -> None:
+        # pytest and the plugins it loaded are in by now; the project's conftests are not:
+        # what they import (the code under test, its dependencies) must be compared too.
+        self.imports.mark_harness()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -79,6 +88,7 @@ class AgentWorker:
             "fingerprint": self._fingerprint,
             "collected": sorted(items),
             "collect_errors": self.collect_errors,
+            "modules": self.imports.report(),
         })
         self.announced = True
         while True:
@@ -147,6 +157,9 @@ class AgentWorker:
         result.update(self._measurement or {"samples": None, "iterations": None})
         if mounts:
             result["mount_info"] = _inside_fingerprint(mounts).get("mounts", {})
+        imported = self.imports.report()  # only modules this run imported for the first time
+        if imported:
+            result["modules"] = imported
         return result
 
 

@@ -102,12 +102,16 @@ class AgentLaunch:
     test_files: tuple[str, ...]  # paths relative to project_dir to collect
     pytest_args: tuple[str, ...]  # extra args: -c inifile, --benchmark-* options, ...
     env: str               # environment name, e.g. "docker"
+    #: The project's import roots relative to ``project_dir`` (``"."``, ``"src"``), in
+    #: priority order: the agent puts them first on sys.path, ahead of site-packages.
+    import_roots: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         """The agent's command line (no shell involved anywhere)."""
+        roots = [arg for root in self.import_roots for arg in ("--import-root", root)]
         return [
             self.python, "-m", "pytest_hostperf.agent",
-            "--env", self.env, "--rootdir", self.project_dir, "--",
+            "--env", self.env, "--rootdir", self.project_dir, *roots, "--",
             *self.pytest_args, *self.test_files,
         ]
 

@@ -86,3 +86,11 @@ class PipeTransport(Transport):
                     stream.close()
             except OSError:
                 pass
+        # stderr belongs to the drain thread until EOF ends it (the child is gone now); left
+        # open it is a ResourceWarning when collected, an error under filterwarnings=error.
+        self._drain.join(timeout=1)
+        if self.process.stderr is not None and not self._drain.is_alive():
+            try:
+                self.process.stderr.close()
+            except OSError:
+                pass

@@ -101,6 +101,7 @@ def debootstrap_rootfs(dest: Path, mirror: str, reporter: Reporter = SILENT,
             seen.add(verb)
             last = time.monotonic()
             reporter.step(f"  {line}")
+    proc.stdout.close()  # read to its end is not closed: a ResourceWarning when collected
     if proc.wait() != 0:
         raise ImageBuildError("base", f"{' '.join(argv)} exited with {proc.returncode}",
                               hint="check that the host reaches its Debian mirror (apt-get update)",

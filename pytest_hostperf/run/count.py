@@ -109,8 +109,10 @@ class InstructionCounting:
         started = time.monotonic()
         self.pool.reporter.step(f"{state.name}: starting the counting agent under valgrind")
         try:
-            launch = backend.launch_for(self.settings.project_dir, self.agent_args.test_files,
-                                        self.agent_args.pytest_args)
+            # The timing agent's launch exactly (import roots included): the same collection.
+            launch = dataclasses.replace(backend.launch_for(self.settings.project_dir, self.agent_args.test_files,
+                                                            self.agent_args.pytest_args),
+                                         import_roots=self.agent_args.import_roots)
             transport = backend.start_counting_agent(launch)
         except EnvironmentFailure as exc:
             self._refused[state.name] = " ".join(str(exc).split())

@@ -253,6 +253,10 @@ class PlanRunner:
             attempt.fail(Outcome.ERROR if required else Outcome.SKIPPED, str(exc))
             return
         state = self.pool.state(env)
+        mismatch = self.pool.code.reason(env)  # known at ready: numbers of other code are not worth taking
+        if mismatch:
+            attempt.fail(Outcome.FAILED, mismatch)
+            return
         message = {"op": "run", "nodeid": request.test, "mount": request.target.mount or "",
                    "mount_path": state.mount_path(request.target.mount), "benchmark_options": dict(options)}
         started = time.perf_counter()
@@ -278,6 +282,11 @@ class PlanRunner:
                                          f"{request.test}: {exc}; the agent will be restarted for the next test")
             return
         attempt.orchestration_s.append(max(0.0, time.perf_counter() - started - answer.duration_s))
+        self.pool.code.ran(env, answer.modules)
+        mismatch = self.pool.code.reason(env)
+        if mismatch:  # the cause, also when the body failed there (its reports would hide it)
+            attempt.fail(Outcome.FAILED, mismatch + (f"\n{answer.message}" if answer.message else ""))
+            return
         attempt.reports = list(answer.reports)
         if answer.mount_info:
             attempt.mount_info = answer.mount_info

@@ -105,7 +105,8 @@ class SessionRun:
                 baseline_error=str(error) if error else None,
                 baseline=str(self.store.path_for(state.backend.name, state.fingerprint_id))
                 if state.fingerprint_id else None,
-                uncovered=self.judge.uncovered(state) if uncovered else None))
+                uncovered=self.judge.uncovered(state) if uncovered else None,
+                code=self.pool.code.report(state.name)))
         return reports
 
     def _orchestration_ms(self, env: str) -> float | None:

@@ -73,7 +73,8 @@ class DockerEnvironment(Environment):
     def __init__(self, session_id: str, project_dir: Path, work_dir: Path, image: str | None = None,
                  network: bool = False, cpus: float | None = None, reporter: Reporter = SILENT,
                  requirements: Sequence[str] = (), pids: int | None = None, memory: str | None = None,
-                 tmpfs_size: str | None = None, counting: bool = False) -> None:
+                 tmpfs_size: str | None = None, dependencies: images.ImageDependencies | None = None,
+                 counting: bool = False) -> None:
         self.session_id = session_id
         self.project_dir = Path(project_dir).resolve()
         self.work_dir = Path(work_dir)
@@ -81,6 +82,7 @@ class DockerEnvironment(Environment):
         self.network = network
         self.cpus = cpus
         self.requirements = tuple(requirements)
+        self.dependencies = dependencies  # the controller environment's distributions, for the image
         # Counting sessions build on the base with Debian's valgrind (images/ref.py).
         self.counting = counting
         self.base = images.COUNTING_BASE_TAG if counting else images.BASE_TAG
@@ -209,7 +211,8 @@ class DockerEnvironment(Environment):
         if self._image is None:
             try:
                 self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
-                                                  self.requirements, self._reporter, base=self.base)
+                                                  self.requirements, self._reporter, dependencies=self.dependencies,
+                                                  base=self.base)
             except images.ImageBuildError as exc:
                 raise EnvironmentFailure(ENV_NAME, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - docker.errors.* from the engine while building

@@ -81,6 +81,12 @@ class DockerExecTransport(Transport):
         except (OSError, LineTooLong):
             pass
         finally:
+            # docker-py's HTTP response (kept on the SocketIO as ``_response``) holds a makefile()
+            # of the socket: closing the socket alone leaves its fd open, a ResourceWarning when
+            # collected. The response first (its close flushes the reader it holds), then the socket.
+            response = getattr(self.owner, "_response", None)
+            if response is not None:
+                _quiet(response.close)
             _quiet(self._sock.close)
         if self._exec_running():
             self._kill_inside()
