@@ -25,6 +25,7 @@ from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
 from pytest_hostperf.agent.instructions import CallgrindDumps, CountingUnavailable, InstructionCounter, read_dump_total
 from pytest_hostperf.agent.isolation import Zygote
 from pytest_hostperf.counting import PROBE_LABEL, probe_docker, probe_native
+from pytest_hostperf.images.requirements import ImageDependencies
 
 COUNTING = Path(__file__).parent / "projects" / "counting"
 FILES = ["test_counted.py"]
@@ -254,7 +255,8 @@ def test_the_docker_probe_needs_valgrind_in_the_image(engine: Any, project_image
     (Counts in docker against native ones: tests/test_instructions_plugin.py.)
     """
     _need_valgrind()
-    counting_image = images.ensure_image(engine, COUNTING, base=images.COUNTING_BASE_TAG)
+    only_pytest = ImageDependencies(COUNTING, (), ("*",))  # the image the plugin tests share
+    counting_image = images.ensure_image(engine, COUNTING, base=images.COUNTING_BASE_TAG, dependencies=only_pytest)
     with_valgrind = probe_docker(engine, counting_image.tag, counting_image.python)
     without = probe_docker(engine, project_image.tag, project_image.python)
     assert with_valgrind.works, with_valgrind.reason
