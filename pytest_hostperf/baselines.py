@@ -305,10 +305,10 @@ def _conflict_marker_line(text: str) -> int | None:
     return None
 
 
-def _kind(value: Any, expected: type, where: str) -> Any:
+def _kind(value: Any, expected: type[Any], where: str) -> Any:
     """``value`` if it is a ``expected`` (dict or list), else a :class:`RecordError` naming ``where``."""
     if not isinstance(value, expected):
-        names = {dict: "an object", list: "a list"}
+        names: dict[type[Any], str] = {dict: "an object", list: "a list"}
         raise RecordError(f"{where} is {names.get(type(value), type(value).__name__)}; expected {names[expected]}")
     return value
 
