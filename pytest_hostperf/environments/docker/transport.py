@@ -83,7 +83,15 @@ class DockerExecTransport(Transport):
         except (OSError, LineTooLong):
             pass
         finally:
+            # shutdown, not only close: the SDK's wrapper (``owner``) holds the same connection,
+            # so close() alone leaves it open, and an engine still sending the agent's output
+            # (a 64 MiB line nobody reads) then blocks on it, and with it every exec and the
+            # removal of this container.
+            _quiet(lambda: self._sock.shutdown(socket.SHUT_RDWR))
             _quiet(self._sock.close)
+            owner, self.owner = self.owner, None
+            if owner is not None:
+                _quiet(owner.close)
         if self._exec_running():
             self._kill_inside()
 
@@ -151,10 +159,13 @@ class DockerExecTransport(Transport):
     def _kill_inside(self) -> None:
         try:
             api = self._client.api
+            # Detached: the engine may never end the killer's output stream (seen after an
+            # agent's 64 MiB line: every later exec of that container stayed "running"),
+            # and a session must not hang at its end on it. stop() removes the container anyway.
             api.exec_start(api.exec_create(self._container_name,
                                            [self._python, "-m", "pytest_hostperf.agent.kill", self._token],
                                            environment={"PYTHONPATH": AGENT_PARENT, "PYTHONDONTWRITEBYTECODE": "1"},
-                                           user=self._user)["Id"])
+                                           user=self._user)["Id"], detach=True)
         except Exception:  # noqa: BLE001 - stop() removes the container anyway
             pass
 
