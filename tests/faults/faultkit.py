@@ -224,6 +224,17 @@ def wait_for_no_leftovers(project: FaultProject, timeout: float = 15.0, **kwargs
         time.sleep(0.2)
 
 
+def wait_for_file(root: Path, pattern: str, timeout: float = 180) -> Path:
+    """The first file matching ``pattern`` under ``root`` (a test body's "I am running" sign)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = next(root.rglob(pattern), None)
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    pytest.fail(f"no {pattern} under {root} within {timeout:.0f} s")
+
+
 def _labelled(engine: Any, pids: set[str]) -> list[str]:
     label = {"label": owner_labels.PID}
     containers = [f"container {c.name}" for c in engine.containers.list(all=True, filters=label)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from faultkit import BaselineSnapshot, FaultProject, expect, leftovers
+from faultkit import BaselineSnapshot, FaultProject, expect, leftovers, wait_for_file
 from private_dockerd import PrivateDockerd, dockerd_available
 
 from pytest_hostperf import images
@@ -116,16 +115,6 @@ def test_c_after(benchmark):
 """
 
 
-def _wait_for(root: Path, pattern: str, timeout: float = 180) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = next(root.rglob(pattern), None)
-        if found is not None:
-            return found
-        time.sleep(0.1)
-    pytest.fail(f"no {pattern} under {root} within {timeout:.0f} s")
-
-
 def test_docker_kill_of_the_container_mid_test(project: FaultProject, engine: Any) -> None:
     """`docker kill` while a test body runs: that item fails naming the container, the next gets a fresh one."""
     project.write("test_k.py", KILLED_MID_TEST)
@@ -134,7 +123,7 @@ def test_docker_kill_of_the_container_mid_test(project: FaultProject, engine: An
 
     started = time.monotonic()
     session = project.start(*DOCKER, "--hostperf-save", "--hostperf-timeout=300")
-    _wait_for(project.tmpdir, "body-started")   # the bind mount's host side is in the session's TMPDIR
+    wait_for_file(project.tmpdir, "body-started")   # the bind mount's host side is in the session's TMPDIR
     (container,) = engine.containers.list(filters={"label": f"{owner_labels.PID}={session.pid}"})
     container.kill()
     result = project.finish(session, started, timeout=600)
