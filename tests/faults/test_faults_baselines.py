@@ -64,8 +64,10 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 #: damage -> (how the file is damaged, what the item's text must say about it, the fix it names).
-#: One session each; more kinds (another tool's file, a zero reference, containers of the
-#: wrong kind) are read by read_baseline directly in tests/test_baselines.py.
+#: One session each (about 15 s here). NaN stands for every impossible hand-edited value:
+#: zero, negative, infinite, text for a number, another tool's file, containers of the
+#: wrong kind take the same path (read error -> the gate is off -> the items fail, the
+#: file is kept) and are read by read_baseline directly in tests/test_baselines.py.
 DAMAGES: dict[str, tuple[Callable[[str], str], str, str]] = {
     "merge-conflicted": (lambda t: f"<<<<<<< HEAD\n{t}=======\n{t}>>>>>>> main\n",
                          "has unresolved git merge-conflict markers (line 1)", "git checkout --theirs"),
@@ -74,12 +76,6 @@ DAMAGES: dict[str, tuple[Callable[[str], str], str, str]] = {
                      "has schema_version 2; this pytest-hostperf reads 1", "use the pytest-hostperf version"),
     "nan": (_edit(_set("median_s", float("nan"))), "[0].median_s is nan; expected a positive finite number",
             "correct the hand edit"),
-    "zero": (_edit(_set("median_s", 0)), "[0].median_s is 0; expected a positive finite number",
-             "correct the hand edit"),
-    "negative": (_edit(_set("log_median_se", -0.01)), "[0].log_median_se is -0.01; expected a finite number >= 0",
-                 "correct the hand edit"),
-    "text-for-a-number": (_edit(_set("median_s", "2 ms")), "[0].median_s is '2 ms'; expected a number",
-                          "correct the hand edit"),
 }
 
 
