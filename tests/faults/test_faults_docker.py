@@ -1,23 +1,23 @@
-"""Faults of the Docker engine: the engine killed mid-session, the container killed mid-test.
+"""Faults of the Docker engine: the engine killed mid-session.
+
+(The container killed mid-test, ``docker kill``, shares the session of the hostile test
+bodies to save a session: tests/faults/test_faults_hostile.py.)
 
 The engine that is killed is a private dockerd started for the test (its own data root,
 containerd, socket), never the machine's shared engine; the session is pointed at it
-with ``DOCKER_HOST``. The container killed is the one the session under test created
-(found by its controller's pid label).
+with ``DOCKER_HOST``.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Iterator
 
 import pytest
-from faultkit import BaselineSnapshot, FaultProject, expect, leftovers, wait_for_file
+from faultkit import BaselineSnapshot, FaultProject, expect, leftovers
 from private_dockerd import PrivateDockerd, dockerd_available
 
 from pytest_hostperf import images
-from pytest_hostperf.environments import labels as owner_labels
 
 pytestmark = [pytest.mark.faults, pytest.mark.docker]
 
@@ -95,47 +95,3 @@ def test_dockerd_killed_mid_session(project: FaultProject, engine: Any, private_
     assert after.ret == 0, after.output
     assert "left by a killed session" in after.output
     assert leftovers(project, engines=[engine, private_dockerd.client()]) == []
-
-
-KILLED_MID_TEST = """
-import time
-import pytest
-
-def test_a(benchmark):
-    benchmark(time.sleep, 0.002)
-
-@pytest.mark.hostperf(envs=["docker"], mounts=["bind"])
-def test_b_killed(benchmark, hostperf_dir):
-    (hostperf_dir / "body-started").write_text("waiting to be killed")
-    time.sleep(120)
-    benchmark(time.sleep, 0.002)
-
-def test_c_after(benchmark):
-    benchmark(time.sleep, 0.002)
-"""
-
-
-def test_docker_kill_of_the_container_mid_test(project: FaultProject, engine: Any) -> None:
-    """`docker kill` while a test body runs: that item fails naming the container, the next gets a fresh one."""
-    project.write("test_k.py", KILLED_MID_TEST)
-    assert project.run(*DOCKER, "--hostperf-save", "-k", "not killed").ret == 0
-    before = BaselineSnapshot.take(project.baselines)
-
-    started = time.monotonic()
-    session = project.start(*DOCKER, "--hostperf-save", "--hostperf-timeout=300")
-    wait_for_file(project.tmpdir, "body-started")   # the bind mount's host side is in the session's TMPDIR
-    (container,) = engine.containers.list(filters={"label": f"{owner_labels.PID}={session.pid}"})
-    container.kill()
-    result = project.finish(session, started, timeout=600)
-
-    assert result.ret == 1, result.output
-    expect(result, {"test_a[native]": "PASSED", "test_a[docker]": "PASSED", "test_b_killed[docker-bind]": "FAILED",
-                    "test_c_after[native]": "PASSED", "test_c_after[docker]": "PASSED"})
-    text = result.failure_text("test_b_killed[docker-bind]")
-    assert f"the agent in container {container.name} died" in text, text
-    assert "killed by signal 9 (SIGKILL)" in text and "container status exited" in text, text
-    assert "stopped from outside (docker kill/stop/rm, the OOM killer); the next test gets a fresh container" in text
-    assert f"container {container.name} is exited; starting a fresh one" in result.output
-    assert result.elapsed_s < 300, "the killed test waited for --hostperf-timeout instead of failing at once"
-    assert before.lost() == []
-    assert leftovers(project, engines=[engine]) == []

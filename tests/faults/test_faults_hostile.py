@@ -1,20 +1,25 @@
-"""Hostile test bodies, natively and in a container: one session holds them all.
+"""Hostile test bodies, natively and in a container, and a ``docker kill``: one session holds them all.
 
 A test body is untrusted code. Whatever it does to its own process or its container, it
 fails (or passes) as one item that names its environment, the agent's protocol channel
 survives, and the rest of the session goes on: here the last test passes in every
 environment after all the others ran. The fork loop runs only in the container (its pids
-limit stops it); nothing here runs a fork bomb on the host.
+limit stops it); nothing here runs a fork bomb on the host. While one docker item waits
+in its body, the test kills the session's container from outside (``docker kill``): that
+item fails at once naming the container, the next gets a fresh one.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, Iterator
 
 import pytest
-from faultkit import BaselineSnapshot, FaultProject, SessionResult, agent_restarts, expect, leftovers
+from faultkit import BaselineSnapshot, FaultProject, SessionResult, agent_restarts, expect, leftovers, wait_for_file
+
+from pytest_hostperf.environments import labels as owner_labels
 
 pytestmark = [pytest.mark.faults, pytest.mark.docker]
 
@@ -110,6 +115,13 @@ def test_hostile_id(benchmark, word):
     benchmark(time.sleep, 0.001)
 
 
+@pytest.mark.hostperf(envs=["docker"], mounts=["bind"])
+def test_killed_from_outside(benchmark, hostperf_dir):
+    (hostperf_dir / "body-started").write_text("waiting to be killed")
+    time.sleep(120)
+    benchmark(time.sleep, 0.002)
+
+
 def test_zz_after(benchmark):
     benchmark(time.sleep, 0.002)
 '''
@@ -121,8 +133,9 @@ class Hostile:
     """The shared session and what the three checks found once it was over."""
 
     def __init__(self, project: FaultProject, result: SessionResult, report: dict[str, Any], lost: list[str],
-                 left: list[str]) -> None:
+                 left: list[str], killed: str) -> None:
         self.project = project
+        self.killed = killed   # the name of the container killed from outside
         self.result = result
         self.report = report
         self.lost = lost
@@ -147,8 +160,14 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[H
         assert made.run(*common, "--hostperf-save", "-k", "zz_after").ret == 0
         before = BaselineSnapshot.take(made.baselines)
         report = made.path / "report.json"
-        result = made.run(*common, "--hostperf-save", f"--hostperf-json={report}")
-        yield Hostile(made, result, json.loads(report.read_text()), before.lost(), leftovers(made, engines=[engine]))
+        started = time.monotonic()
+        session = made.start(*common, "--hostperf-save", f"--hostperf-json={report}", "--hostperf-timeout=300")
+        wait_for_file(made.tmpdir, "body-started")   # the bind mount's host side is in the session's TMPDIR
+        (container,) = engine.containers.list(filters={"label": f"{owner_labels.PID}={session.pid}"})
+        container.kill()
+        result = made.finish(session, started, timeout=600)
+        yield Hostile(made, result, json.loads(report.read_text()), before.lost(), leftovers(made, engines=[engine]),
+                      container.name)
     finally:
         made.cleanup()
 
@@ -220,10 +239,22 @@ def test_hostile_test_ids_and_project_path_never_reach_a_shell(hostile: Hostile)
     _contained(hostile)
 
 
+def test_docker_kill_of_the_container_mid_test_fails_that_item_at_once(hostile: Hostile) -> None:
+    expect(hostile.result, {"test_killed_from_outside[docker-bind]": "FAILED"})
+    text = hostile.text("test_killed_from_outside[docker-bind]")
+    assert f"the agent in container {hostile.killed} died" in text, text
+    assert "killed by signal 9 (SIGKILL)" in text and "container status exited" in text, text
+    assert "stopped from outside (docker kill/stop/rm, the OOM killer); the next test gets a fresh container" in text
+    assert f"container {hostile.killed} is exited; starting a fresh one" in hostile.result.output
+    assert hostile.result.elapsed_s < 300, "the killed test waited for --hostperf-timeout instead of failing at once"
+    _contained(hostile)
+
+
 def test_the_session_goes_on_after_every_hostile_body(hostile: Hostile) -> None:
     expect(hostile.result, {f"test_zz_after[{env}]": "PASSED" for env in BOTH})
-    # Each crash restarted its agent once; nothing else did (closing fds, forged lines, output).
-    for env in BOTH:
-        assert agent_restarts(hostile.result, env) == 2, env
+    # Each crash restarted its agent once, the killed container once more; nothing else did
+    # (closing fds, forged lines, output).
+    for env, restarts in (("native", 2), ("docker", 3)):
+        assert agent_restarts(hostile.result, env) == restarts, env
     assert hostile.result.ret == 1
     _contained(hostile)
