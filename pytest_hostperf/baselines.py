@@ -110,9 +110,16 @@ class SavedSession:
             log_median_se=non_negative(data.get("log_median_se"), f"{where}.log_median_se"),
             rounds=count(data.get("rounds"), f"{where}.rounds"),
             iterations=count(data.get("iterations", 1), f"{where}.iterations"),
-            samples=tuple(positive(x, f"{where}.samples[{i}]") for i, x in enumerate(data.get("samples", ()))),
+            samples=tuple(positive(x, f"{where}.samples[{i}]") for i, x in enumerate(_samples(data, where))),
             context=dict(context),
         )
+
+
+def _samples(data: Mapping[str, Any], where: str) -> list[Any]:
+    samples = data.get("samples", [])
+    if not isinstance(samples, list):   # a string would otherwise be read letter by letter
+        raise RecordError(f"{where}.samples is {samples!r:.60}; expected a list of numbers")
+    return samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,11 +255,21 @@ def read_json_file(path: Path, instead: str) -> Any:
     fix = f"restore it (git checkout -- {path}) or move it away to {instead}; hostperf never overwrites a file " \
           "it cannot read"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BaselineError(path, f"cannot be read ({exc})", fix) from exc
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
+        conflict = _conflict_marker_line(text)
+        if conflict:
+            # A merge of two branches that both saved: the JSON error alone would hide why.
+            raise BaselineError(path, f"has unresolved git merge-conflict markers (line {conflict})",
+                                f"keep one side (git checkout --theirs -- {path}, or --ours) and save again, "
+                                "or merge the two histories by hand; hostperf never overwrites a file it "
+                                "cannot read") from exc
         raise BaselineError(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", fix) from exc
+    return data
 
 
 def read_baseline(path: Path) -> BaselineFile:
@@ -270,9 +287,9 @@ def read_baseline(path: Path) -> BaselineFile:
     try:
         benchmarks = {
             str(test): {str(mount): [SavedSession.from_json(s, f"benchmarks[{test!r}][{mount!r}][{i}]")
-                                     for i, s in enumerate(sessions)]
-                        for mount, sessions in mounts.items()}
-            for test, mounts in data["benchmarks"].items()
+                                     for i, s in enumerate(_kind(sessions, list, f"benchmarks[{test!r}][{mount!r}]"))]
+                        for mount, sessions in _kind(mounts, dict, f"benchmarks[{test!r}]").items()}
+            for test, mounts in _kind(data["benchmarks"], dict, "benchmarks").items()
         }
         return BaselineFile(path, str(data["environment"]), str(data["fingerprint_id"]),
                             dict(data.get("match", {})), dict(data.get("fingerprint", {})), benchmarks)
@@ -284,6 +301,22 @@ def read_baseline(path: Path) -> BaselineFile:
         raise BaselineError(path, f"has an unexpected structure ({type(exc).__name__}: {exc})",
                             f"restore it (git checkout -- {path}) or move it away to start a new baseline; "
                             "hostperf never overwrites a file it cannot read") from exc
+
+
+def _conflict_marker_line(text: str) -> int | None:
+    """The line number of the first git conflict marker in ``text``, if any."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "=======":
+            return number
+    return None
+
+
+def _kind(value: Any, expected: type[Any], where: str) -> Any:
+    """``value`` if it is a ``expected`` (dict or list), else a :class:`RecordError` naming ``where``."""
+    if not isinstance(value, expected):
+        names: dict[type[Any], str] = {dict: "an object", list: "a list"}
+        raise RecordError(f"{where} is {names.get(type(value), type(value).__name__)}; expected {names[expected]}")
+    return value
 
 
 def dumps(data: Any) -> str:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 
 from pytest_hostperf.agent.channel import AgentChannel
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:split])
     pytest_args = argv[split + 1:]
 
+    _exit_when_orphaned()
     channel = AgentChannel.from_stdio() if args.channel == "stdio" else AgentChannel.from_device(args.channel)
     # The controller's plugin, if installed here, must stay inert inside the agent.
     os.environ["HOSTPERF_AGENT"] = args.env
@@ -96,6 +100,26 @@ def _import_root_path(rootdir: str, relative: str) -> str:
         raise ValueError(f"--import-root {relative!r}: expected a directory inside the project, relative "
                          "to --rootdir (like 'src' or '.'), without '..'")
     return os.path.normpath(os.path.join(rootdir, relative))
+
+
+def _exit_when_orphaned(interval_s: float = 0.5) -> None:
+    """End this agent (and the test's children) as soon as the process that started it dies.
+
+    A SIGKILLed controller cannot stop its agents, and an agent busy in a test body does
+    not read the closed stdin: without this it ran on to the end of the body (minutes).
+    PR_SET_PDEATHSIG cannot do it: it follows the parent's *thread*, and agents are
+    started from threads that end long before the session does.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        if os.getpgrp() == os.getpid():   # our own process group (native): the test's children too
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="hostperf-orphan-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ from pytest_hostperf.sampling import thin
 #: 2000 per side, baselines keep 200, and encoding them is the agent's main per-test cost
 #: in a software-emulated VM (5000 samples cost ~45 ms there, 1000 a fifth of that).
 MAX_SAMPLES = 1000
+#: Cap on each captured-output section a report carries back (head and tail kept): a
+#: test that prints hundreds of MB would otherwise make a result line longer than the
+#: protocol accepts (protocol.MAX_LINE_BYTES), and the item would read as a crashed agent.
+MAX_SECTION_CHARS = 256 * 1024
 
 
 class AgentWorker:
@@ -62,6 +66,7 @@ class AgentWorker:
             self.collect_errors.append(f"{report.nodeid}: {report.longreprtext}")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        report.sections = [(title, cap_section(content)) for title, content in report.sections]
         self._reports.append(report)
 
     @pytest.hookimpl(wrapper=True)
@@ -161,6 +166,15 @@ class AgentWorker:
         if imported:
             result["modules"] = imported
         return result
+
+
+def cap_section(content: str, limit: int = MAX_SECTION_CHARS) -> str:
+    """``content`` with its middle cut to at most ``limit`` characters, saying how much was cut."""
+    if len(content) <= limit:
+        return content
+    keep = limit // 2
+    cut = len(content) - 2 * keep
+    return f"{content[:keep]}\n[hostperf cut {cut} characters of captured output here]\n{content[-keep:]}"
 
 
 def _benchmark_measurement(item: pytest.Item) -> dict[str, Any] | None:

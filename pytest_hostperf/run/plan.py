@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from pytest_hostperf.agent.protocol import ProtocolError
 from pytest_hostperf.baselines import BaselineError
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, EnvironmentFailure
+from pytest_hostperf.environments.process import tail_lines
 from pytest_hostperf.model import Outcome, RatioEstimate, Record, SessionSummary, Verdict
 from pytest_hostperf.run.answers import MalformedAnswer, parse_run_answer, timings
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState
@@ -273,7 +274,7 @@ class PlanRunner:
             tail = client.transport.log_tail()
             self.pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: the agent crashed while running {request.test} "
-                                         f"({exc})" + _indented_tail(tail))
+                                         f"({exc})" + _indented_tail(tail, str(exc)))
             return
         except (ProtocolError, MalformedAnswer) as exc:
             # The channel may be out of step after a garbled answer: start afresh.
@@ -340,7 +341,7 @@ def _worth_re_measuring(attempt: Attempt) -> bool:
     return judgement is not None and (judgement.verdict is Verdict.REGRESSION or judgement.blamed_on_host)
 
 
-def _indented_tail(tail: str) -> str:
-    if not tail:
+def _indented_tail(tail: str, message: str = "") -> str:
+    if not tail or "last output:" in message:   # the backend's message already carries it
         return ""
-    return "\n  last output:\n" + "\n".join("    " + line for line in tail.splitlines()[-15:])
+    return "\n  last output:\n" + "\n".join("    " + line for line in tail_lines(tail, 15).splitlines())

@@ -28,7 +28,7 @@ from pytest_hostperf.agent import protocol
 from pytest_hostperf.agent.keepalive import READY_MARK
 from pytest_hostperf.environments import labels
 from pytest_hostperf.environments.base import AgentLaunch, Environment, EnvironmentFailure, Mount, package_parent
-from pytest_hostperf.environments.docker.engine import ENV_NAME, classify, connect
+from pytest_hostperf.environments.docker.engine import ENV_NAME, classify, connect, unreachable
 from pytest_hostperf.environments.docker.sweep import BIND_PREFIX, sweep_stale
 from pytest_hostperf.environments.docker.transport import (
     AGENT_PARENT,
@@ -100,6 +100,10 @@ class DockerEnvironment(Environment):
 
     def check(self) -> None:
         client = self.client()
+        try:
+            client.ping()   # it answered when connected; it may have gone since (a crash, a restart)
+        except Exception as exc:  # noqa: BLE001 - requests and docker errors alike
+            raise unreachable(exc) from exc
         # A session that was SIGKILLed could not clean up: its labelled containers and
         # volumes are removed here, at the start of the next session that uses docker.
         for leftover in sweep_stale(client):
