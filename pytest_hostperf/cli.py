@@ -83,6 +83,34 @@ def _check_ssh() -> tuple[bool, str]:
     return True, f"{binary}; use --hostperf-envs=ssh:HOST with a host from your ssh config"
 
 
+def _instructions_line(probe: bool) -> tuple[bool, str]:
+    """Where --hostperf-measure=time,instructions counts: cheap checks, or real probes (``probe``)."""
+    from pytest_hostperf import counting, images
+
+    kvm = os.path.exists("/dev/kvm")
+    if probe:
+        client = None
+        try:
+            from pytest_hostperf.environments.docker import docker_client
+
+            client = docker_client()
+            client.images.get(images.COUNTING_BASE_TAG)
+        except Exception:  # noqa: BLE001 - no engine or no valgrind base: docker is left out of the probes
+            client = None
+        supports = counting.where_counting_works(docker_client=client, docker_image=images.COUNTING_BASE_TAG,
+                                                 docker_python="python3", qemu_accelerator="kvm" if kvm else "tcg")
+        return supports[0].works, "; ".join(support.describe() for support in supports)
+    parts = []
+    native_ok = shutil.which("valgrind") is not None
+    problem = counting.interpreter_problem(sys.executable) if native_ok else None
+    parts.append("native: " + ("valgrind " + (problem or "found") if native_ok else
+                               "valgrind missing (apt-get install valgrind)"))
+    parts.append(f"docker: in {images.COUNTING_BASE_TAG} (built on first use, Debian's valgrind)")
+    parts.append("qemu: " + ("KVM: not yet (no probe through the VM agent)" if kvm else
+                             "refused under TCG (counted code would run ~840x slower)"))
+    return native_ok and problem is None, "; ".join(parts) + " (hostperf doctor --instructions probes for real)"
+
+
 CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
     "native": _check_native, "docker": _check_docker, "qemu": _check_qemu, "ssh": _check_ssh,
 }
@@ -97,6 +125,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             ok, text = False, f"check crashed: {exc!r}"
         failed += not ok
         print(f"[{OK if ok else FAIL}] {name:<7} {text}")
+    try:
+        ok, text = _instructions_line(args.instructions)
+    except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
+        ok, text = False, f"check crashed: {exc!r}"
+    # Informational: counting is optional, so it never fails --strict.
+    print(f"[{OK if ok else FAIL}] instructions (--hostperf-measure=time,instructions): {text}")
     print(f"\n{len(CHECKS) - failed} of {len(CHECKS)} environments usable here.")
     return 0 if failed == 0 or not args.strict else 1
 
@@ -265,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="which environments work here, and why not")
     doctor.add_argument("--strict", action="store_true", help="exit 1 when any environment is unusable")
+    doctor.add_argument("--instructions", action="store_true",
+                        help="probe instruction counting for real in each environment (valgrind, ~20 s each)")
     doctor.set_defaults(func=cmd_doctor)
 
     compare = sub.add_parser("compare", help="compare a JSON report or baseline file against a baseline, offline",

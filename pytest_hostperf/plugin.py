@@ -33,6 +33,13 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "directory of baseline files (default: baselines/ under the rootdir)"),
     ("--hostperf-tolerance", "hostperf_tolerance", opt.parse_fraction, "5%",
      "smallest slowdown that counts as a regression, e.g. 5%% or 0.05 (default 5%%)"),
+    ("--hostperf-measure", "hostperf_measure", str, "time",
+     "what to measure: time (default), or time,instructions to also count instructions per call under "
+     "valgrind (callgrind) natively and in docker, judged against counts of the same software; "
+     "counted code runs ~50-100x slower. Example: --hostperf-measure=time,instructions"),
+    ("--hostperf-instructions-tolerance", "hostperf_instructions_tolerance",
+     lambda s: opt.parse_fraction(s, "instructions tolerance"), "1%",
+     "smallest change of instructions per call that is a regression/improvement (default 1%%)"),
     ("--hostperf-alpha", "hostperf_alpha", opt.parse_alpha, "0.01",
      "family-wise false-alarm rate over all comparisons of a session (default 0.01)"),
     ("--hostperf-require", "hostperf_require", str, "",
@@ -185,6 +192,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         "hostperf_envs": lambda text: opt.parse_envs(text, kinds),
         "hostperf_require": lambda text: opt.parse_envs(text, kinds) if text.strip() else (),
         "hostperf_max_overhead": lambda text: opt.parse_budgets(text, kinds),
+        "hostperf_measure": opt.parse_measure,
     }
     values = {ini: _value(config, name, ini, parsers.get(ini, parse)) for name, ini, parse, _, _ in _VALUE_OPTIONS}
     root = config.rootpath
@@ -236,6 +244,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         ssh_python=values["hostperf_ssh_python"],
         docker_pids=values["hostperf_docker_pids"], docker_memory=values["hostperf_docker_memory"],
         docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
+        measure=values["hostperf_measure"], instructions_tolerance=values["hostperf_instructions_tolerance"],
     )
 
 

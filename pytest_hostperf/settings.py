@@ -42,3 +42,9 @@ class Settings:
     docker_pids: int | None = None           # processes in a container (None: 512, 0: no limit)
     docker_memory: str | None = None         # "2g", "50%" of the engine's memory, "0" (None: 50%)
     docker_tmpfs_size: str | None = None     # size of the tmpfs mount, same forms (None: 25%)
+    measure: tuple[str, ...] = ("time",)     # --hostperf-measure: "time", "instructions"
+    instructions_tolerance: float = 0.01     # a count beyond this change is a regression/improvement
+
+    @property
+    def counts_instructions(self) -> bool:
+        return "instructions" in self.measure

@@ -16,6 +16,7 @@ import pytest
 
 from pytest_hostperf.agent import protocol, reference
 from pytest_hostperf.agent.channel import AgentChannel
+from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
 from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.fixtures import CURRENT_ENV_KEY, HostperfEnv
 from pytest_hostperf.sampling import thin
@@ -41,6 +42,7 @@ class AgentWorker:
         self._reports: list[Any] = []
         self._measurement: dict[str, Any] | None = None
         self._fingerprint: dict[str, Any] = {}
+        self._counting = BenchmarkCounting()  # idle until a "count" request (agent under callgrind)
 
     # -- pytest hooks -------------------------------------------------------------------
 
@@ -69,14 +71,19 @@ class AgentWorker:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        self._counting.attach(item)
         try:
             return (yield)
         finally:
-            self._measurement = _benchmark_measurement(item)
+            self._measurement = self._counting.detach(item) or _benchmark_measurement(item)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         items = {item.nodeid: item for item in session.items}
+        # A counting agent (under callgrind) forks its zygote here, before anything reads
+        # the machine's changing state (/proc) into the heap; any other agent: no-op.
+        self._counting.start(lambda request: self._run(session, items, request),
+                             lambda: session._setupstate.teardown_exact(None))
         _warm_timer_precision(session.config)
         self._fingerprint = _inside_fingerprint({})
         self.channel.send({
@@ -99,6 +106,8 @@ class AgentWorker:
                 self.channel.send({"event": "reference", "samples": reference.measure(int(request.get("rounds", 30)))})
             elif request.get("op") == "run":
                 self.channel.send(self._run(session, items, request))
+            elif request.get("op") == "count":
+                self.channel.send(self._counting.answer(request))
             else:
                 self.channel.send({"event": "fatal", "message": f"unknown request {request!r}"})
         session._setupstate.teardown_exact(None)  # higher-scoped fixtures kept warm until now
@@ -124,6 +133,7 @@ class AgentWorker:
             benchmark_session.options.update(request.get("benchmark_options") or {})
         self._reports = []
         self._measurement = None
+        self._counting.arm(request)
         started = time.perf_counter()
         # Higher-scoped fixtures stay set up between requests: tear down only what the
         # item's own chain does not need (another module's fixtures), and after the run

@@ -174,6 +174,15 @@ class Environment(abc.ABC):
         """Seconds to wait for the agent's ``ready`` message (a VM boot needs more)."""
         return 60.0
 
+    def start_counting_agent(self, launch: AgentLaunch) -> Transport:
+        """Start a second agent that counts instructions under callgrind (``count`` requests).
+
+        Backends that can count override this; the default refuses with the reason, which
+        the item's record carries (its time is measured and judged as usual).
+        """
+        raise EnvironmentFailure(self.name, f"instruction counting is not supported in {self.name} environments "
+                                            "(it works natively and in docker)")
+
 
 class AgentClient:
     """Speaks the agent protocol over a transport: one request, one answer."""

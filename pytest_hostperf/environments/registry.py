@@ -35,7 +35,8 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, network=settings.network, cpus=settings.docker_cpus,
             dependencies=_image_dependencies(settings), reporter=context.reporter.child("docker"),
-            pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size)
+            pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size,
+            counting=settings.counts_instructions)
     if kind == "qemu":
         from pytest_hostperf.environments.qemu import QemuEnvironment
 

@@ -25,6 +25,7 @@ from pytest_hostperf.images.project import (
 )
 from pytest_hostperf.images.ref import (
     BASE_TAG,
+    COUNTING_BASE_TAG,
     DEFAULT_MIRROR,
     KIND_BUILD_TEMP,
     LABEL_HASH,
@@ -46,7 +47,7 @@ from pytest_hostperf.images.requirements import (
 )
 
 __all__ = [
-    "BASE_TAG", "DEFAULT_MIRROR", "KIND_BUILD_TEMP", "LABEL_HASH", "LABEL_KIND", "LABEL_PYTHON",
+    "BASE_TAG", "COUNTING_BASE_TAG", "DEFAULT_MIRROR", "KIND_BUILD_TEMP", "LABEL_HASH", "LABEL_KIND", "LABEL_PYTHON",
     "LABEL_PYTHON_VERSION", "LABEL_REQUIREMENTS", "PROJECT_REPOSITORY", "VENV_PYTHON",
     "HostInterpreter", "ImageBuildError", "ImageDependencies", "ImageRef",
     "build_base_image", "default_requirements", "dockerfile_text", "ensure_image", "host_debian_mirror",

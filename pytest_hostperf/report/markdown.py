@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pytest_hostperf.report.summary import one_line_reason
-from pytest_hostperf.report.terminal import COLUMNS, explained, footer, rows
+from pytest_hostperf.report.terminal import columns, explained, footer, rows
 
 
 def _cell(text: str) -> str:
@@ -17,7 +17,8 @@ def _cell(text: str) -> str:
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
-    out = ["## pytest-hostperf", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    head = columns(data)
+    out = ["## pytest-hostperf", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows(data):
         cells = [_cell(c) for c in row]
         cells[0] = f"`{cells[0]}`"

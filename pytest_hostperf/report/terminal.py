@@ -30,14 +30,39 @@ def _ratio_text(ratio: Mapping[str, Any] | None) -> str:
     return f"{ratio['ratio']:.2f}x [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]"
 
 
+def counted(data: Mapping[str, Any]) -> bool:
+    """Whether the session counted instructions (``--hostperf-measure=time,instructions``)."""
+    return "instructions" in (data.get("settings", {}).get("measure") or ())
+
+
+def instructions_text(record: Mapping[str, Any]) -> str:
+    """``1.23M +3.10%`` (per call, change against the saved count), ``1.23M new``, or ``-``."""
+    counts = record.get("instructions")
+    if not counts:
+        return "-"
+    per_call = float(counts["per_call"])
+    size = next(f"{per_call / scale:.3g}{unit}" for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1))
+                if per_call >= scale or scale == 1)
+    ratio = counts.get("ratio_to_baseline")
+    change = f" {ratio - 1:+.2%}" if isinstance(ratio, (int, float)) else " new"
+    return size + change + (f" ({record['attribution']})" if record.get("attribution") else "")
+
+
 def rows(data: Mapping[str, Any]) -> Iterable[tuple[str, ...]]:
-    """One row of cells per record, in :data:`COLUMNS` order."""
+    """One row of cells per record, in :func:`columns` order."""
+    with_counts = counted(data)
     for r in data["results"]:
         verdict = r["verdict"] or r["outcome"]
         if r.get("accepted") and r["verdict"]:
             verdict += " (accepted)"
-        yield (r["test"], r["target"], _time(r["median_s"]), _ratio_text(r["ratio_to_baseline"]),
-               _ratio_text(r["ratio_to_native"]), verdict)
+        cells = (r["test"], r["target"], _time(r["median_s"]), _ratio_text(r["ratio_to_baseline"]),
+                 _ratio_text(r["ratio_to_native"]))
+        yield (*cells, instructions_text(r), verdict) if with_counts else (*cells, verdict)
+
+
+def columns(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, with "instructions [who]" before the verdict when counted."""
+    return (*COLUMNS[:-1], "instructions [who]", COLUMNS[-1]) if counted(data) else COLUMNS
 
 
 def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]:
@@ -46,8 +71,9 @@ def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]
     An item's line is :func:`~pytest_hostperf.report.summary.one_line_reason` (at most 200
     characters); ``verbose`` (pytest's ``-v``) prints the whole reason instead.
     """
-    table = [COLUMNS, *rows(data)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    head = columns(data)
+    table = [head, *rows(data)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.extend(footer(data))
@@ -79,10 +105,26 @@ def footer(data: Mapping[str, Any]) -> list[str]:
         if env.get("baseline_error"):
             parts.append(f"BASELINE ERROR: {env['baseline_error']}")
         lines.append(" ".join(parts))
+    lines.extend(counting_lines(data))
     coverage = coverage_line(data)
     if coverage:
         lines.append(coverage)
     return lines
+
+
+def counting_lines(data: Mapping[str, Any]) -> list[str]:
+    """One line per environment of the instruction counts: its agent's start, or why none."""
+    if not counted(data):
+        return []
+    lines = []
+    tolerance = data["settings"].get("instructions_tolerance")
+    for env, info in (data.get("counting") or {}).items():
+        if info.get("refused"):
+            lines.append(f"instructions {env}: not counted, timings only: {info['refused']}")
+        elif info.get("startup_s") is not None:
+            lines.append(f"instructions {env}: counted under valgrind (agent ready in {info['startup_s']:.1f} s), "
+                         f"tolerance {tolerance:.1%}" if isinstance(tolerance, float) else "")
+    return [line for line in lines if line]
 
 
 def item_lines(data: Mapping[str, Any], verbose: bool = False) -> list[str]:
