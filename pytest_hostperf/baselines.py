@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from pytest_hostperf.model import Record, RecordError, SessionSummary, count, non_negative, positive
 from pytest_hostperf.sampling import thin
@@ -110,9 +110,16 @@ class SavedSession:
             log_median_se=non_negative(data.get("log_median_se"), f"{where}.log_median_se"),
             rounds=count(data.get("rounds"), f"{where}.rounds"),
             iterations=count(data.get("iterations", 1), f"{where}.iterations"),
-            samples=tuple(positive(x, f"{where}.samples[{i}]") for i, x in enumerate(data.get("samples", ()))),
+            samples=tuple(positive(x, f"{where}.samples[{i}]") for i, x in enumerate(_samples(data, where))),
             context=dict(context),
         )
+
+
+def _samples(data: Mapping[str, Any], where: str) -> list[Any]:
+    samples = data.get("samples", [])
+    if not isinstance(samples, list):   # a string would otherwise be read letter by letter
+        raise RecordError(f"{where}.samples is {samples!r:.60}; expected a list of numbers")
+    return samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,18 +220,13 @@ class BaselineStore:
         """
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
-        stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BaselineSaveError(self.directory, f"cannot create the directory ({exc})") from exc
-        with _directory_lock(self.directory):
-            texts = {}
-            for save in saves:
-                path = self.path_for(save.environment, save.fingerprint_id)
-                texts[path] = dumps(self._merged(path, save, session_id, stamp, max_history).to_json())
-            _replace_all(self.directory, texts)
-        return list(texts)
+
+        def texts(stamp: str) -> dict[Path, str]:
+            paths = [(self.path_for(save.environment, save.fingerprint_id), save) for save in saves]
+            return {path: dumps(self._merged(path, save, session_id, stamp, max_history).to_json())
+                    for path, save in paths}
+
+        return write_locked(self.directory, texts, now)
 
     def _merged(self, path: Path, save: EnvironmentSave, session_id: str, stamp: str,
                 max_history: int) -> BaselineFile:
@@ -245,16 +247,34 @@ class BaselineStore:
         return current
 
 
-def read_baseline(path: Path) -> BaselineFile:
-    """Parse and validate one baseline file; every problem is a :class:`BaselineError`."""
-    fix = (f"restore it (git checkout -- {path}) or move it away to start a new baseline; "
-           "hostperf never overwrites a file it cannot read")
+def read_json_file(path: Path, instead: str) -> Any:
+    """The JSON in a file under the baselines directory; a :class:`BaselineError` if unreadable.
+
+    ``instead``: what moving the file away lets the user do ("start a new baseline").
+    """
+    fix = f"restore it (git checkout -- {path}) or move it away to {instead}; hostperf never overwrites a file " \
+          "it cannot read"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BaselineError(path, f"cannot be read ({exc})", fix) from exc
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
+        conflict = _conflict_marker_line(text)
+        if conflict:
+            # A merge of two branches that both saved: the JSON error alone would hide why.
+            raise BaselineError(path, f"has unresolved git merge-conflict markers (line {conflict})",
+                                f"keep one side (git checkout --theirs -- {path}, or --ours) and save again, "
+                                "or merge the two histories by hand; hostperf never overwrites a file it "
+                                "cannot read") from exc
         raise BaselineError(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", fix) from exc
+    return data
+
+
+def read_baseline(path: Path) -> BaselineFile:
+    """Parse and validate one baseline file; every problem is a :class:`BaselineError`."""
+    data = read_json_file(path, "start a new baseline")
     if not isinstance(data, dict) or data.get("tool") != TOOL:
         raise BaselineError(path, "is not a pytest-hostperf baseline (no \"tool\": \"pytest-hostperf\")",
                             "keep other tools' files out of the baselines directory or point "
@@ -267,9 +287,9 @@ def read_baseline(path: Path) -> BaselineFile:
     try:
         benchmarks = {
             str(test): {str(mount): [SavedSession.from_json(s, f"benchmarks[{test!r}][{mount!r}][{i}]")
-                                     for i, s in enumerate(sessions)]
-                        for mount, sessions in mounts.items()}
-            for test, mounts in data["benchmarks"].items()
+                                     for i, s in enumerate(_kind(sessions, list, f"benchmarks[{test!r}][{mount!r}]"))]
+                        for mount, sessions in _kind(mounts, dict, f"benchmarks[{test!r}]").items()}
+            for test, mounts in _kind(data["benchmarks"], dict, "benchmarks").items()
         }
         return BaselineFile(path, str(data["environment"]), str(data["fingerprint_id"]),
                             dict(data.get("match", {})), dict(data.get("fingerprint", {})), benchmarks)
@@ -278,7 +298,25 @@ def read_baseline(path: Path) -> BaselineFile:
                             f"correct the hand edit or restore the file (git checkout -- {path}); "
                             "hostperf never overwrites a file it cannot read") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BaselineError(path, f"has an unexpected structure ({type(exc).__name__}: {exc})", fix) from exc
+        raise BaselineError(path, f"has an unexpected structure ({type(exc).__name__}: {exc})",
+                            f"restore it (git checkout -- {path}) or move it away to start a new baseline; "
+                            "hostperf never overwrites a file it cannot read") from exc
+
+
+def _conflict_marker_line(text: str) -> int | None:
+    """The line number of the first git conflict marker in ``text``, if any."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "=======":
+            return number
+    return None
+
+
+def _kind(value: Any, expected: type[Any], where: str) -> Any:
+    """``value`` if it is a ``expected`` (dict or list), else a :class:`RecordError` naming ``where``."""
+    if not isinstance(value, expected):
+        names: dict[type[Any], str] = {dict: "an object", list: "a list"}
+        raise RecordError(f"{where} is {names.get(type(value), type(value).__name__)}; expected {names[expected]}")
+    return value
 
 
 def dumps(data: Any) -> str:
@@ -366,3 +404,21 @@ def _directory_lock(directory: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def write_locked(directory: Path, texts: Callable[[str], Mapping[Path, str]],
+                 now: _dt.datetime | None = None) -> list[Path]:
+    """Write the files ``texts(timestamp)`` names in ``directory``, all or none, under its lock.
+
+    ``texts`` runs under the lock, so what it reads (the current files) nobody changes
+    before the write; a :class:`BaselineError` it raises leaves every file as it was.
+    """
+    stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BaselineSaveError(directory, f"cannot create the directory ({exc})") from exc
+    with _directory_lock(directory):
+        staged = texts(stamp)
+        _replace_all(directory, staged)
+    return list(staged)

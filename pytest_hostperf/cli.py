@@ -11,10 +11,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pytest_hostperf import __version__
 from pytest_hostperf.options import parse_alpha, parse_fraction
+
+if TYPE_CHECKING:
+    from pytest_hostperf.images import ImageDependencies
 
 OK, FAIL = "ok", "--"
 
@@ -80,6 +83,34 @@ def _check_ssh() -> tuple[bool, str]:
     return True, f"{binary}; use --hostperf-envs=ssh:HOST with a host from your ssh config"
 
 
+def _instructions_line(probe: bool) -> tuple[bool, str]:
+    """Where --hostperf-measure=time,instructions counts: cheap checks, or real probes (``probe``)."""
+    from pytest_hostperf import counting, images
+
+    kvm = os.path.exists("/dev/kvm")
+    if probe:
+        client = None
+        try:
+            from pytest_hostperf.environments.docker import docker_client
+
+            client = docker_client()
+            client.images.get(images.COUNTING_BASE_TAG)
+        except Exception:  # noqa: BLE001 - no engine or no valgrind base: docker is left out of the probes
+            client = None
+        supports = counting.where_counting_works(docker_client=client, docker_image=images.COUNTING_BASE_TAG,
+                                                 docker_python="python3", qemu_accelerator="kvm" if kvm else "tcg")
+        return supports[0].works, "; ".join(support.describe() for support in supports)
+    parts = []
+    native_ok = shutil.which("valgrind") is not None
+    problem = counting.interpreter_problem(sys.executable) if native_ok else None
+    parts.append("native: " + ("valgrind " + (problem or "found") if native_ok else
+                               "valgrind missing (apt-get install valgrind)"))
+    parts.append(f"docker: in {images.COUNTING_BASE_TAG} (built on first use, Debian's valgrind)")
+    parts.append("qemu: " + ("KVM: not yet (no probe through the VM agent)" if kvm else
+                             "refused under TCG (counted code would run ~840x slower)"))
+    return native_ok and problem is None, "; ".join(parts) + " (hostperf doctor --instructions probes for real)"
+
+
 CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
     "native": _check_native, "docker": _check_docker, "qemu": _check_qemu, "ssh": _check_ssh,
 }
@@ -94,6 +125,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             ok, text = False, f"check crashed: {exc!r}"
         failed += not ok
         print(f"[{OK if ok else FAIL}] {name:<7} {text}")
+    try:
+        ok, text = _instructions_line(args.instructions)
+    except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
+        ok, text = False, f"check crashed: {exc!r}"
+    # Informational: counting is optional, so it never fails --strict.
+    print(f"[{OK if ok else FAIL}] instructions (--hostperf-measure=time,instructions): {text}")
     print(f"\n{len(CHECKS) - failed} of {len(CHECKS)} environments usable here.")
     return 0 if failed == 0 or not args.strict else 1
 
@@ -160,9 +197,12 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from pytest_hostperf.environments.docker import docker_client
 
     project = Path(args.project).resolve()
-    ref = images.ensure_image(docker_client(), project, user_image=args.image, base=args.base,
-                              requirements=_project_requirements(project) + list(args.requirement or []),
-                              reporter=_reporter())
+    try:
+        ref = images.ensure_image(docker_client(), project, user_image=args.image, base=args.base,
+                                  dependencies=_project_dependencies(project, args), reporter=_reporter())
+    except images.ImageBuildError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(f"docker image: {ref.tag} ({ref.id[:19]})")
     if args.vm:
         from pytest_hostperf.environments.qemu import prepare_vm_disk
@@ -172,15 +212,23 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _project_requirements(project: Path) -> list[str]:
-    """``hostperf_requirements`` from the project's ini, read the way pytest reads it."""
-    from pytest_hostperf.images import requirements_from_project
+def _project_dependencies(project: Path, args: argparse.Namespace) -> ImageDependencies:
+    """The image's dependencies as a session in this environment plans them.
 
-    return requirements_from_project(project)
+    This interpreter's installed distributions, with ``hostperf_requirements`` and
+    ``hostperf_requirements_exclude`` read from the project's ini the way pytest reads
+    them, plus ``--requirement``/``--exclude``: the same image (and cache key) a session builds.
+    """
+    from pytest_hostperf.images import ImageDependencies, requirements_from_project
+
+    extra = requirements_from_project(project) + list(args.requirement or [])
+    exclude = requirements_from_project(project, "hostperf_requirements_exclude") + list(args.exclude or [])
+    return ImageDependencies(project, tuple(extra), tuple(exclude))
 
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
     from pytest_hostperf.environments.ship import human_size
+    from pytest_hostperf.images import ImageBuildError
     from pytest_hostperf.images.prune import apply_prune, plan_prune
 
     project = Path(args.project).resolve()
@@ -191,8 +239,12 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - without an engine the VM disks are still listed
         print(f"docker: {str(exc).splitlines()[0]}; images are not listed")
         client = None
-    entries = plan_prune(client, project, _project_requirements(project) + list(args.requirement or []),
-                         base=args.base)
+    try:
+        requirements = _project_dependencies(project, args).requirements()
+    except ImageBuildError as exc:
+        print(f"{exc}\nnothing is removed: the project image this project uses is not known", file=sys.stderr)
+        return 1
+    entries = plan_prune(client, project, requirements, base=args.base)
     if not entries:
         print("nothing built by hostperf here.")
         return 0
@@ -250,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="which environments work here, and why not")
     doctor.add_argument("--strict", action="store_true", help="exit 1 when any environment is unusable")
+    doctor.add_argument("--instructions", action="store_true",
+                        help="probe instruction counting for real in each environment (valgrind, ~20 s each)")
     doctor.set_defaults(func=cmd_doctor)
 
     compare = sub.add_parser("compare", help="compare a JSON report or baseline file against a baseline, offline",
@@ -281,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--base", default="hostperf-base:bookworm",
                        help="local base image (default: hostperf-base:bookworm)")
     build.add_argument("--image", default=None, help="use this image as it is instead of building one")
-    build.add_argument("--requirement", "-r", action="append", help="extra pip requirement (repeatable)")
+    build.add_argument("--requirement", "-r", action="append",
+                       help="pip requirement added to the image, or replacing an installed one's pin (repeatable)")
+    build.add_argument("--exclude", action="append", metavar="NAME",
+                       help="installed distribution (name or glob) left out of the image (repeatable)")
     build.add_argument("--vm", action="store_true", help="also build the bootable VM disk from the image")
     build.set_defaults(func=cmd_image_build)
     prune = image_sub.add_parser(
@@ -291,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--project", default=".", help="the project whose image stays (default: .)")
     prune.add_argument("--base", default="hostperf-base:bookworm", help="base image (default: hostperf-base:bookworm)")
     prune.add_argument("--requirement", "-r", action="append", help="extra pip requirement the project image has")
+    prune.add_argument("--exclude", action="append", metavar="NAME",
+                       help="distribution left out of the project image (as for image build)")
     prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     prune.set_defaults(func=cmd_image_prune)
 

@@ -20,8 +20,10 @@ from typing import Any, Iterator, Literal
 import pytest
 
 from pytest_hostperf import revision
+from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.baselines import BaselineError, BaselineSaveError
 from pytest_hostperf.environments.base import Environment, EnvironmentContext, EnvironmentFailure
+from pytest_hostperf.forwarding import forwarded_options
 from pytest_hostperf.model import Outcome, Record, Verdict
 from pytest_hostperf.options import DEFAULT_MAX_OVERHEAD, Kinds
 from pytest_hostperf.progress import Reporter
@@ -29,7 +31,8 @@ from pytest_hostperf.report.json import write_json
 from pytest_hostperf.report.markdown import render_markdown
 from pytest_hostperf.report.terminal import render_terminal
 from pytest_hostperf.run import workdir
-from pytest_hostperf.run.against import AgainstRevision, import_roots, revision_args
+from pytest_hostperf.run.against import AgainstRevision, revision_args
+from pytest_hostperf.run.codecheck import CodeCheck
 from pytest_hostperf.run.paired import DEFAULT_SIDE_SECONDS, PairBudget
 from pytest_hostperf.run.plan import FORWARDED_BENCHMARK_OPTIONS, Plan, Request
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool
@@ -51,11 +54,18 @@ class HostperfPlugin:
         self.config = config
         self.settings = settings
         self.kinds = kinds
+        # Where the project's code is imported from, as this interpreter sees it (native's
+        # view); every agent puts these first so the same code runs everywhere.
+        self.import_roots = _import_roots(config)
         workdir.sweep_stale()  # what a SIGKILLed session left in $TMPDIR
         session_id = uuid.uuid4().hex[:12]
         self.work_dir = workdir.create(session_id)
         context = EnvironmentContext(settings, session_id, self.work_dir, Reporter(self._write_line))
-        self.pool = EnvironmentPool(context, self._make_environment)
+        # The controller's own view of the tests' modules completes native's as the reference
+        # other environments are checked against (all there is when native is not in the session).
+        self.imports = ImportTracker(str(config.rootpath))
+        self.imports.mark_harness()  # pytest, its plugins and the initial conftests are loaded by now
+        self.pool = EnvironmentPool(context, self._make_environment, CodeCheck(self.imports.report))
         self.checkout: revision.Checkout | None = None
         self.rev_pool: EnvironmentPool | None = None
         if settings.against is not None:
@@ -105,8 +115,9 @@ class HostperfPlugin:
         rev_work.mkdir()
         rev_context = EnvironmentContext(dataclasses.replace(self.settings, project_dir=self.checkout.project_dir),
                                          f"{context.session_id}-rev", rev_work, context.reporter)
-        self.rev_pool = EnvironmentPool(rev_context, self._make_environment,
-                                        import_roots(self.checkout.project_dir))
+        # REV's agents get the session's import roots (relative: REV's src/ before the working
+        # tree's installed copy) through AgentArgs, as every agent does.
+        self.rev_pool = EnvironmentPool(rev_context, self._make_environment)
 
     def _against(self, plan: Plan) -> AgainstRevision | None:
         if self.settings.against is None or self.checkout is None or self.rev_pool is None:
@@ -141,7 +152,7 @@ class HostperfPlugin:
             return
         files = _invocation_paths(config)
         if files is not None:
-            self.pool.prestart(["native"], AgentArgs(files, _forwarded_args(config)))
+            self.pool.prestart(["native"], AgentArgs(files, _forwarded_args(config), self.import_roots))
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self._stop()
@@ -172,6 +183,7 @@ class HostperfPlugin:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         files: set[str] = set()
         requests = []
+        exempt = self.config.pluginmanager.has_plugin("timeout")
         for item in session.items:
             target = _target_of(item)
             if target is None:
@@ -182,9 +194,20 @@ class HostperfPlugin:
                               settings.max_overhead)
             item.stash[REQUEST_KEY] = request
             requests.append(request)
-            files.add(str(item.path.relative_to(self.config.rootpath)))
-        plan = Plan(tuple(requests), AgentArgs(tuple(sorted(files)), _forwarded_args(self.config)),
-                    _benchmark_options(self.config))
+            files.add(_agent_path(item, target))
+            if exempt:
+                # pytest-timeout's alarm would fire inside the controller while it waits for the
+                # whole group in every environment; the body's limit applies inside the agent
+                # (--timeout is forwarded), --hostperf-timeout guards the agent itself.
+                item.add_marker(pytest.mark.timeout(0))
+        agent_args = AgentArgs(tuple(sorted(files)), _forwarded_args(self.config), self.import_roots)
+        if any(Path(f).is_absolute() for f in files):
+            # Outside the rootdir: native collects what the invocation named, so that its node
+            # ids (relative to those paths) are the controller's.
+            pyargs = ("--pyargs",) if self.config.option.pyargs else ()
+            agent_args = dataclasses.replace(agent_args, test_files=tuple(str(a) for a in self.config.args),
+                                             pytest_args=(*agent_args.pytest_args, *pyargs))
+        plan = Plan(tuple(requests), agent_args, _benchmark_options(self.config))
         self.run = SessionRun(plan, self.pool, self.settings, DEFAULT_MAX_OVERHEAD, against=self._against(plan))
         self.run.start()
 
@@ -286,6 +309,23 @@ def _agent_nodeid(item: pytest.Item, target: Target) -> str:
                             "is another plugin renaming parametrized ids?")
 
 
+def _agent_path(item: pytest.Item, target: Target) -> str:
+    """The test file as agents collect it: relative to the rootdir, which every backend mounts.
+
+    A file outside the rootdir (``--pyargs`` of an installed package) is collected natively
+    from where it is; nothing of it reaches a container, a VM or an ssh target.
+    """
+    rootpath = item.config.rootpath
+    if item.path.is_relative_to(rootpath):
+        return str(item.path.relative_to(rootpath))
+    if target.kind != "native":
+        raise pytest.UsageError(
+            f"{item.nodeid}: its file {item.path} is outside the rootdir {rootpath} (--pyargs of an installed "
+            f"package?), so {target.env} cannot see it: run the tests from the package's checkout (its rootdir "
+            f"is mounted in every environment), or keep --hostperf-envs=native for it")
+    return str(item.path)
+
+
 def _invocation_paths(config: pytest.Config) -> tuple[str, ...] | None:
     """The invocation's test paths relative to the rootdir, or None if one is not a path."""
     paths: list[str] = []
@@ -302,13 +342,30 @@ def _invocation_paths(config: pytest.Config) -> tuple[str, ...] | None:
     return tuple(paths)
 
 
+def _import_roots(config: pytest.Config) -> tuple[str, ...]:
+    from pytest_hostperf.importroots import ImportRootError, controller_import_roots
+
+    try:
+        pythonpath = config.getini("pythonpath")
+    except ValueError:  # pytest's python_path plugin is disabled (-p no:python_path)
+        pythonpath = []
+    try:
+        return controller_import_roots(config.rootpath, pythonpath)
+    except ImportRootError as exc:
+        raise pytest.UsageError(f"--hostperf: {exc}") from None
+
+
 def _forwarded_args(config: pytest.Config) -> tuple[str, ...]:
-    """Command-line arguments that shape collection and must hold in the agent too."""
+    """The agent's pytest arguments: the ini file, and the invocation's options that hold for a
+    test body (see :mod:`pytest_hostperf.forwarding`)."""
     args: list[str] = []
     inifile = config.inipath
     if inifile is not None:
         args += ["-c", str(inifile.relative_to(config.rootpath)) if inifile.is_relative_to(config.rootpath)
                  else str(inifile)]
+    seed = config.getoption("randomly_seed", None) if config.pluginmanager.has_plugin("randomly") else None
+    args += forwarded_options(os.environ.get("PYTEST_ADDOPTS", ""), [str(a) for a in config.invocation_params.args],
+                              [str(a) for a in config.args], seed if isinstance(seed, int) else None)
     return tuple(args)
 
 

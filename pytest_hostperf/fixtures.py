@@ -48,13 +48,15 @@ def hostperf_env(request: pytest.FixtureRequest) -> HostperfEnv:
 
 
 @pytest.fixture
-def hostperf_dir(request: pytest.FixtureRequest, hostperf_env: HostperfEnv, tmp_path: Path) -> Iterator[Path]:
+def hostperf_dir(request: pytest.FixtureRequest, hostperf_env: HostperfEnv) -> Iterator[Path]:
     """A fresh writable directory on the mount under test, removed after the test.
 
     Under plain pytest it is a subdirectory of ``tmp_path``.
     """
     if hostperf_env.mount_path is None:
-        path = tmp_path / "hostperf"
+        # Asked for only here: in an agent it would leave a pytest-of-<user> tree in the
+        # environment's temp dir (on an ssh target, for good) for a directory never used.
+        path = request.getfixturevalue("tmp_path") / "hostperf"
         path.mkdir()
         yield path
         return

@@ -150,19 +150,30 @@ class Against:
 
 @dataclasses.dataclass(frozen=True)
 class Instructions:
-    """Instruction counts per call (``--hostperf-measure=instructions``); filled by that stage."""
+    """Instructions per call of the benchmarked function (``--hostperf-measure=instructions``).
+
+    Counted under callgrind by a second agent of the environment; judged against the
+    count saved for the same software fingerprint (``software_id``), not the CPU model.
+    """
 
     per_call: float
     ratio_to_baseline: float | None = None
-    noise: float | None = None
+    noise: float | None = None          # two counts of the test in this session differ by this fraction
+    verdict: str | None = None          # the count's own verdict: pass, regression, improvement, unstable
+    reason: str = ""                    # "instructions +3.10%", or why there is no verdict
+    software_id: str | None = None      # the software fingerprint the count belongs to
+    baseline_per_call: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Instructions:
-        return cls(float(data["per_call"]), _optional_float(data.get("ratio_to_baseline")),
-                   _optional_float(data.get("noise")))
+        return cls(positive(data.get("per_call"), "instructions.per_call"),
+                   _optional_float(data.get("ratio_to_baseline")), _optional_float(data.get("noise")),
+                   str(data["verdict"]) if data.get("verdict") else None, str(data.get("reason") or ""),
+                   str(data["software_id"]) if data.get("software_id") else None,
+                   _optional_float(data.get("baseline_per_call")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +318,9 @@ class EnvironmentReport:
     baseline_error: str | None = None   # why its baseline could not be read
     baseline: str | None = None         # the baseline file this fingerprint would use
     uncovered: str | None = None        # why the gate had no baseline here (one line)
+    #: Where the tests' modules came from here and how that differs from native
+    #: (``{"modules": {...}, "mismatches": [...]}``, see :mod:`pytest_hostperf.run.codecheck`).
+    code: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

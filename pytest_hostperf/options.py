@@ -160,6 +160,25 @@ def _positive(text: str, what: str, not_a_number: str) -> float:
     return value
 
 
+#: What ``--hostperf-measure`` can list: wall time (always), instruction counts (callgrind).
+MEASURES: Final = ("time", "instructions")
+
+
+def parse_measure(text: str) -> tuple[str, ...]:
+    """``time,instructions`` -> ("time", "instructions"); time is always measured."""
+    names = [part.strip().lower() for part in str(text).split(",") if part.strip()]
+    unknown = [name for name in names if name not in MEASURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"measure {text!r}: expected a comma-separated list of {' and '.join(MEASURES)} "
+            "(for example --hostperf-measure=time,instructions)")
+    if "time" not in names:
+        raise argparse.ArgumentTypeError(
+            f"measure {text!r}: time is always measured (the gate and the ratios to native need it); "
+            "write --hostperf-measure=time,instructions")
+    return tuple(name for name in MEASURES if name in names)
+
+
 def parse_seconds(text: str, what: str = "timeout") -> float:
     """``300`` or ``300s`` -> 300.0 seconds."""
     return _positive(text.rstrip("s"), what, "is not a number of seconds (for example 300)")

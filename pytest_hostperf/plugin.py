@@ -35,6 +35,13 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "directory of baseline files (default: baselines/ under the rootdir)"),
     ("--hostperf-tolerance", "hostperf_tolerance", opt.parse_fraction, "5%",
      "smallest slowdown that counts as a regression, e.g. 5%% or 0.05 (default 5%%)"),
+    ("--hostperf-measure", "hostperf_measure", str, "time",
+     "what to measure: time (default), or time,instructions to also count instructions per call under "
+     "valgrind (callgrind) natively and in docker, judged against counts of the same software; "
+     "counted code runs ~50-100x slower. Example: --hostperf-measure=time,instructions"),
+    ("--hostperf-instructions-tolerance", "hostperf_instructions_tolerance",
+     lambda s: opt.parse_fraction(s, "instructions tolerance"), "1%",
+     "smallest change of instructions per call that is a regression/improvement (default 1%%)"),
     ("--hostperf-alpha", "hostperf_alpha", opt.parse_alpha, "0.01",
      "family-wise false-alarm rate over all comparisons of a session (default 0.01)"),
     ("--hostperf-require", "hostperf_require", str, "",
@@ -121,7 +128,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hostperf_accept", type="linelist", default=[],
                   help="node-id globs whose failing verdicts --hostperf-save accepts (like --hostperf-accept)")
     parser.addini("hostperf_requirements", type="linelist", default=[],
-                  help="extra pip requirements installed into the docker/qemu image (one per line)")
+                  help="pip requirements added to the docker/qemu image, one per line; a line naming an "
+                       "installed distribution replaces its pin (the image gets every distribution installed "
+                       "here, at its version)")
+    parser.addini("hostperf_requirements_exclude", type="linelist", default=[],
+                  help="installed distributions left out of the docker/qemu image, one name or glob per line "
+                       "(like types-*); pytest and pytest-benchmark always stay")
     for name, ini, kind, default, text in _VALUE_OPTIONS:
         group.addoption(name, action="store", default=None, type=_argtype(kind), help=text)
         parser.addini(ini, help=text.replace("%%", "%"), default=default)
@@ -143,15 +155,31 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
         pluginmanager.register(builtin_environments, "hostperf-builtin-environments")
 
 
+@pytest.hookimpl(trylast=True)  # after other plugins settle their options (pytest-randomly's seed)
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(fixtures_module):
         config.pluginmanager.register(fixtures_module, "hostperf-fixtures")
     if not config.getoption("hostperf") or os.environ.get("HOSTPERF_AGENT"):
         return
+    _refuse_parallel_workers(config)
     from pytest_hostperf.controller import HostperfPlugin
 
     kinds = environment_kinds(config)
     config.pluginmanager.register(HostperfPlugin(config, _settings(config, kinds), kinds), "hostperf-controller")
+
+
+def _refuse_parallel_workers(config: pytest.Config) -> None:
+    """pytest-xdist's workers would each measure at once on the same CPUs: wrong numbers."""
+    if hasattr(config, "workerinput"):
+        raise pytest.UsageError("--hostperf cannot run inside a pytest-xdist worker: it measures one test at a "
+                                "time; drop -n (or use -n 0)")
+    workers = config.getoption("numprocesses", None)
+    dist = config.getoption("dist", "no")
+    if workers not in (None, 0) or dist not in (None, "no"):
+        given = f"-n {workers}" if workers not in (None, 0) else f"--dist {dist}"
+        raise pytest.UsageError(f"--hostperf measures one test at a time; {given} (pytest-xdist) would run "
+                                "measurements in parallel on the same CPUs and skew every number: drop it, or "
+                                "pass -n 0 (also when addopts in your ini sets -n)")
 
 
 def environment_kinds(config: pytest.Config) -> opt.Kinds:
@@ -182,6 +210,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         "hostperf_envs": lambda text: opt.parse_envs(text, kinds),
         "hostperf_require": lambda text: opt.parse_envs(text, kinds) if text.strip() else (),
         "hostperf_max_overhead": lambda text: opt.parse_budgets(text, kinds),
+        "hostperf_measure": opt.parse_measure,
     }
     values = {ini: _value(config, name, ini, parsers.get(ini, parse)) for name, ini, parse, _, _ in _VALUE_OPTIONS}
     root = config.rootpath
@@ -211,6 +240,8 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         raise pytest.UsageError("--hostperf-html draws its charts with plotly, which is not installed: "
                                 "pip install 'pytest-hostperf[html]' (or drop --hostperf-html)")
 
+    requirements, requirements_exclude = _image_requirements(config)
+
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
@@ -224,16 +255,38 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         blocks=values["hostperf_blocks"], confirm=values["hostperf_confirm"],
         image=values["hostperf_image"], vm_image=values["hostperf_vm_image"],
         network=bool(config.getoption("hostperf_network")),
-        requirements=tuple(config.getini("hostperf_requirements")),
+        requirements=requirements, requirements_exclude=requirements_exclude,
         json_path=path(values["hostperf_json"]), markdown_path=path(values["hostperf_markdown"]),
         html_path=path(values["hostperf_html"]),
         ssh_config=path(values["hostperf_ssh_config"]), docker_cpus=values["hostperf_docker_cpus"],
         ssh_python=values["hostperf_ssh_python"],
         docker_pids=values["hostperf_docker_pids"], docker_memory=values["hostperf_docker_memory"],
         docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
+        measure=values["hostperf_measure"], instructions_tolerance=values["hostperf_instructions_tolerance"],
         pair_budget_s=values["hostperf_pair_budget"], pair_round_s=values["hostperf_pair_round"],
         against=_against(root, values["hostperf_against"]),
     )
+
+
+def _image_requirements(config: pytest.Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``hostperf_requirements`` and ``hostperf_requirements_exclude``, each line checked now."""
+    extra = tuple(config.getini("hostperf_requirements"))
+    exclude = tuple(config.getini("hostperf_requirements_exclude"))
+    if any(entry.strip().startswith("-r") for entry in extra):
+        from pytest_hostperf.images.requirements import ImageBuildError, expand_requirement_entries
+
+        try:
+            extra = tuple(expand_requirement_entries(config.rootpath, extra))
+        except (OSError, ImageBuildError) as exc:
+            raise pytest.UsageError(f"ini option hostperf_requirements: {exc}") from None
+    if extra or exclude:
+        from pytest_hostperf.dependencies import RequirementError, check_entries
+
+        try:
+            check_entries(extra, exclude)
+        except RequirementError as exc:
+            raise pytest.UsageError(f"ini option {exc}") from None
+    return extra, exclude
 
 
 def _against(root: Path, rev: str | None) -> Revision | None:

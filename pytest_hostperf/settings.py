@@ -34,7 +34,8 @@ class Settings:
     image: str | None = None
     vm_image: str | None = None
     network: bool = False
-    requirements: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()          # hostperf_requirements: added to the image's (or replace pins)
+    requirements_exclude: tuple[str, ...] = ()  # hostperf_requirements_exclude: names/globs left out
     json_path: Path | None = None
     markdown_path: Path | None = None
     html_path: Path | None = None
@@ -50,3 +51,9 @@ class Settings:
     pair_round_s: float = 0.002
     #: --hostperf-against: the git revision the working tree is compared with, in pairs.
     against: Revision | None = None
+    measure: tuple[str, ...] = ("time",)     # --hostperf-measure: "time", "instructions"
+    instructions_tolerance: float = 0.01     # a count beyond this change is a regression/improvement
+
+    @property
+    def counts_instructions(self) -> bool:
+        return "instructions" in self.measure

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-PACKAGES=(docker.io debootstrap qemu-system-x86 qemu-utils e2fsprogs linux-image-cloud-amd64
+PACKAGES=(docker.io debootstrap qemu-system-x86 qemu-utils e2fsprogs linux-image-cloud-amd64 valgrind
           openssh-client openssh-server ca-certificates chromium)
 missing=()
 for package in "${PACKAGES[@]}"; do

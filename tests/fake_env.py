@@ -48,7 +48,8 @@ class FakeAgent(Transport):
     def __init__(self, backend: FakeBackend) -> None:
         self.backend = backend
         self.lines: deque[bytes] = deque([protocol.encode(
-            {"event": "ready", "protocol": protocol.PROTOCOL_VERSION, "fingerprint": backend.fingerprint})])
+            {"event": "ready", "protocol": protocol.PROTOCOL_VERSION, "fingerprint": backend.fingerprint,
+             "modules": backend.modules})])
         self.dead = False
         self.closed = False
 
@@ -100,6 +101,8 @@ class FakeBackend(Environment):
         self.log = log
         self.reference = reference or (lambda: samples(1e-3, 15))
         self.fingerprint = {"cpu_model": "Fake CPU", "cpu_count": 2, "env_kind": name, "arch": "x86_64"}
+        self.modules: dict[str, Any] = {}  # the module report of the agent's ready message
+        self.launches: list[AgentLaunch] = []
         self.starts = 0
         self.stopped = 0
         self.agents: list[FakeAgent] = []
@@ -116,6 +119,7 @@ class FakeBackend(Environment):
 
     def start_agent(self, launch: AgentLaunch) -> Transport:
         self.starts += 1
+        self.launches.append(launch)
         agent = FakeAgent(self)
         self.agents.append(agent)
         return agent

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 #: Short benchmarks: a few rounds of a few milliseconds each.
-FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
+BRIEF = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
+#: These sessions test hostperf's mechanics, not a project's dependencies: ``*`` keeps their
+#: docker/qemu image to pytest and pytest-benchmark at this interpreter's versions, whatever
+#: else it has installed (a developer's interpreter may hold distributions the index lacks),
+#: so they all share one image and one VM disk. tests/test_realprojects.py runs the default.
+SHARED_IMAGE = ["-o", "hostperf_requirements_exclude=*"]
+FAST = [*BRIEF, *SHARED_IMAGE]
 
 #: A test whose delay is read from delay.txt beside it, so a test can inject a slowdown.
 SLEEPY = """

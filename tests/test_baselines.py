@@ -301,6 +301,36 @@ def test_unexpected_structure_is_a_baseline_error(tmp_path):
         read_baseline(path)
 
 
+@pytest.mark.parametrize("benchmarks, key, expected", [
+    ([], "benchmarks", "is a list; expected an object"),
+    ({"t::a": []}, "benchmarks['t::a']", "is a list; expected an object"),
+    ({"t::a": {"-": {}}}, "benchmarks['t::a']['-']", "is an object; expected a list"),
+    ({"t::a": {"-": [{"session_id": "s", "saved_at": "x", "median_s": 1e-3, "log_median_se": 0.01, "rounds": 5,
+                      "iterations": 1, "samples": "many"}]}}, "benchmarks['t::a']['-'][0].samples",
+     "is 'many'; expected a list of numbers"),
+])
+def test_a_container_of_the_wrong_kind_is_named(tmp_path, benchmarks, key, expected):
+    """Hand edits: a string of samples used to be read letter by letter ("samples[0] is 'm'")."""
+    path = tmp_path / f"native-{FID}.json"
+    path.write_text(json.dumps({"tool": "pytest-hostperf", "schema_version": 1, "environment": "native",
+                                "fingerprint_id": FID, "benchmarks": benchmarks}))
+    with pytest.raises(BaselineError) as info:
+        read_baseline(path)
+    assert f"{key} {expected}" in str(info.value) and str(path) in str(info.value)
+
+
+def test_merge_conflict_markers_are_named_with_the_fix(tmp_path):
+    store = BaselineStore(tmp_path)
+    path = save(store, "s1", [measurement()])
+    text = path.read_text()
+    path.write_text(f"{text}<<<<<<< HEAD\n{text}=======\n{text}>>>>>>> main\n")
+    with pytest.raises(BaselineError) as info:
+        read_baseline(path)
+    line = len(text.splitlines()) + 1
+    assert f"has unresolved git merge-conflict markers (line {line})" in str(info.value)
+    assert f"git checkout --theirs -- {path}" in str(info.value)
+
+
 def test_renamed_file_is_not_overwritten(tmp_path):
     store = BaselineStore(tmp_path)
     original = save(store, "s1", [measurement()], fid="aaaaaaaaaaaa")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,12 @@ def test_doctor_reports_each_environment_with_a_reason() -> None:
     done = hostperf("doctor")
     assert done.returncode == 0
     lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("[")}
-    assert set(lines) == {"native", "docker", "qemu", "ssh"}
+    assert set(lines) == {"native", "docker", "qemu", "ssh", "instructions"}
     assert lines["native"].startswith("[ok]") and "CPython" in lines["native"]
+    # Where --hostperf-measure=time,instructions counts, without running valgrind.
+    assert "native: valgrind" in lines["instructions"] and "qemu:" in lines["instructions"]
+    if shutil.which("valgrind"):
+        assert lines["instructions"].startswith("[ok]"), lines["instructions"]
     if os.environ.get("HOSTPERF_REQUIRE_DOCKER"):
         assert lines["docker"].startswith("[ok]") and "Docker Engine" in lines["docker"]
     if os.environ.get("HOSTPERF_REQUIRE_QEMU"):

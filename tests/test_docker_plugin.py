@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sessions import FAST
 
 from pytest_hostperf.environments import labels as owner_labels
 
 pytestmark = pytest.mark.docker
 
-FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
 
 CPU_AND_IO = """
 import time
@@ -265,43 +265,6 @@ def test_sigkilled_session_is_swept_by_the_next(pytester: pytest.Pytester, engin
     assert result.ret == 0
     assert ours(engine) == {"containers": [], "volumes": []}
     assert not [d for d in left if d.exists()], "issue 8.8: the killed session's temp dir stays for good"
-
-
-KILL_CONTAINER_AFTER_A = """
-import os
-
-def pytest_runtest_logreport(report):
-    # In the controller only: `docker kill` this session's container once test_a is done.
-    if report.when == "call" and report.nodeid.endswith("test_a[docker]") and not os.environ.get("HOSTPERF_AGENT"):
-        import docker
-        from pytest_hostperf.environments import labels
-        client = docker.from_env()
-        for container in client.containers.list(filters={"label": f"{labels.PID}={os.getpid()}"}):
-            container.kill()
-"""
-
-
-def test_a_container_killed_mid_session_is_replaced(pytester: pytest.Pytester, engine: Any) -> None:
-    """Issue 8.7: after `docker kill`, the rest of the docker items used to be skipped."""
-    pytester.makeconftest(KILL_CONTAINER_AFTER_A)
-    pytester.makepyfile(test_k="""
-def test_a(benchmark):
-    benchmark(sum, [1])
-
-def test_b(benchmark):
-    benchmark(sum, [1, 2])
-
-def test_c(benchmark):
-    benchmark(sum, [1, 2, 3])
-""")
-    result = hostperf(pytester, "-rA")
-    outcomes = {name: outcome for outcome, name in
-                (line.split()[:2] for line in result.stdout.lines if line.startswith(("PASSED ", "FAILED ",
-                                                                                     "SKIPPED ", "ERROR ")))}
-    # The item that meets the dead agent fails and says so; the next one runs in a new container.
-    assert outcomes["test_k.py::test_c[docker]"] == "PASSED", result.stdout.str()
-    assert "SKIPPED" not in outcomes.values(), result.stdout.str()
-    assert ours(engine) == {"containers": [], "volumes": []}
 
 
 def test_bad_container_limits_are_usage_errors(pytester: pytest.Pytester) -> None:

@@ -7,10 +7,7 @@ their timings are stable enough to gate on (see tests/test_plugin.py).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,26 +106,6 @@ def test_zlast(benchmark):
 
 # -- 2. an unreadable baseline fails the run; a missing one is counted --------------------------
 
-@pytest.mark.parametrize("damage", ["truncated", "conflict", "newer", "nan"])
-def test_an_unreadable_baseline_fails_the_run_and_is_never_rewritten(sleepy: pytest.Pytester, damage: str) -> None:
-    assert run(sleepy, "--hostperf", "--hostperf-save").ret == 0
-    path = baseline(sleepy)
-    text = path.read_text()
-    damaged = {
-        "truncated": text[: len(text) // 2],
-        "conflict": "<<<<<<< HEAD\n" + text + "=======\n" + text + ">>>>>>> other\n",
-        "newer": text.replace('"schema_version": 1', '"schema_version": 2'),
-        "nan": text.replace('"median_s": ', '"median_s": NaN, "was": ', 1),
-    }[damage]
-    path.write_text(damaged)
-    result = run(sleepy, "--hostperf", "--hostperf-save")
-    assert result.ret == 1, result.stdout.str()
-    out = result.stdout.str()
-    assert str(path) in out and "the gate is off for this item" in out
-    assert "2 failing item(s) not saved" in out
-    assert path.read_text() == damaged
-
-
 def test_items_without_a_baseline_are_counted_and_strict_fails_them(sleepy: pytest.Pytester) -> None:
     lenient = run(sleepy, "--hostperf")
     assert lenient.ret == 0
@@ -143,45 +120,7 @@ def test_items_without_a_baseline_are_counted_and_strict_fails_them(sleepy: pyte
     assert run(sleepy, "--hostperf").ret == 0
 
 
-# -- 5. a failed save ---------------------------------------------------------------------------
-
-@pytest.fixture
-def small_mount(pytester: pytest.Pytester) -> Path:
-    """A 256 KiB tmpfs as the baselines directory (root only)."""
-    mount = pytester.path / "baselines"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
-@pytest.mark.parametrize("fault", ["full", "read-only"])
-def test_a_failed_save_is_an_error_after_the_reports_are_written(sleepy: pytest.Pytester, small_mount: Path,
-                                                                  fault: str) -> None:
-    assert run(sleepy, "--hostperf", "--hostperf-save").ret == 0
-    before = {p: p.read_bytes() for p in small_mount.iterdir()}
-    if fault == "full":
-        with open(small_mount / "filler", "wb", buffering=0) as handle:  # fill it to the last block
-            try:
-                while True:
-                    handle.write(b"x" * 4096)
-            except OSError:
-                pass
-        before[small_mount / "filler"] = (small_mount / "filler").read_bytes()
-    else:
-        subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
-    report = sleepy.path / "r.json"
-    result = run(sleepy, "--hostperf", "--hostperf-save", f"--hostperf-json={report}")
-    assert result.ret == 1, result.stdout.str()
-    result.stdout.fnmatch_lines([f"hostperf: ERROR: baselines NOT saved to {small_mount}: *No baseline file was "
-                                 "changed*"])
-    assert json.loads(report.read_text())["results"]  # the report was written first
-    assert {p: p.read_bytes() for p in small_mount.iterdir()} == before
+# -- 2 and 5. damaged baselines and failed saves: tests/faults/test_faults_baselines.py ------------
 
 
 # -- 6. a malformed agent answer fails one item ---------------------------------------------------

@@ -24,7 +24,14 @@ import pytest
 from pytest_hostperf import vm as vmimage
 from pytest_hostperf.environments import labels as owner_labels
 from pytest_hostperf.environments import qemu as qemu_mod
-from pytest_hostperf.environments.base import AgentClient, AgentDied, AgentLaunch, EnvironmentFailure, package_parent
+from pytest_hostperf.environments.base import (
+    AgentClient,
+    AgentDied,
+    AgentLaunch,
+    AgentTimeout,
+    EnvironmentFailure,
+    package_parent,
+)
 from pytest_hostperf.environments.process import process_alive
 from pytest_hostperf.environments.qemu import QemuEnvironment, session_root, sweep_stale
 from pytest_hostperf.progress import Reporter
@@ -417,9 +424,10 @@ def test_network_when_asked(vm_disk: vmimage.VmDisk, qemu_project: Path) -> None
         server.close()
 
 
-def test_paths_with_commas_and_a_reboot_after_the_vm_died(vm_disk: vmimage.VmDisk, qemu_project: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 8.15 and 8.7: a comma in the project and temp dirs, then a VM that is killed."""
+@pytest.mark.faults
+def test_paths_with_commas_and_a_reboot_after_the_vm_froze_then_died(vm_disk: vmimage.VmDisk, qemu_project: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8.15 and 8.7: a comma in the project and temp dirs, a VM frozen, then one killed."""
     import shutil
     import tempfile
 
@@ -433,16 +441,26 @@ def test_paths_with_commas_and_a_reboot_after_the_vm_died(vm_disk: vmimage.VmDis
         client = AgentClient("qemu", env.start_agent(_launch(project)))
         client.wait_ready(env.agent_start_timeout())
         _run_in_guest(client, "test_guest.py::test_project_is_read_only")
-        first = env.describe()["pid"]
-        os.kill(first, signal.SIGKILL)   # the VM dies under the agent
+        # The fault suite's "SIGSTOP the VM": a frozen VM answers nothing; the request
+        # times out (budget: 100 pings of this VM, measured now) and the restart throws
+        # the frozen VM away (SIGKILL: a SIGTERM would wait for a SIGCONT) and boots afresh.
+        started = time.monotonic()
+        client.request({"op": "ping"}, "pong", 30, "pinging")
+        budget = max(2.0, 100 * (time.monotonic() - started))
+        frozen = psutil.Process(env.describe()["pid"])
+        frozen.send_signal(signal.SIGSTOP)
+        with pytest.raises(AgentTimeout):
+            client.request({"op": "ping"}, "pong", budget, "pinging")
+        client.transport.close()
+        client = AgentClient("qemu", env.start_agent(_launch(project)))   # what the pool does next
+        assert not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE
+        client.wait_ready(env.agent_start_timeout())
+        second = env.describe()["pid"]
+        assert second != frozen.pid
+        os.kill(second, signal.SIGKILL)   # then the VM dies under the agent
         with pytest.raises(AgentDied):
             client.request({"op": "ping"}, "pong", 30, "pinging")
         client.transport.close()
-        client = AgentClient("qemu", env.start_agent(_launch(project)))   # what the pool does next
-        client.wait_ready(env.agent_start_timeout())
-        assert env.describe()["pid"] != first
-        assert client.request({"op": "ping"}, "pong", 30, "pinging")["event"] == "pong"
-        client.shutdown()
     finally:
         env.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -19,10 +19,10 @@ import time
 import psutil
 import pytest
 from sample_projects import CPU_AND_FILES
+from sessions import FAST
 
 pytestmark = pytest.mark.qemu
 
-FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
 
 # A CPU-bound test and a file test (shared with the HTML report's browser test).
 BODIES = CPU_AND_FILES

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from headless_chromium import find_chromium, open_page
 from sample_projects import CPU_AND_FILES
+from sessions import FAST
 
 from pytest_hostperf.cli import main
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-FAST = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--benchmark-warmup=off", "-p", "no:cacheprovider"]
 
 # Per test section: how many plotly charts it holds, the chart's row labels and panel titles.
 SECTIONS = """

@@ -450,6 +450,32 @@ def test_killed_remote_agent_is_agent_died(env: SshEnvironment) -> None:
     assert _gone(env) == []
 
 
+def _connection_of(agent: psutil.Process) -> psutil.Process:
+    """The sshd process serving the connection ``agent`` runs under (its nearest sshd)."""
+    for parent in agent.parents():
+        if parent.name() == "sshd":
+            return parent
+    pytest.fail(f"agent {agent.pid} does not run under an sshd")
+
+
+@pytest.mark.faults
+def test_a_dropped_connection_fails_the_request_and_the_next_agent_starts_afresh(env: SshEnvironment) -> None:
+    """The fault suite's 'drop the ssh connection': the server end of the connection dies."""
+    client = _started(env)
+    (agent,) = _remote_agents(env)
+    _connection_of(agent).send_signal(signal.SIGKILL)
+    with pytest.raises(AgentDied) as info:
+        client.request({"op": "ping"}, "pong", 30, "pinging")
+    assert HOST in str(info.value)
+    client.transport.close()
+    agent.wait(timeout=15)   # its connection is gone: the orphaned agent must not linger
+    again = _started(env)    # what the pool does for the next item
+    assert again.request({"op": "ping"}, "pong", 10, "pinging")["event"] == "pong"
+    env.stop()
+    assert _gone(env) == []
+    assert not Path(env.remote_work_dir()).exists()
+
+
 def test_agent_restart_replaces_the_old_agent(env: SshEnvironment) -> None:
     first = _started(env)
     (old,) = _remote_agents(env)

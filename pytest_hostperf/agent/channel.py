@@ -34,6 +34,14 @@ class AgentChannel:
         fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
         return cls(os.fdopen(fd, "rb", buffering=0), os.fdopen(os.dup(fd), "wb", buffering=0))
 
+    def close(self) -> None:
+        """Release both ends; idempotent (an unclosed file is a ResourceWarning at exit)."""
+        for stream in (self._reader, self._writer):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
     def send(self, message: dict[str, Any]) -> None:
         # An unbuffered write may take only part of the data (a virtio port takes 32 KiB
         # at a time; a result with thousands of samples is ~100 KB): loop until all is out.

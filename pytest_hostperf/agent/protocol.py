@@ -7,15 +7,24 @@ Only plain JSON values cross the boundary, as in pytest-xdist.
 Controller -> agent ("op"):
   {"op": "run", "nodeid": str, "mount": str, "mount_path": str|null,
    "benchmark_options": {..}, "target": {"env": str, "mount": str}}
+  {"op": "count", "nodeid": str, "mount": str, "mount_path": str|null, "target": {..},
+   "target_instructions": int (optional)}   only to an agent started under callgrind
+   (pytest_hostperf.counting.counting_argv): the test runs once more, benchmark(...)
+   counts instructions per call instead of timing (agent/count_benchmark.py)
   {"op": "reference", "rounds": int}   time the built-in reference workload (host drift)
   {"op": "ping"}
   {"op": "shutdown"}
 Agent -> controller ("event"):
   {"event": "ready", "protocol": int, "fingerprint": {..}, "collected": [nodeid, ..],
-   "collect_errors": [str, ..]}
+   "collect_errors": [str, ..], "modules": {top-level name: origin, ..}}   (see agent.origins)
   {"event": "result", "nodeid": str, "outcome": "passed"|"failed"|"skipped"|"error",
    "reports": [serialized TestReport, ..], "samples": [float, ..] | null,
-   "iterations": int|null, "duration_s": float}
+   "iterations": int|null, "duration_s": float, "modules": {..} (only modules first imported by this run)}
+     a "count" result also has "instructions": {"per_call": float, "noise": float,
+     "calls_per_block": int, "probe": int, "blocks": [int, int], "noop": int,
+     "duration_s": float} | null, "instructions_reason": str (when null), and
+     "software": {..} (agent/count_fingerprint.py); a process that cannot count answers
+     outcome "skipped" with only the reason
   {"event": "reference", "samples": [float, ..]}
   {"event": "pong"}
   {"event": "fatal", "message": str}

@@ -10,12 +10,14 @@ that pytest-benchmark measured.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import pytest
 
 from pytest_hostperf.agent import protocol, reference
 from pytest_hostperf.agent.channel import AgentChannel
+from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
+from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.fixtures import CURRENT_ENV_KEY, HostperfEnv
 from pytest_hostperf.sampling import thin
 
@@ -23,18 +25,25 @@ from pytest_hostperf.sampling import thin
 #: 2000 per side, baselines keep 200, and encoding them is the agent's main per-test cost
 #: in a software-emulated VM (5000 samples cost ~45 ms there, 1000 a fifth of that).
 MAX_SAMPLES = 1000
+#: Cap on each captured-output section a report carries back (head and tail kept): a
+#: test that prints hundreds of MB would otherwise make a result line longer than the
+#: protocol accepts (protocol.MAX_LINE_BYTES), and the item would read as a crashed agent.
+MAX_SECTION_CHARS = 256 * 1024
 
 
 class AgentWorker:
-    def __init__(self, channel: AgentChannel, env: str) -> None:
+    def __init__(self, channel: AgentChannel, env: str, project_root: str = ".",
+                 startup_modules: Iterable[str] = ()) -> None:
         self.channel = channel
         self.env = env
+        self.imports = ImportTracker(project_root, startup_modules)
         self.announced = False
         self.collect_errors: list[str] = []
         self._reports: list[Any] = []
         self._measurement: dict[str, Any] | None = None
         self._fixed: tuple[int, int] | None = None  # (iterations, rounds) of a fixed-work run
         self._fingerprint: dict[str, Any] = {}
+        self._counting = BenchmarkCounting()  # idle until a "count" request (agent under callgrind)
 
     # -- pytest hooks -------------------------------------------------------------------
 
@@ -47,25 +56,37 @@ class AgentWorker:
         if not config.pluginmanager.is_registered(fixtures) and not config.pluginmanager.has_plugin("hostperf"):
             config.pluginmanager.register(fixtures, "hostperf-fixtures")  # its pytest_configure runs now
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_load_initial_conftests(self, early_config: pytest.Config) -> None:
+        # pytest and the plugins it loaded are in by now; the project's conftests are not:
+        # what they import (the code under test, its dependencies) must be compared too.
+        self.imports.mark_harness()
+
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self.collect_errors.append(f"{report.nodeid}: {report.longreprtext}")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        report.sections = [(title, cap_section(content)) for title, content in report.sections]
         self._reports.append(report)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
         if self._fixed is not None:
             _fix_work(item, *self._fixed)
+        self._counting.attach(item)
         try:
             return (yield)
         finally:
-            self._measurement = _benchmark_measurement(item)
+            self._measurement = self._counting.detach(item) or _benchmark_measurement(item)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         items = {item.nodeid: item for item in session.items}
+        # A counting agent (under callgrind) forks its zygote here, before anything reads
+        # the machine's changing state (/proc) into the heap; any other agent: no-op.
+        self._counting.start(lambda request: self._run(session, items, request),
+                             lambda: session._setupstate.teardown_exact(None))
         _warm_timer_precision(session.config)
         self._fingerprint = _inside_fingerprint({})
         self.channel.send({
@@ -75,6 +96,7 @@ class AgentWorker:
             "fingerprint": self._fingerprint,
             "collected": sorted(items),
             "collect_errors": self.collect_errors,
+            "modules": self.imports.report(),
         })
         self.announced = True
         while True:
@@ -87,6 +109,8 @@ class AgentWorker:
                 self.channel.send({"event": "reference", "samples": reference.measure(int(request.get("rounds", 30)))})
             elif request.get("op") == "run":
                 self.channel.send(self._run(session, items, request))
+            elif request.get("op") == "count":
+                self.channel.send(self._counting.answer(request))
             else:
                 self.channel.send({"event": "fatal", "message": f"unknown request {request!r}"})
         session._setupstate.teardown_exact(None)  # higher-scoped fixtures kept warm until now
@@ -116,6 +140,7 @@ class AgentWorker:
             self._fixed = _fixed_work(request.get("fixed"))
         except ValueError as exc:
             return {"event": "result", "nodeid": nodeid, "outcome": "error", "reports": [], "message": str(exc)}
+        self._counting.arm(request)
         started = time.perf_counter()
         # Higher-scoped fixtures stay set up between requests: tear down only what the
         # item's own chain does not need (another module's fixtures), and after the run
@@ -144,6 +169,9 @@ class AgentWorker:
         result.update(self._measurement or {"samples": None, "iterations": None})
         if mounts:
             result["mount_info"] = _inside_fingerprint(mounts).get("mounts", {})
+        imported = self.imports.report()  # only modules this run imported for the first time
+        if imported:
+            result["modules"] = imported
         return result
 
 
@@ -181,6 +209,15 @@ def _fix_work(item: pytest.Item, iterations: int, rounds: int) -> None:
             return pedantic(*args, **{**kwargs, "rounds": rounds, "warmup_rounds": 0})
 
         fixture._raw_pedantic = fixed_pedantic
+
+
+def cap_section(content: str, limit: int = MAX_SECTION_CHARS) -> str:
+    """``content`` with its middle cut to at most ``limit`` characters, saying how much was cut."""
+    if len(content) <= limit:
+        return content
+    keep = limit // 2
+    cut = len(content) - 2 * keep
+    return f"{content[:keep]}\n[hostperf cut {cut} characters of captured output here]\n{content[-keep:]}"
 
 
 def _benchmark_measurement(item: pytest.Item) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -103,21 +102,23 @@ class AgentLaunch:
     test_files: tuple[str, ...]  # paths relative to project_dir to collect
     pytest_args: tuple[str, ...]  # extra args: -c inifile, --benchmark-* options, ...
     env: str               # environment name, e.g. "docker"
-    #: Directories put before ``pythonpath`` (REV's src/ and project dir, --hostperf-against).
+    #: The project's import roots relative to ``project_dir`` (``"."``, ``"src"``), in
+    #: priority order: the agent puts them first on sys.path, ahead of site-packages.
     import_roots: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         """The agent's command line (no shell involved anywhere)."""
+        roots = [arg for root in self.import_roots for arg in ("--import-root", root)]
         return [
             self.python, "-m", "pytest_hostperf.agent",
-            "--env", self.env, "--rootdir", self.project_dir, "--",
+            "--env", self.env, "--rootdir", self.project_dir, *roots, "--",
             *self.pytest_args, *self.test_files,
         ]
 
     def environ(self) -> dict[str, str]:
         """Variables the agent needs; backends add them to the environment they start."""
         return {
-            "PYTHONPATH": os.pathsep.join([*self.import_roots, self.pythonpath]),
+            "PYTHONPATH": self.pythonpath,
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
             "PYTEST_ADDOPTS": "",
@@ -172,6 +173,15 @@ class Environment(abc.ABC):
     def agent_start_timeout(self) -> float:
         """Seconds to wait for the agent's ``ready`` message (a VM boot needs more)."""
         return 60.0
+
+    def start_counting_agent(self, launch: AgentLaunch) -> Transport:
+        """Start a second agent that counts instructions under callgrind (``count`` requests).
+
+        Backends that can count override this; the default refuses with the reason, which
+        the item's record carries (its time is measured and judged as usual).
+        """
+        raise EnvironmentFailure(self.name, f"instruction counting is not supported in {self.name} environments "
+                                            "(it works natively and in docker)")
 
 
 class AgentClient:

@@ -7,11 +7,13 @@ protocol costs and the ratios to it compare like with like.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pytest_hostperf.environments.base import AgentLaunch, Environment, Mount, Transport
+from pytest_hostperf import counting
+from pytest_hostperf.environments.base import AgentLaunch, Environment, EnvironmentFailure, Mount, Transport
 from pytest_hostperf.environments.pipe import PipeTransport, spawn_piped
 
 
@@ -23,6 +25,9 @@ class NativeEnvironment(Environment):
         self.python = python or sys.executable
         self._transport: PipeTransport | None = None
         self._log: Any = None
+        self._counting: PipeTransport | None = None
+        self._counting_log: Any = None
+        self._dumps: counting.DumpDirectory | None = None
 
     def check(self) -> None:
         return None  # the host always works
@@ -33,16 +38,34 @@ class NativeEnvironment(Environment):
     def start_agent(self, launch: AgentLaunch) -> Transport:
         for mount in self.mounts():
             Path(mount.path).mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update(launch.environ())
-        existing = os.environ.get("PYTHONPATH")
-        if existing:
-            env["PYTHONPATH"] = launch.environ()["PYTHONPATH"] + os.pathsep + existing
         argv = launch.argv()
         argv[0] = self.python
         self._log = open(self.work_dir / "native-agent.log", "w", encoding="utf-8")  # noqa: SIM115
-        self._transport = PipeTransport(spawn_piped(argv, env, cwd=launch.project_dir), self._log)
+        self._transport = PipeTransport(spawn_piped(argv, self._environ(launch), cwd=launch.project_dir), self._log)
         return self._transport
+
+    def start_counting_agent(self, launch: AgentLaunch) -> Transport:
+        """The agent under callgrind, its dumps in a slot directory whose path repeats."""
+        if shutil.which("valgrind") is None:
+            raise EnvironmentFailure(self.name, "valgrind is not installed on this host, so instructions cannot "
+                                                "be counted", hint="apt-get install valgrind (scripts/setup.sh "
+                                                                   "installs it), or drop instructions from "
+                                                                   "--hostperf-measure")
+        problem = counting.interpreter_problem(self.python)
+        if problem:
+            raise EnvironmentFailure(self.name, problem)
+        self._close_counting()
+        for mount in self.mounts():
+            Path(mount.path).mkdir(parents=True, exist_ok=True)
+        self._dumps = counting.DumpDirectory()
+        dump_dir = self._dumps.__enter__()
+        argv = launch.argv()
+        argv[0] = self.python
+        argv = counting.counting_argv(argv, dump_dir, disable_aslr=shutil.which("setarch") is not None)
+        environ = {**self._environ(launch), **counting.counting_environ(dump_dir)}
+        self._counting_log = open(self.work_dir / "native-counting-agent.log", "w", encoding="utf-8")  # noqa: SIM115
+        self._counting = PipeTransport(spawn_piped(argv, environ, cwd=launch.project_dir), self._counting_log)
+        return self._counting
 
     def stop(self) -> None:
         if self._transport is not None:
@@ -51,6 +74,27 @@ class NativeEnvironment(Environment):
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._close_counting()
+
+    def _close_counting(self) -> None:
+        if self._counting is not None:
+            self._counting.close()
+            self._counting = None
+        if self._counting_log is not None:
+            self._counting_log.close()
+            self._counting_log = None
+        if self._dumps is not None:
+            self._dumps.__exit__(None, None, None)
+            self._dumps = None
+
+    @staticmethod
+    def _environ(launch: AgentLaunch) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(launch.environ())
+        existing = os.environ.get("PYTHONPATH")
+        if existing:
+            env["PYTHONPATH"] = launch.pythonpath + os.pathsep + existing
+        return env
 
     def describe(self) -> Mapping[str, Any]:
         return {"python": self.python}

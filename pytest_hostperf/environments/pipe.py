@@ -11,7 +11,7 @@ from collections import deque
 from typing import IO, Final
 
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, LineBuffer, Transport
-from pytest_hostperf.environments.process import spawn_piped, stop_process
+from pytest_hostperf.environments.process import signal_name, spawn_piped, stop_process
 
 #: stderr is read in pieces of at most this size: a test that writes gigabytes without a
 #: newline must not make the controller buffer them.
@@ -71,7 +71,8 @@ class PipeTransport(Transport):
             if not chunk:
                 code = self.process.wait(timeout=5) if self.process.poll() is None else self.process.returncode
                 self._drain.join(timeout=1)
-                raise AgentDied(f"agent exited with code {code}")
+                raise AgentDied(f"agent was killed by {signal_name(-code)}" if code < 0 else
+                                f"agent exited with code {code}")
             self._buffer.feed(chunk)
 
     def log_tail(self) -> str:
@@ -84,5 +85,13 @@ class PipeTransport(Transport):
             try:
                 if stream is not None:
                     stream.close()
+            except OSError:
+                pass
+        # stderr belongs to the drain thread until EOF ends it (the child is gone now); left
+        # open it is a ResourceWarning when collected, an error under filterwarnings=error.
+        self._drain.join(timeout=1)
+        if self.process.stderr is not None and not self._drain.is_alive():
+            try:
+                self.process.stderr.close()
             except OSError:
                 pass

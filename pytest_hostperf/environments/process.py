@@ -163,10 +163,30 @@ def command_line(pid: int) -> list[str] | None:
         return None
 
 
+#: How Python's faulthandler starts a crash report (pytest enables it in every agent).
+_FATAL_ERROR: Final = "Fatal Python error: "
+
+
 def tail_lines(text: str, count: int = 20) -> str:
-    """The last ``count`` non-empty lines of ``text`` (for error messages)."""
+    """The last ``count`` non-empty lines of ``text`` (for error messages).
+
+    A crash report of Python's faulthandler (a segfault, an abort) is the exception: its
+    first lines name the signal and the crashing frames, its last ones only the
+    interpreter's start-up, so the report's head is returned instead.
+    """
     lines = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
+    crash = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(_FATAL_ERROR)), None)
+    if crash is not None:
+        return "\n".join(lines[crash:crash + count])
     return "\n".join(lines[-count:])
+
+
+def signal_name(number: int) -> str:
+    """``signal 11 (SIGSEGV)``: the number people search for and the name they know."""
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
 
 
 def tail_file(path: Path, count: int = 40) -> str:

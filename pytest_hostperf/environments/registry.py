@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pytest_hostperf.environments.base import Environment, EnvironmentContext, EnvironmentFailure
+from pytest_hostperf.settings import Settings
+
+if TYPE_CHECKING:
+    from pytest_hostperf.images.requirements import ImageDependencies
 
 
 def create_backend(name: str, context: EnvironmentContext) -> Environment:
@@ -28,15 +34,16 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
         return DockerEnvironment(
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, network=settings.network, cpus=settings.docker_cpus,
-            requirements=settings.requirements, reporter=context.reporter.child("docker"),
-            pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size)
+            dependencies=_image_dependencies(settings), reporter=context.reporter.child("docker"),
+            pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size,
+            counting=settings.counts_instructions)
     if kind == "qemu":
         from pytest_hostperf.environments.qemu import QemuEnvironment
 
         return QemuEnvironment(
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, vm_image=settings.vm_image, network=settings.network,
-            requirements=settings.requirements, reporter=context.reporter.child("qemu"), exclude=exclude)
+            dependencies=_image_dependencies(settings), reporter=context.reporter.child("qemu"), exclude=exclude)
     if kind == "ssh":
         from pytest_hostperf.environments.ssh import SshEnvironment
 
@@ -44,3 +51,10 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
                               work_dir=context.work_dir, reporter=context.reporter.child(name),
                               ssh_config=settings.ssh_config, python=settings.ssh_python, exclude=exclude)
     raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")
+
+
+def _image_dependencies(settings: Settings) -> ImageDependencies:
+    """The image gets what the controller's environment has (planned when an image is needed)."""
+    from pytest_hostperf.images.requirements import ImageDependencies
+
+    return ImageDependencies(settings.project_dir, settings.requirements, settings.requirements_exclude)

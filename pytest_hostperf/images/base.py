@@ -27,6 +27,7 @@ from pytest_hostperf.images.ref import (
     LABEL_PYTHON_VERSION,
     SUITE,
     ImageBuildError,
+    base_packages,
 )
 from pytest_hostperf.progress import SILENT, Reporter
 
@@ -74,8 +75,9 @@ def _mirror_in_deb822(text: str, suite: str) -> str | None:
     return None
 
 
-def debootstrap_rootfs(dest: Path, mirror: str, reporter: Reporter = SILENT) -> None:
-    """A minimal Debian ``SUITE`` with ``BASE_PACKAGES`` in ``dest``, without apt's caches."""
+def debootstrap_rootfs(dest: Path, mirror: str, reporter: Reporter = SILENT,
+                       packages: tuple[str, ...] = BASE_PACKAGES) -> None:
+    """A minimal Debian ``SUITE`` with ``packages`` in ``dest``, without apt's caches."""
     if shutil.which("debootstrap") is None:
         raise ImageBuildError("base", "debootstrap is not installed",
                               hint="apt-get install debootstrap (or run .ci/install-docker.sh)")
@@ -83,7 +85,7 @@ def debootstrap_rootfs(dest: Path, mirror: str, reporter: Reporter = SILENT) -> 
         raise ImageBuildError("base", "debootstrap needs root to create device nodes and chown files",
                               hint="run `sudo hostperf image build` once; later runs reuse the image")
     reporter.step(f"debootstrap {SUITE} from {mirror} (about a minute, done once)")
-    argv = ["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES), SUITE, str(dest), mirror]
+    argv = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages), SUITE, str(dest), mirror]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     tail: list[str] = []
@@ -99,6 +101,7 @@ def debootstrap_rootfs(dest: Path, mirror: str, reporter: Reporter = SILENT) -> 
             seen.add(verb)
             last = time.monotonic()
             reporter.step(f"  {line}")
+    proc.stdout.close()  # read to its end is not closed: a ResourceWarning when collected
     if proc.wait() != 0:
         raise ImageBuildError("base", f"{' '.join(argv)} exited with {proc.returncode}",
                               hint="check that the host reaches its Debian mirror (apt-get update)",
@@ -120,17 +123,21 @@ def rootfs_python_version(rootfs: Path) -> str:
 
 def build_base_image(client: docker.DockerClient, tag: str = BASE_TAG, reporter: Reporter = SILENT,
                      mirror: str | None = None) -> str:
-    """Build the Debian base image with debootstrap and import it; return its id."""
+    """Build the Debian base image with debootstrap and import it; return its id.
+
+    Its packages are :func:`~pytest_hostperf.images.ref.base_packages` of ``tag``.
+    """
     mirror = mirror or host_debian_mirror()
     started = time.monotonic()
+    packages = base_packages(tag)
     with owned_temp_dir("rootfs") as tmp:
         rootfs = tmp / "rootfs"
-        debootstrap_rootfs(rootfs, mirror, reporter)
+        debootstrap_rootfs(rootfs, mirror, reporter, packages)
         python_version = rootfs_python_version(rootfs)
         reporter.step(f"importing the root filesystem as {tag}")
         image_id = _import_rootfs(client, rootfs, tag, {
             LABEL_KIND: "base",
-            LABEL_HASH: _sha256(json.dumps([SUITE, BASE_PACKAGES, "minbase"])),
+            LABEL_HASH: _sha256(json.dumps([SUITE, packages, "minbase"])),
             LABEL_PYTHON_VERSION: python_version,
         })
     reporter.step(f"base image {tag} ready in {time.monotonic() - started:.0f} s")

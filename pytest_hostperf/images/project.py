@@ -37,6 +37,7 @@ from pytest_hostperf.images.ref import (
     ImageRef,
 )
 from pytest_hostperf.images.requirements import (
+    ImageDependencies,
     download_wheels,
     pip_requirement,
     pip_wheel_name,
@@ -253,11 +254,14 @@ def _docker_build(client: docker.DockerClient, context: Path, tag: str, image_la
 
 def ensure_image(client: docker.DockerClient, project_dir: Path, user_image: str | None = None,
                  requirements: Sequence[str] = (), reporter: Reporter = SILENT,
-                 python: str = "python3", base: str = BASE_TAG) -> ImageRef:
+                 python: str = "python3", base: str = BASE_TAG,
+                 dependencies: ImageDependencies | None = None) -> ImageRef:
     """The image to run the agent in: the user's if given, else the cached/built project image.
 
     ``python`` is the interpreter to use in a user image (it must have pytest and
     pytest-benchmark); ``base`` is the base image tag, built with debootstrap if missing.
+    ``dependencies``: the controller environment's distributions go in too (planned only
+    when a project image is needed; each plan is its own cached image).
     """
     import docker.errors
 
@@ -273,6 +277,8 @@ def ensure_image(client: docker.DockerClient, project_dir: Path, user_image: str
     except docker.errors.ImageNotFound:
         reporter.step(f"base image {base} is missing; building it")
         build_base_image(client, base, reporter)
+    if dependencies is not None:
+        requirements = [*dependencies.requirements(), *requirements]
     return build_project_image(client, project_dir, base, requirements, reporter, host_interpreter())
 
 

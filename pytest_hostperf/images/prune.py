@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pytest_hostperf.images.ref import BASE_TAG, LABEL_KIND
+from pytest_hostperf.images.ref import BASE_TAG, COUNTING_BASE_TAG, LABEL_KIND
 from pytest_hostperf.vm.cache import cached_disks, default_cache_dir, disk_usage, sweep_build_dirs
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ def _plan_images(client: docker.DockerClient, base: str,
             keep, reason = True, "the image this project uses"
         elif kind == "base" and base in image.tags:
             keep, reason = True, "the base every project image is built from"
+        elif kind == "base" and COUNTING_BASE_TAG in image.tags:
+            keep, reason = True, "the base with valgrind of sessions that count instructions"
         elif image.id in used:
             keep, reason = True, "a container still uses it"
         else:

@@ -12,6 +12,15 @@ BASE_TAG: Final = "hostperf-base:bookworm"
 PROJECT_REPOSITORY: Final = "hostperf-project"
 SUITE: Final = "bookworm"
 BASE_PACKAGES: Final = ("python3", "ca-certificates")
+#: The base of sessions that count instructions (--hostperf-measure=time,instructions):
+#: Debian's own valgrind on top (+~110 MB), so users who never count never pay for it.
+COUNTING_BASE_TAG: Final = "hostperf-base:bookworm-valgrind"
+COUNTING_PACKAGES: Final = ("valgrind",)
+
+
+def base_packages(tag: str) -> tuple[str, ...]:
+    """The Debian packages the base image ``tag`` is made of."""
+    return (*BASE_PACKAGES, *COUNTING_PACKAGES) if tag == COUNTING_BASE_TAG else BASE_PACKAGES
 DEFAULT_MIRROR: Final = "http://deb.debian.org/debian"
 #: The project image installs its packages in a venv so Debian's system python stays
 #: untouched (no --break-system-packages) and the agent's interpreter path is fixed.

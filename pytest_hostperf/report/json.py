@@ -28,7 +28,8 @@ def build_json(records: Iterable[Record], settings: Settings, environments: Iter
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"envs": list(settings.envs), "tolerance": settings.tolerance, "alpha": settings.alpha,
                      "comparisons": comparisons, "baselines": str(settings.baselines_dir),
-                     "blocks": settings.blocks, "strict": settings.strict},
+                     "blocks": settings.blocks, "strict": settings.strict, "measure": list(settings.measure),
+                     "instructions_tolerance": settings.instructions_tolerance},
         "environments": {env.name: env.to_json() for env in environments},
         "results": [record.to_json() for record in records],
     }

@@ -17,8 +17,8 @@ def _cell(text: str) -> str:
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
-    headers = columns(data)
-    out = ["## pytest-hostperf", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    head = columns(data)
+    out = ["## pytest-hostperf", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows(data):
         cells = [_cell(c) for c in row]
         cells[0] = f"`{cells[0]}`"

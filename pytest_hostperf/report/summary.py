@@ -74,6 +74,10 @@ def one_line_reason(record: Record) -> str:
     """
     verdict = status(record)
     against = _against_text(record)
+    counts = record.get("instructions")
+    if verdict == "regression" and isinstance(counts, Mapping) and counts.get("verdict") == "regression":
+        time = _interval_text(record.get("ratio_to_baseline"), "baseline") or "not judged"
+        return shorten(f"regression: {_instructions_text(record)}; time {time}")
     if verdict in ("regression", "improvement", "inconclusive") and against:
         text = f"{verdict}: {against}"
     elif verdict in ("regression", "improvement"):

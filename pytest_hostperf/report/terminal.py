@@ -30,6 +30,24 @@ def _ratio_text(ratio: Mapping[str, Any] | None) -> str:
     return f"{ratio['ratio']:.2f}x [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]"
 
 
+def counted(data: Mapping[str, Any]) -> bool:
+    """Whether the session counted instructions (``--hostperf-measure=time,instructions``)."""
+    return "instructions" in (data.get("settings", {}).get("measure") or ())
+
+
+def instructions_text(record: Mapping[str, Any]) -> str:
+    """``1.23M +3.10%`` (per call, change against the saved count), ``1.23M new``, or ``-``."""
+    counts = record.get("instructions")
+    if not counts:
+        return "-"
+    per_call = float(counts["per_call"])
+    size = next(f"{per_call / scale:.3g}{unit}" for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1))
+                if per_call >= scale or scale == 1)
+    ratio = counts.get("ratio_to_baseline")
+    change = f" {ratio - 1:+.2%}" if isinstance(ratio, (int, float)) else " new"
+    return size + change + (f" ({record['attribution']})" if record.get("attribution") else "")
+
+
 def _against_text(against: Mapping[str, Any] | None) -> str:
     if not against:
         return "-"
@@ -44,21 +62,26 @@ def with_against(data: Mapping[str, Any]) -> bool:
     return any(r.get("against") for r in data["results"])
 
 
-def columns(data: Mapping[str, Any]) -> tuple[str, ...]:
-    """The table's headers: :data:`COLUMNS`, with "vs REV [CI]" before the verdict when compared."""
-    return (*COLUMNS[:-1], "vs REV [CI]", COLUMNS[-1]) if with_against(data) else COLUMNS
-
 
 def rows(data: Mapping[str, Any]) -> Iterable[tuple[str, ...]]:
     """One row of cells per record, in :func:`columns` order."""
-    against = with_against(data)
+    with_counts, against = counted(data), with_against(data)
     for r in data["results"]:
         verdict = r["verdict"] or r["outcome"]
         if r.get("accepted") and r["verdict"]:
             verdict += " (accepted)"
         cells = (r["test"], r["target"], _time(r["median_s"]), _ratio_text(r["ratio_to_baseline"]),
                  _ratio_text(r["ratio_to_native"]))
-        yield (*cells, _against_text(r.get("against")), verdict) if against else (*cells, verdict)
+        extra: tuple[str, ...] = (instructions_text(r),) if with_counts else ()
+        extra += (_against_text(r.get("against")),) if against else ()
+        yield (*cells, *extra, verdict)
+
+
+def columns(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, with "instructions [who]" (when counted) and "vs REV [CI]" (when
+    compared with a git revision) before the verdict."""
+    extra = (("instructions [who]",) if counted(data) else ()) + (("vs REV [CI]",) if with_against(data) else ())
+    return (*COLUMNS[:-1], *extra, COLUMNS[-1])
 
 
 def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]:
@@ -67,9 +90,9 @@ def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]
     An item's line is :func:`~pytest_hostperf.report.summary.one_line_reason` (at most 200
     characters); ``verbose`` (pytest's ``-v``) prints the whole reason instead.
     """
-    headers = columns(data)
-    table = [headers, *rows(data)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    head = columns(data)
+    table = [head, *rows(data)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.extend(footer(data))
@@ -105,10 +128,26 @@ def footer(data: Mapping[str, Any]) -> list[str]:
         if env.get("baseline_error"):
             parts.append(f"BASELINE ERROR: {env['baseline_error']}")
         lines.append(" ".join(parts))
+    lines.extend(counting_lines(data))
     coverage = coverage_line(data)
     if coverage:
         lines.append(coverage)
     return lines
+
+
+def counting_lines(data: Mapping[str, Any]) -> list[str]:
+    """One line per environment of the instruction counts: its agent's start, or why none."""
+    if not counted(data):
+        return []
+    lines = []
+    tolerance = data["settings"].get("instructions_tolerance")
+    for env, info in (data.get("counting") or {}).items():
+        if info.get("refused"):
+            lines.append(f"instructions {env}: not counted, timings only: {info['refused']}")
+        elif info.get("startup_s") is not None:
+            lines.append(f"instructions {env}: counted under valgrind (agent ready in {info['startup_s']:.1f} s), "
+                         f"tolerance {tolerance:.1%}" if isinstance(tolerance, float) else "")
+    return [line for line in lines if line]
 
 
 def item_lines(data: Mapping[str, Any], verbose: bool = False) -> list[str]:

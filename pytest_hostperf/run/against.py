@@ -2,11 +2,12 @@
 
 REV's tree (:func:`pytest_hostperf.revision.materialize`) gets agents of its own, one per
 environment, in a second :class:`~pytest_hostperf.run.pool.EnvironmentPool` whose
-project directory is REV's and whose agents import REV's code first
-(:func:`import_roots`). For each item, :class:`AgainstRevision` sizes REV's half, warms
-the working tree's side with the same work (identical code must do identical work),
-and measures random-order pairs of the two agents, one request at a time; the paired
-judgement (:func:`pytest_hostperf.pairing.judge`) is the item's verdict.
+project directory is REV's; its agents put the session's import roots (relative to
+their project directory: REV's ``src/``, REV's top) first on ``sys.path``, so they
+import REV's code even when the working tree is installed. For each item,
+:class:`AgainstRevision` sizes REV's half, warms the working tree's side with the same
+work (identical code must do identical work), and measures random-order pairs of the
+two agents, one request at a time; the paired judgement (:func:`pytest_hostperf.pairing.judge`) is the item's verdict.
 """
 
 from __future__ import annotations
@@ -16,26 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pytest_hostperf import pairing
-from pytest_hostperf.environments.base import AgentLaunch, EnvironmentFailure
+from pytest_hostperf.environments.base import EnvironmentFailure
 from pytest_hostperf.model import Against, Outcome
 from pytest_hostperf.revision import Revision
 from pytest_hostperf.run import paired
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool
-
-
-def import_roots(project_dir: Path) -> Callable[[AgentLaunch], AgentLaunch]:
-    """Put REV's import roots first on the agent's path: ``src/`` (a src layout), then the project.
-
-    An editable install of the working tree (a ``.pth`` path or a meta-path finder) comes
-    after ``PYTHONPATH`` entries, so REV's agent imports REV's code.
-    """
-    src_layout = (project_dir / "src").is_dir()
-
-    def adjust(launch: AgentLaunch) -> AgentLaunch:
-        roots = [f"{launch.project_dir}/src"] if src_layout else []
-        return dataclasses.replace(launch, import_roots=(*roots, launch.project_dir))
-
-    return adjust
 
 
 def revision_args(args: AgentArgs, project_dir: Path) -> AgentArgs:

@@ -30,6 +30,8 @@ class RunAnswer:
     iterations: int
     duration_s: float
     mount_info: Mapping[str, Any]
+    #: Modules this run imported for the first time, as :mod:`pytest_hostperf.agent.origins` reports them.
+    modules: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def parse_run_answer(answer: Mapping[str, Any]) -> RunAnswer:
@@ -53,7 +55,16 @@ def parse_run_answer(answer: Mapping[str, Any]) -> RunAnswer:
     if not isinstance(mount_info, dict):
         raise MalformedAnswer("mount_info must be an object")
     return RunAnswer(outcome, str(answer.get("message") or ""), tuple(reports), samples, iterations,
-                     float(duration), mount_info)
+                     float(duration), mount_info, module_report(answer.get("modules")))
+
+
+def module_report(value: Any) -> dict[str, Mapping[str, Any]]:
+    """An agent's module report (``{top-level name: {origin, path, ...}}``); absent is empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+        raise MalformedAnswer("modules must map module names to objects")
+    return value
 
 
 def timings(values: Any, field: str) -> tuple[float, ...]:

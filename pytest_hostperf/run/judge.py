@@ -124,7 +124,13 @@ class Judge:
 
     def accepted(self, request: Request, judgement: Judgement | None) -> str | None:
         """The reason a failing verdict is accepted into the baseline (--hostperf-accept), if it is."""
-        if judgement is None or not judgement.verdict.fails or not self.settings.save:
+        if judgement is None or not judgement.verdict.fails:
+            return None
+        return self.accepts(request)
+
+    def accepts(self, request: Request) -> str | None:
+        """The reason a failing verdict of this item would be accepted (--hostperf-accept), if any."""
+        if not self.settings.save:
             return None
         if any(fnmatch.fnmatchcase(request.item_id, glob) or fnmatch.fnmatchcase(request.test, glob)
                for glob in self.settings.accept):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Se
 from pytest_hostperf.agent.protocol import ProtocolError
 from pytest_hostperf.baselines import BaselineError
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, EnvironmentFailure
+from pytest_hostperf.environments.process import tail_lines
 from pytest_hostperf.model import Against, Outcome, RatioEstimate, Record, SessionSummary, Verdict
 from pytest_hostperf.run import paired
 from pytest_hostperf.run.answers import MalformedAnswer, parse_run_answer, timings
@@ -332,6 +333,10 @@ class PlanRunner:
             attempt.fail(Outcome.ERROR if required else Outcome.SKIPPED, str(exc))
             return
         state = pool.state(env)
+        mismatch = pool.code.reason(env)  # known at ready: numbers of other code are not worth taking
+        if mismatch:
+            attempt.fail(Outcome.FAILED, mismatch)
+            return
         message = {"op": "run", "nodeid": request.test, "mount": request.target.mount or "",
                    "mount_path": state.mount_path(request.target.mount), "benchmark_options": dict(options)}
         if fixed is not None:
@@ -350,7 +355,7 @@ class PlanRunner:
             tail = client.transport.log_tail()
             pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: the agent crashed while running {request.test} "
-                                         f"({exc})" + _indented_tail(tail))
+                                         f"({exc})" + _indented_tail(tail, str(exc)))
             return
         except (ProtocolError, MalformedAnswer) as exc:
             # The channel may be out of step after a garbled answer: start afresh.
@@ -359,6 +364,11 @@ class PlanRunner:
                                          f"{request.test}: {exc}; the agent will be restarted for the next test")
             return
         attempt.orchestration_s.append(max(0.0, time.perf_counter() - started - answer.duration_s))
+        self.pool.code.ran(env, answer.modules)
+        mismatch = self.pool.code.reason(env)
+        if mismatch:  # the cause, also when the body failed there (its reports would hide it)
+            attempt.fail(Outcome.FAILED, mismatch + (f"\n{answer.message}" if answer.message else ""))
+            return
         attempt.reports = list(answer.reports)
         if answer.mount_info:
             attempt.mount_info = answer.mount_info
@@ -412,7 +422,7 @@ def _worth_re_measuring(attempt: Attempt) -> bool:
     return judgement is not None and (judgement.verdict is Verdict.REGRESSION or judgement.blamed_on_host)
 
 
-def _indented_tail(tail: str) -> str:
-    if not tail:
+def _indented_tail(tail: str, message: str = "") -> str:
+    if not tail or "last output:" in message:   # the backend's message already carries it
         return ""
-    return "\n  last output:\n" + "\n".join("    " + line for line in tail.splitlines()[-15:])
+    return "\n  last output:\n" + "\n".join("    " + line for line in tail_lines(tail, 15).splitlines())

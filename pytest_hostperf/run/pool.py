@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from pytest_hostperf import fingerprint as fp
+from pytest_hostperf import provenance
 from pytest_hostperf.environments.base import (
     AgentClient,
     AgentDied,
@@ -27,6 +28,8 @@ from pytest_hostperf.environments.base import (
     Transport,
 )
 from pytest_hostperf.progress import Reporter
+from pytest_hostperf.run.answers import MalformedAnswer, module_report
+from pytest_hostperf.run.codecheck import CodeCheck
 
 #: Makes the backend of an environment name (the ``pytest_hostperf_make_environment`` hook).
 BackendFactory = Callable[[str, EnvironmentContext], Environment]
@@ -34,10 +37,12 @@ BackendFactory = Callable[[str, EnvironmentContext], Environment]
 
 @dataclasses.dataclass(frozen=True)
 class AgentArgs:
-    """What every agent collects: the test files and the arguments that shape collection."""
+    """What every agent collects (test files, arguments that shape collection) and imports from."""
 
     test_files: tuple[str, ...]
     pytest_args: tuple[str, ...] = ()
+    #: The project's import roots, relative to the project (see :mod:`pytest_hostperf.importroots`).
+    import_roots: tuple[str, ...] = ()
 
 
 class EnvironmentState:
@@ -73,11 +78,11 @@ class EnvironmentState:
 class EnvironmentPool:
     """Starts, identifies, restarts and stops the session's environments."""
 
-    def __init__(self, context: EnvironmentContext, factory: BackendFactory,
-                 adjust_launch: Callable[[AgentLaunch], AgentLaunch] | None = None) -> None:
+    def __init__(self, context: EnvironmentContext, factory: BackendFactory, code: CodeCheck | None = None) -> None:
         self.context = context
         self._factory = factory
-        self._adjust_launch = adjust_launch  # e.g. REV's import roots first (--hostperf-against)
+        #: Where each environment's modules came from, and how they differ from native's.
+        self.code = code or CodeCheck()
         self._states: dict[str, EnvironmentState] = {}
         self._states_lock = threading.Lock()
         self._prestarts: list[tuple[threading.Thread, threading.Event]] = []
@@ -178,10 +183,11 @@ class EnvironmentPool:
         started = time.monotonic()
         try:
             backend.check()
-            launch = backend.launch_for(self.context.settings.project_dir, args.test_files, args.pytest_args)
-            if self._adjust_launch is not None:
-                launch = self._adjust_launch(launch)
+            launch = dataclasses.replace(
+                backend.launch_for(self.context.settings.project_dir, args.test_files, args.pytest_args),
+                import_roots=args.import_roots)  # relative: the same in every backend's mount of the project
             client, hello = _connect(state.name, backend, launch)
+            modules = _ready_modules(state.name, client, hello)
         except EnvironmentFailure as exc:
             state.failure = exc
             backend.stop()
@@ -193,10 +199,11 @@ class EnvironmentPool:
             raise state.failure from exc
         state.client = client
         state.starts += 1
+        self.code.started(state.name, modules)
         elapsed = time.monotonic() - started
         if not state.identified:
             state.startup_s = elapsed
-            _identify(state, hello)
+            _identify(state, hello, modules)
             self.reporter.step(f"{state.name} ready in {elapsed:.1f} s: {fp.summary(state.fingerprint)}")
         else:
             self.reporter.step(f"{state.name}: agent restarted in {elapsed:.1f} s")
@@ -247,11 +254,26 @@ def _connect(env: str, backend: Environment, launch: AgentLaunch) -> tuple[Agent
                                       "see the last output below", log_tail=tail) from None
 
 
-def _identify(state: EnvironmentState, hello: Mapping[str, Any]) -> None:
-    """What the environment is, from inside (the agent) and outside (the backend)."""
+def _ready_modules(env: str, client: AgentClient, hello: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    try:
+        return module_report(hello.get("modules"))
+    except MalformedAnswer as exc:
+        client.transport.close()
+        raise EnvironmentFailure(env, f"malformed ready message from the agent: {exc}") from None
+
+
+def _identify(state: EnvironmentState, hello: Mapping[str, Any], modules: provenance.Report) -> None:
+    """What the environment is, from inside (the agent) and outside (the backend).
+
+    The dependency versions the collected tests imported are part of the match: a
+    dependency upgrade starts a new baseline instead of reading as the project's change.
+    """
     state.fingerprint = dict(hello.get("fingerprint") or {})
     state.fingerprint["outside"] = dict(state.backend.describe())
-    state.match = fp.match_view(state.fingerprint, state.backend.match_facts())
+    imported = provenance.match_key(modules)
+    if imported:
+        state.fingerprint["modules"] = imported
+    state.match = fp.match_view(state.fingerprint, {**state.backend.match_facts(), "modules": imported})
     state.fingerprint_id = fp.fingerprint_id(state.match)
 
 

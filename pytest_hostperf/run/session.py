@@ -15,6 +15,7 @@ from pytest_hostperf.baselines import BaselineStore, EnvironmentSave
 from pytest_hostperf.model import EnvironmentReport, Record, Verdict
 from pytest_hostperf.report.json import build_json
 from pytest_hostperf.run.against import AgainstRevision
+from pytest_hostperf.run.count import InstructionCounting
 from pytest_hostperf.run.judge import Judge
 from pytest_hostperf.run.plan import Plan, PlanRunner, Strategy
 from pytest_hostperf.run.pool import EnvironmentPool
@@ -33,6 +34,8 @@ class SessionRun:
         self.store = BaselineStore(settings.baselines_dir)
         self.judge = Judge(settings, self.store, plan.comparisons, default_budgets)
         self.runner = PlanRunner(plan, pool, self.judge, settings, strategy, against=against)
+        self.counting = InstructionCounting(pool, settings, plan.agent_args, self.judge.accepts) \
+            if settings.counts_instructions else None
         self.records: dict[str, Record] = {}
 
     def start(self) -> None:
@@ -52,7 +55,11 @@ class SessionRun:
         """Measure every target of ``test`` unless already done (one item triggers its whole group)."""
         if all(r.item_id in self.records for r in self.plan.group(test)):
             return
-        for record in self.runner.run_test(test):
+        records = self.runner.run_test(test)
+        if self.counting is not None:
+            # After the test's timings in every environment, before the next test's.
+            records = self.counting.apply(self.plan.group(test), records)
+        for record in records:
             self.records[record.item or record.test] = record
 
     def record(self, item_id: str) -> Record:
@@ -83,9 +90,12 @@ class SessionRun:
                 continue
             saves.append(EnvironmentSave(state.backend.name, state.fingerprint_id, state.match, state.fingerprint,
                                          records))
-        if not saves:
-            return []
-        return self.store.save_all(saves, self.pool.context.session_id, self.settings.history)
+        paths = self.store.save_all(saves, self.pool.context.session_id, self.settings.history) if saves else []
+        if self.counting is not None:
+            names = {state.name: state.backend.name for state in self.pool.states()}
+            counts = self.counting.saves(keep, names)
+            paths += self.counting.store.save_all(counts, self.pool.context.session_id)
+        return paths
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -100,7 +110,8 @@ class SessionRun:
                 baseline_error=str(error) if error else None,
                 baseline=str(self.store.path_for(state.backend.name, state.fingerprint_id))
                 if state.fingerprint_id else None,
-                uncovered=self.judge.uncovered(state) if uncovered else None))
+                uncovered=self.judge.uncovered(state) if uncovered else None,
+                code=self.pool.code.report(state.name)))
         return reports
 
     def _orchestration_ms(self, env: str) -> float | None:
@@ -109,8 +120,11 @@ class SessionRun:
 
     def report(self) -> dict[str, Any]:
         """The JSON report dict every output renders."""
-        return build_json(self.ordered_records(), self.settings, self.environment_reports(),
+        data = build_json(self.ordered_records(), self.settings, self.environment_reports(),
                           session_id=self.pool.context.session_id, comparisons=self.plan.comparisons)
+        if self.counting is not None:
+            data["counting"] = self.counting.summary()
+        return data
 
     def ordered_records(self) -> Iterable[Record]:
         """Records in collection order."""

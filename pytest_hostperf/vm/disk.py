@@ -255,7 +255,10 @@ def _extract_tar(stream: Union[IO[bytes], Iterable[bytes]], tree: Path) -> None:
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    err = ""
+    if proc.stderr is not None:
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()  # read to its end is not closed: a ResourceWarning when collected
     if proc.wait() != 0:
         raise VmImageError(f"extracting the root filesystem failed (tar exited with {proc.returncode})",
                            log_tail=err[-2000:])

@@ -81,6 +81,12 @@ def connect(environ: Mapping[str, str] | None = None) -> docker.DockerClient:
     return client
 
 
+def unreachable(exc: Exception, environ: Mapping[str, str] | None = None) -> EnvironmentFailure:
+    """The failure to report when an engine that answered before stops answering."""
+    host, source = docker_endpoint(environ)
+    return _connection_failure(host, source, exc)
+
+
 def docker_client() -> docker.DockerClient:
     """The engine client the CLI and other backends use (DOCKER_HOST, else the context)."""
     return connect()

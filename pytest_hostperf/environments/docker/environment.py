@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
 
-from pytest_hostperf import images
+from pytest_hostperf import counting, images
 from pytest_hostperf.agent import protocol
 from pytest_hostperf.agent.keepalive import READY_MARK
 from pytest_hostperf.environments import labels
 from pytest_hostperf.environments.base import AgentLaunch, Environment, EnvironmentFailure, Mount, package_parent
-from pytest_hostperf.environments.docker.engine import ENV_NAME, classify, connect
+from pytest_hostperf.environments.docker.engine import ENV_NAME, classify, connect, unreachable
 from pytest_hostperf.environments.docker.sweep import BIND_PREFIX, sweep_stale
 from pytest_hostperf.environments.docker.transport import (
     AGENT_PARENT,
@@ -48,6 +48,9 @@ MOUNTS: Final = (
     Mount("tmpfs", "/hostperf/tmpfs", "tmpfs mount (memory)"),
     Mount("layer", "/var/tmp/hostperf-layer", "directory in the container's writable layer"),
 )
+#: Where a counting agent's callgrind writes its dumps: a tmpfs of its own, the same path
+#: in every session (the path lives in callgrind's memory beside the counted program's).
+COUNT_DUMP_DIR: Final = "/hostperf/callgrind"
 #: What the keep-alive prepares for the agent's uid: the volume (root-owned) and the layer dir.
 _PREPARED: Final = (MOUNTS[1].path, MOUNTS[3].path)
 
@@ -70,7 +73,8 @@ class DockerEnvironment(Environment):
     def __init__(self, session_id: str, project_dir: Path, work_dir: Path, image: str | None = None,
                  network: bool = False, cpus: float | None = None, reporter: Reporter = SILENT,
                  requirements: Sequence[str] = (), pids: int | None = None, memory: str | None = None,
-                 tmpfs_size: str | None = None) -> None:
+                 tmpfs_size: str | None = None, dependencies: images.ImageDependencies | None = None,
+                 counting: bool = False) -> None:
         self.session_id = session_id
         self.project_dir = Path(project_dir).resolve()
         self.work_dir = Path(work_dir)
@@ -78,6 +82,10 @@ class DockerEnvironment(Environment):
         self.network = network
         self.cpus = cpus
         self.requirements = tuple(requirements)
+        self.dependencies = dependencies  # the controller environment's distributions, for the image
+        # Counting sessions build on the base with Debian's valgrind (images/ref.py).
+        self.counting = counting
+        self.base = images.COUNTING_BASE_TAG if counting else images.BASE_TAG
         self._limit_settings = (pids, memory, tmpfs_size)
         self._reporter = reporter
         self._client: docker.DockerClient | None = None
@@ -92,6 +100,10 @@ class DockerEnvironment(Environment):
 
     def check(self) -> None:
         client = self.client()
+        try:
+            client.ping()   # it answered when connected; it may have gone since (a crash, a restart)
+        except Exception as exc:  # noqa: BLE001 - requests and docker errors alike
+            raise unreachable(exc) from exc
         # A session that was SIGKILLed could not clean up: its labelled containers and
         # volumes are removed here, at the start of the next session that uses docker.
         for leftover in sweep_stale(client):
@@ -101,13 +113,39 @@ class DockerEnvironment(Environment):
         return MOUNTS
 
     def start_agent(self, launch: AgentLaunch) -> DockerExecTransport:
+        return self._exec_agent(launch, launch.argv(), {})
+
+    def start_counting_agent(self, launch: AgentLaunch) -> DockerExecTransport:
+        """The agent under callgrind, exec'd in the session's container (same limits, no network).
+
+        ``setarch -R`` is left out: Docker's default seccomp profile refuses it, and under
+        valgrind the client's layout repeats anyway (docs/instructions.md).
+        """
+        if not self.counting:
+            raise EnvironmentFailure(ENV_NAME, "this docker environment was made without counting=True (its "
+                                               "container has no dump directory for callgrind)")
+        container = self._container(launch)
+        try:
+            found = container.exec_run(["valgrind", "--version"], user=self.agent_user())
+            works = found.exit_code == 0
+        except Exception:  # noqa: BLE001 - docker.errors.APIError: the executable is missing
+            works = False
+        if not works:
+            raise EnvironmentFailure(ENV_NAME, f"valgrind is not installed in the image {self.image().tag}, so "
+                                               "instructions cannot be counted in docker",
+                                     hint="hostperf's own images have it (rebuild: hostperf image build); add "
+                                          "your distribution's valgrind package to a --hostperf-image")
+        argv = counting.counting_argv(launch.argv(), COUNT_DUMP_DIR, disable_aslr=False)
+        return self._exec_agent(launch, argv, counting.counting_environ(COUNT_DUMP_DIR))
+
+    def _exec_agent(self, launch: AgentLaunch, argv: list[str], extra: Mapping[str, str]) -> DockerExecTransport:
         container = self._container(launch)
         token = os.urandom(8).hex()
         # HOME and USER: the controller's uid has no passwd entry in the image.
-        environment = {**launch.environ(), "HOME": "/tmp", "USER": "hostperf", protocol.TOKEN_VAR: token}
+        environment = {**launch.environ(), "HOME": "/tmp", "USER": "hostperf", protocol.TOKEN_VAR: token, **extra}
         api = self.client().api
         try:
-            exec_id = api.exec_create(container.id, launch.argv(), stdin=True, tty=False,
+            exec_id = api.exec_create(container.id, argv, stdin=True, tty=False,
                                       environment=environment, workdir=launch.project_dir,
                                       user=self.agent_user())["Id"]
             sock = api.exec_start(exec_id, socket=True)
@@ -177,7 +215,8 @@ class DockerEnvironment(Environment):
         if self._image is None:
             try:
                 self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
-                                                  self.requirements, self._reporter)
+                                                  self.requirements, self._reporter, dependencies=self.dependencies,
+                                                  base=self.base)
             except images.ImageBuildError as exc:
                 raise EnvironmentFailure(ENV_NAME, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - docker.errors.* from the engine while building
@@ -277,6 +316,9 @@ class DockerEnvironment(Environment):
             DockerMount(MOUNTS[0].path, str(self._created.bind_dir), type="bind"),
             DockerMount(MOUNTS[1].path, self._created.volume, type="volume"),
             DockerMount(MOUNTS[2].path, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=limits.tmpfs_bytes),
+            # Counting sessions only: ~70 KB per counted block, deleted once read.
+            *([DockerMount(COUNT_DUMP_DIR, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=64 << 20)]
+              if self.counting else []),
         ]
 
     def _wait_keepalive(self, container: Any, timeout: float = 30.0) -> None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Final
 
 from pytest_hostperf.agent import protocol
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, LineBuffer, LineTooLong, Transport, failure_text
+from pytest_hostperf.environments.docker.engine import docker_endpoint
+from pytest_hostperf.environments.process import signal_name
 
 if TYPE_CHECKING:
     import docker
@@ -81,7 +83,21 @@ class DockerExecTransport(Transport):
         except (OSError, LineTooLong):
             pass
         finally:
+            # shutdown, not only close: the SDK's wrapper (``owner``) holds the same connection,
+            # so close() alone leaves it open, and an engine still sending the agent's output
+            # (a 64 MiB line nobody reads) then blocks on it, and with it every exec and the
+            # removal of this container.
+            _quiet(lambda: self._sock.shutdown(socket.SHUT_RDWR))
+            # docker-py's HTTP response (kept on the SocketIO as ``_response``) holds a makefile()
+            # of the socket: closing the socket alone leaves its fd open, a ResourceWarning when
+            # collected. The response first (its close flushes the reader it holds), then the socket.
+            response = getattr(self.owner, "_response", None)
+            if response is not None:
+                _quiet(response.close)
             _quiet(self._sock.close)
+            owner, self.owner = self.owner, None
+            if owner is not None:
+                _quiet(owner.close)
         if self._exec_running():
             self._kill_inside()
 
@@ -149,10 +165,13 @@ class DockerExecTransport(Transport):
     def _kill_inside(self) -> None:
         try:
             api = self._client.api
+            # Detached: the engine may never end the killer's output stream (seen after an
+            # agent's 64 MiB line: every later exec of that container stayed "running"),
+            # and a session must not hang at its end on it. stop() removes the container anyway.
             api.exec_start(api.exec_create(self._container_name,
                                            [self._python, "-m", "pytest_hostperf.agent.kill", self._token],
                                            environment={"PYTHONPATH": AGENT_PARENT, "PYTHONDONTWRITEBYTECODE": "1"},
-                                           user=self._user)["Id"])
+                                           user=self._user)["Id"], detach=True)
         except Exception:  # noqa: BLE001 - stop() removes the container anyway
             pass
 
@@ -170,25 +189,55 @@ class DockerExecTransport(Transport):
         return None
 
     def _death_message(self, what: str) -> str:
+        if not _engine_answers(self._client):
+            # The engine itself went away (crashed, restarted, its socket gone): say that,
+            # not "the agent died", and nothing below can be asked of it anyway.
+            return failure_text(
+                f"environment 'docker': the Docker engine at {docker_endpoint()[0]} stopped answering while "
+                f"the agent in container {self._container_name} was running ({what})", log_tail=self.log_tail(),
+                hint="check the engine (docker info, its log); once it answers again, the next session removes "
+                     "what this one left in it (or run `hostperf sweep`)")
         code = self._exit_code()
-        status = container_status(self._client, self._container_name)
+        state = container_state(self._client, self._container_name)
+        # `docker kill` ends the agent's stream a moment before the engine marks the container.
+        settle = time.monotonic() + (1.0 if code == 137 else 0.0)
+        while state.get("Status") == "running" and time.monotonic() < settle:
+            time.sleep(0.05)
+            state = container_state(self._client, self._container_name)
         text = f"environment 'docker': the agent in container {self._container_name} died: {what}"
         text += f"; exit code {code}" if code is not None else "; exit code unknown"
         if code is not None and code > 128:
-            text += f" (killed by signal {code - 128}{', maybe the OOM killer' if code == 137 else ''})"
-        text += f"; container status {status}"
-        return failure_text(
-            text, log_tail=self.log_tail(),
-            hint=f"run the agent by hand to see why: docker exec -it {self._container_name} "
-                 f"{self._python} -m pytest_hostperf.agent --env docker --rootdir {PROJECT_PATH} -- <tests>")
+            text += f" (killed by {signal_name(code - 128)})"
+        text += f"; container status {state.get('Status', 'gone')}"
+        if state.get("OOMKilled"):
+            text += " (killed by the kernel's OOM killer: raise --hostperf-docker-memory)"
+        if state.get("Status") not in (None, "running"):
+            hint = "the container was stopped from outside (docker kill/stop/rm, the OOM killer); the next test " \
+                   "gets a fresh container"
+        else:
+            hint = (f"run the agent by hand to see why: docker exec -it {self._container_name} "
+                    f"{self._python} -m pytest_hostperf.agent --env docker --rootdir {PROJECT_PATH} -- <tests>")
+        return failure_text(text, log_tail=self.log_tail(), hint=hint)
 
 
 def container_status(client: docker.DockerClient, name: str) -> str:
     """``running``, ``exited``... or ``gone`` (for messages and the restart decision)."""
+    return str(container_state(client, name).get("Status", "gone"))
+
+
+def container_state(client: docker.DockerClient, name: str) -> dict[str, Any]:
+    """The container's ``State`` (Status, OOMKilled, ...); empty when it or the engine is gone."""
     try:
-        return str(client.api.inspect_container(name)["State"]["Status"])
+        return dict(client.api.inspect_container(name)["State"])
     except Exception:  # noqa: BLE001 - only for a message or a "not running" decision
-        return "gone"
+        return {}
+
+
+def _engine_answers(client: docker.DockerClient) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - any failure: the engine does not answer
+        return False
 
 
 def _quiet(action: Callable[[], object]) -> None:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from pytest_hostperf import vm
 from pytest_hostperf.agent import protocol
@@ -34,6 +34,9 @@ from pytest_hostperf.environments.qemu.cmdline import QemuCommand
 from pytest_hostperf.environments.qemu.disks import disk_from_path, prepare_vm_disk
 from pytest_hostperf.progress import SILENT, Reporter
 from pytest_hostperf.vm.model import GUEST_OWN, GUEST_SHARE, GUEST_TMPFS
+
+if TYPE_CHECKING:  # images needs the docker package, which is optional for qemu
+    from pytest_hostperf.images.requirements import ImageDependencies
 
 #: qemu's user-mode network: fixed addresses, the host is 10.0.2.2.
 USER_NETWORK = {"address": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.0.2.2", "dns": "10.0.2.3"}
@@ -65,7 +68,7 @@ class QemuEnvironment(Environment):
                  reporter: Reporter = SILENT, docker_client: Any = None, die_with_controller: bool = True,
                  share: str = "auto", work_dir: Optional[Path] = None, image: Optional[str] = None,
                  vm_image: Optional[str] = None, requirements: Sequence[str] = (),
-                 exclude: Sequence[Path] = ()) -> None:
+                 exclude: Sequence[Path] = (), dependencies: Optional[ImageDependencies] = None) -> None:
         if share != "auto" and share not in shares.MODES:
             raise ValueError(f"share must be auto or one of {', '.join(shares.MODES)}, not {share!r}")
         self.project_dir = Path(project_dir).resolve()
@@ -92,6 +95,7 @@ class QemuEnvironment(Environment):
         self.user_image = image
         self.vm_image = Path(vm_image) if vm_image else None
         self.requirements = tuple(requirements)
+        self.dependencies = dependencies  # the controller environment's distributions, for the image
         self.exclude = tuple(Path(p) for p in exclude)
         # PR_SET_PDEATHSIG: qemu and virtiofsd die with the controller (Linux only; a
         # controller that is SIGKILLed elsewhere is cleaned up by the next sweep_stale()).
@@ -229,7 +233,8 @@ class QemuEnvironment(Environment):
                                           "(--hostperf-vm-image)") from None
         try:
             client = self._docker_client or connect()
-            ref = images.ensure_image(client, self.project_dir, self.user_image, self.requirements, self.reporter)
+            ref = images.ensure_image(client, self.project_dir, self.user_image, self.requirements, self.reporter,
+                                      dependencies=self.dependencies)
         except Exception as exc:  # noqa: BLE001 - EnvironmentFailure, ImageBuildError, docker errors
             raise EnvironmentFailure(
                 self.name, f"the VM disk is made from the docker image, which is not available: {exc}",
