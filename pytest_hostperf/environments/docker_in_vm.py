@@ -152,6 +152,8 @@ class VmDockerEngine:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if (directory / "data.json").is_file():
                 return image
+            for leftover in self.cache_dir.glob(f".build-{directory.name}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)   # a killed build's; we hold its lock
             staging = Path(tempfile.mkdtemp(prefix=f".build-{directory.name}-", dir=self.cache_dir))
             try:
                 self._build_data_disk(staging / "data.img", timeout)
