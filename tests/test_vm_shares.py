@@ -140,7 +140,7 @@ for host, port in [("10.0.2.2", {port}), ("10.0.2.100", {port}), ("10.0.2.101", 
     with nfs.NfsExport(export_dir, f"test-{os.getpid()}") as export:
         # The control forward (10.0.2.101:7 -> the listener) proves the probe can reach
         # something when a forward exists; 10.0.2.2 (the host) must stay unreachable.
-        nic = nfs.qemu_nic(export.port) + f",guestfwd=tcp:10.0.2.101:7-tcp:127.0.0.1:{port}"
+        nic = nfs.qemu_nic(export.port, f"guestfwd=tcp:10.0.2.101:7-tcp:127.0.0.1:{port}")
         with _vm(disk, kernel, "nfs", ["-nic", nic]) as vm:
             vm.boot()
             status, out = vm.run(LaunchSpec(["/bin/sh", "-ec", script], network=USER_NETWORK,

@@ -76,7 +76,7 @@ class VmDockerEngine:
     def __init__(self, engine_disk: vmimage.VmDisk, kernel: GuestKernel, *, session_id: str,
                  host_client: Any, images: Sequence[str] = (), shares: Sequence[EngineShare] = (),
                  cache_dir: Optional[Path] = None, memory_mb: int = 1536, vcpus: int = 1,
-                 progress: Optional[Progress] = None) -> None:
+                 accel: str = "tcg", progress: Optional[Progress] = None) -> None:
         self.engine_disk = engine_disk
         self.kernel = kernel
         self.session_id = session_id
@@ -86,6 +86,7 @@ class VmDockerEngine:
         self.cache_dir = Path(cache_dir) if cache_dir else vmimage.default_cache_dir() / "engine-data"
         self.memory_mb = memory_mb
         self.vcpus = vcpus
+        self.accel = accel   # "kvm" where it works; the qemu backend's probe decides
         self.progress: Progress = progress or (lambda _msg: None)
         self.timings: dict = {}
         self.port: Optional[int] = None
@@ -130,7 +131,7 @@ class VmDockerEngine:
 
     def describe(self) -> dict:
         """Facts for the fingerprint: an engine in a VM, how it is reached, its shares."""
-        return {"engine_in_vm": True, "accelerator": "tcg", "kernel": self.kernel.version,
+        return {"engine_in_vm": True, "accelerator": self.accel, "kernel": self.kernel.version,
                 "docker_host": f"tcp://127.0.0.1:{self.port}" if self.port else None,
                 "shares": {share.kind: share.guest_path for share in self.shares}, **self.timings}
 
@@ -197,7 +198,8 @@ class VmDockerEngine:
     def _boot(self, data: Drive, *, session: str, overlay_of: Optional[Path], timeout: float,
               with_shares: bool = True) -> None:
         self.port = _free_port()
-        nic = f"user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-10.0.2.15:2375"
+        # restrict=on: the guest reaches nothing; these rules are the only ways in and out.
+        forwards = [f"hostfwd=tcp:127.0.0.1:{self.port}-10.0.2.15:{docker_engine.ENGINE_PORT}"]
         qemu_args: list = []
         mounts: list = [{"source": "cgroup2", "target": "/sys/fs/cgroup", "fstype": "cgroup2", "options": ""},
                         {"source": "/dev/vdb", "target": "/var/lib/docker", "fstype": "ext4", "options": ""}]
@@ -207,13 +209,14 @@ class VmDockerEngine:
                 mounts.append(vmshares.ninep_mount("share9p", share.guest_path))
             elif share.kind == "nfs":
                 self._nfs = nfs_server.NfsExport(share.host_path, session, env=ENV_NAME)
-                self._nfs.start()
-                nic = nfs_server.qemu_nic(self._nfs.port) + nic[len("user,model=virtio-net-pci,restrict=on"):]
+                forwards.append(nfs_server.guest_forward(self._nfs.start()))
                 mounts.append(self._nfs.guest_mount(share.guest_path))
             else:
                 raise EnvironmentFailure(ENV_NAME, f"unknown share type {share.kind!r}", hint="use 9p or nfs")
         self._vm = GuestVM(self.engine_disk.path, self.kernel.kernel, self.kernel.initrd, session_id=session,
-                           qemu_args=["-nic", nic, *qemu_args], memory_mb=self.memory_mb, vcpus=self.vcpus)
+                           qemu_args=["-nic", ",".join(["user,model=virtio-net-pci,restrict=on", *forwards]),
+                                      *qemu_args],
+                           memory_mb=self.memory_mb, vcpus=self.vcpus, accel=self.accel)
         drive = data
         if overlay_of is not None:
             overlay = self._vm.make_workdir() / "docker-data.qcow2"

@@ -34,7 +34,7 @@ from typing import Final, Mapping, Optional
 from pytest_hostperf.environments import qemu as qemu_backend
 from pytest_hostperf.environments.base import EnvironmentFailure
 
-__all__ = ["NfsExport", "find_ganesha", "qemu_nic", "sweep_stale", "state_root", "GUEST_SERVER", "NOBODY"]
+__all__ = ["NfsExport", "find_ganesha", "qemu_nic", "guest_forward", "sweep_stale", "state_root", "GUEST_SERVER", "NOBODY"]
 
 #: The address the guest mounts from; QEMU forwards it to the server on the host.
 GUEST_SERVER: Final = "10.0.2.100"
@@ -91,9 +91,17 @@ def find_ganesha() -> Optional[str]:
         (p for p in ("/usr/bin/ganesha.nfsd", "/usr/sbin/ganesha.nfsd") if os.access(p, os.X_OK)), None)
 
 
-def qemu_nic(port: int, model: str = "virtio-net-pci") -> str:
-    """The ``-nic`` value: user networking whose only way out is the NFS server."""
-    return f"user,model={model},restrict=on,guestfwd=tcp:{GUEST_SERVER}:2049-tcp:127.0.0.1:{port}"
+def guest_forward(port: int) -> str:
+    """The ``guestfwd`` that connects the guest's 10.0.2.100:2049 to the server's port."""
+    return f"guestfwd=tcp:{GUEST_SERVER}:2049-tcp:127.0.0.1:{port}"
+
+
+def qemu_nic(port: int, *extra: str, model: str = "virtio-net-pci") -> str:
+    """The ``-nic`` value: user networking whose only way out is the NFS server.
+
+    ``extra`` are further ``hostfwd=``/``guestfwd=`` rules (docker@qemu adds its API port).
+    """
+    return ",".join([f"user,model={model},restrict=on", guest_forward(port), *extra])
 
 
 def _free_port() -> int:
