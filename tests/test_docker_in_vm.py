@@ -9,8 +9,10 @@ Expect several minutes under TCG on a loaded 2-core host.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 from pytest_hostperf.environments import nfs
 from pytest_hostperf.environments import qemu as qemu_mod
 from pytest_hostperf.environments.docker_in_vm import EngineShare, VmDockerEngine
-from pytest_hostperf.vm import docker_engine, guest_kernel
+from pytest_hostperf.vm import docker_data, docker_engine, guest_kernel
 
 pytestmark = [pytest.mark.qemu, pytest.mark.docker, pytest.mark.slow]
 
@@ -47,7 +49,6 @@ def kernel() -> guest_kernel.GuestKernel:
 def tiny_image(engine: Any, kernel: guest_kernel.GuestKernel) -> Any:
     """A one-binary image (static busybox from the kernel cache's packages): quick to load."""
     import subprocess
-    import tempfile
 
     deb = sorted((guest_kernel.default_kernel_cache() / "debs").glob("busybox-static_*.deb"))[-1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,13 +93,15 @@ def test_engine_in_vm_serves_bind_mounts_of_each_share_and_a_volume(
     session = f"test-dvm-{os.getpid()}"
     cache = tmp_path / "engine-data"
     lines: list = []
+    # fill_on_host=False: the images go in through the VM's engine, which must then stop
+    # cleanly for the disk to be kept (the fallback when the host has another dockerd).
     made = VmDockerEngine(engine_disk, kernel, session_id=session, host_client=engine, images=[tiny_image.tags[0]],
                           shares=[EngineShare(kind, path) for kind, path in shares.items()], cache_dir=cache,
-                          progress=lines.append)
+                          fill_on_host=False, progress=lines.append)
     client = made.start()
     try:
-        assert any("building the engine's data disk" in line for line in lines), lines
-        assert (cache / made.data_disk_key() / "data.json").is_file()
+        assert any("loading" in line and "into the VM's engine" in line for line in lines), lines
+        assert json.loads((cache / made.data_disk_key() / "data.json").read_text())["filled_by"] == "vm"
         info = client.info()
         assert info["KernelVersion"] == kernel.version          # the VM's kernel, not the host's
         assert info["Driver"] == "overlay2" and str(info["CgroupVersion"]) == "2"
@@ -137,3 +140,25 @@ def test_engine_in_vm_serves_bind_mounts_of_each_share_and_a_volume(
     finally:
         again.stop()
     assert _our_processes(session + "-2") == []
+
+
+@pytest.mark.skipif(docker_data.host_dockerd_version() is None, reason="needs dockerd on the host")
+def test_data_disk_filled_on_the_host_boots_with_the_image(
+        tmp_path: Path, engine: Any, engine_disk: Any, kernel: guest_kernel.GuestKernel, tiny_image: Any) -> None:
+    if docker_data.host_dockerd_version() != docker_engine.engine_version(engine_disk):
+        pytest.skip("the host's dockerd is not the VM's version: the data disk is filled in the VM")
+    session = f"test-dvm-host-{os.getpid()}"
+    made = VmDockerEngine(engine_disk, kernel, session_id=session, host_client=engine,
+                          images=[tiny_image.tags[0]], cache_dir=tmp_path / "engine-data", progress=print)
+    client = made.start()
+    try:
+        manifest = json.loads((tmp_path / "engine-data" / made.data_disk_key() / "data.json").read_text())
+        assert manifest["filled_by"] == "host", manifest
+        assert tiny_image.id in [image.id for image in client.images.list()]
+        out = client.containers.run(tiny_image.tags[0], ["sh", "-c", "echo from-vm; grep ' / ' /proc/mounts"],
+                                    remove=True, network_mode="none").decode()
+        assert out.startswith("from-vm") and " / overlay " in out, out
+    finally:
+        made.stop()
+    assert _our_processes(session) == []
+    assert not list(Path(tempfile.gettempdir()).glob("hostperf-dockerd-*"))   # the private dockerd's dirs

@@ -36,7 +36,7 @@ from pytest_hostperf import vmimage
 from pytest_hostperf.environments import nfs as nfs_server
 from pytest_hostperf.environments import vmshares
 from pytest_hostperf.environments.base import EnvironmentFailure
-from pytest_hostperf.vm import docker_engine
+from pytest_hostperf.vm import docker_data, docker_engine
 from pytest_hostperf.vm.guest import USER_NETWORK, Drive, GuestError, GuestVM, LaunchSpec
 from pytest_hostperf.vm.guest_kernel import GuestKernel
 
@@ -76,7 +76,7 @@ class VmDockerEngine:
     def __init__(self, engine_disk: vmimage.VmDisk, kernel: GuestKernel, *, session_id: str,
                  host_client: Any, images: Sequence[str] = (), shares: Sequence[EngineShare] = (),
                  cache_dir: Optional[Path] = None, memory_mb: int = 1536, vcpus: int = 1,
-                 accel: str = "tcg", progress: Optional[Progress] = None) -> None:
+                 accel: str = "tcg", fill_on_host: bool = True, progress: Optional[Progress] = None) -> None:
         self.engine_disk = engine_disk
         self.kernel = kernel
         self.session_id = session_id
@@ -87,6 +87,9 @@ class VmDockerEngine:
         self.memory_mb = memory_mb
         self.vcpus = vcpus
         self.accel = accel   # "kvm" where it works; the qemu backend's probe decides
+        # Fill the data disk with a private dockerd on the host (seconds) when its version
+        # is the VM's; else through the VM's engine (778 s for 164 MB under loaded TCG).
+        self.fill_on_host = fill_on_host
         self.progress: Progress = progress or (lambda _msg: None)
         self.timings: dict = {}
         self.port: Optional[int] = None
@@ -167,20 +170,35 @@ class VmDockerEngine:
 
     def _build_data_disk(self, image: Path, timeout: float) -> None:
         self.progress(f"{ENV_NAME}: building the engine's data disk (loading {', '.join(self.images) or 'nothing'})")
+        started = time.monotonic()
+        if self.fill_on_host and docker_data.host_dockerd_version() == docker_engine.engine_version(self.engine_disk):
+            try:
+                docker_data.fill_on_host(image, self.host_client, self.images, DATA_DISK_MB, self.progress)
+                self._write_manifest(image, "host", started)
+                return
+            except docker_data.DataDiskError as exc:
+                self.progress(f"{ENV_NAME}: WARNING: {exc}; loading the images through the VM's engine instead")
+        self._fill_in_vm(image, timeout)
+        self._write_manifest(image, "vm", started)
+
+    def _write_manifest(self, image: Path, how: str, started: float) -> None:
+        (image.parent / "data.json").write_text(json.dumps(
+            {"engine_disk": self.engine_disk.key, "images": list(self.images), "filled_by": how,
+             "build_s": round(time.monotonic() - started, 1)}, indent=2) + "\n")
+
+    def _fill_in_vm(self, image: Path, timeout: float) -> None:
+        shutil.rmtree(image.parent / "data-root", ignore_errors=True)   # a failed host fill's
         proc = subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "hostperf-docker", "-F", str(image),
                                f"{DATA_DISK_MB}M"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             raise EnvironmentFailure(ENV_NAME, "could not create the engine's data disk", log_tail=proc.stdout)
-        started = time.monotonic()
         # writeback, not unsafe: this disk is kept, so the guest's flushes must reach it.
         self._boot(Drive(image, cache="writeback"), session=self.session_id + "-data", overlay_of=None,
                    timeout=timeout, with_shares=False)
         try:
-            loaded = []
             for tag in self.images:
                 self.progress(f"{ENV_NAME}: loading {tag} into the VM's engine")
                 self.client.images.load(self.host_client.images.get(tag).save(named=True))
-                loaded.append(tag)
             assert self._vm is not None
             self._vm.send(b"stop\n")   # the engine script stops dockerd and syncs
             out = self._vm.read_all(120).decode(errors="replace")
@@ -189,9 +207,6 @@ class VmDockerEngine:
                                          log_tail=self._vm.console())
         finally:
             self.stop()
-        (image.parent / "data.json").write_text(json.dumps(
-            {"engine_disk": self.engine_disk.key, "images": loaded,
-             "build_s": round(time.monotonic() - started, 1)}, indent=2) + "\n")
 
     # ------------------------------------------------------------------ boot
 

@@ -20,6 +20,7 @@ The engine is not started by an init system: the guest bootstrap runs
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,8 @@ from typing import Any, Callable, Final, Optional
 from pytest_hostperf import vmimage
 from pytest_hostperf.environments.base import sweep_label
 
-__all__ = ["ENGINE_PACKAGES", "ENGINE_SCRIPT", "install_engine", "ensure_engine_disk", "engine_disk_key"]
+__all__ = ["ENGINE_PACKAGES", "ENGINE_SCRIPT", "install_engine", "ensure_engine_disk", "engine_disk_key",
+           "engine_version"]
 
 Progress = Callable[[str], None]
 
@@ -170,5 +172,18 @@ def ensure_engine_disk(client: Any, base_tag: str, cache_dir: Optional[Path] = N
         debs = install_engine(rootfs, debs_dir, say)
         key = engine_disk_key(image.id, debs)
         disk = vmimage.build_vm_disk(rootfs, cache_dir, key, say, free_mb=256, label="docker-engine")
+    (disk.directory / "engine.json").write_text(json.dumps({"debs": debs}, indent=2) + "\n")
     marker.write_text(key + "\n")
     return disk
+
+
+def engine_version(disk: vmimage.VmDisk) -> Optional[str]:
+    """The upstream docker.io version installed on an engine disk (``20.10.24+dfsg1``)."""
+    try:
+        debs = json.loads((disk.directory / "engine.json").read_text())["debs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for name in debs:
+        if name.startswith("docker.io_"):
+            return name.split("_")[1].split("-")[0]
+    return None
