@@ -19,11 +19,13 @@ The engine is not started by an init system: the guest bootstrap runs
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any, Callable, Final, Optional
 
 from pytest_hostperf import vmimage
 from pytest_hostperf.environments.base import sweep_label
+from pytest_hostperf.environments.docker import LABEL_HOST, LABEL_PID
 
 __all__ = ["ENGINE_PACKAGES", "ENGINE_SCRIPT", "install_engine", "ensure_engine_disk", "engine_disk_key",
            "engine_version"]
@@ -88,22 +91,35 @@ def engine_disk_key(base_id: str, debs: list) -> str:
 
 
 def download_engine_debs(rootfs: Path, debs_dir: Path) -> list:
-    """Download the engine's packages missing from ``rootfs`` into ``debs_dir``; their names."""
+    """Download the engine's packages missing from ``rootfs`` into ``debs_dir``; their file names.
+
+    apt resolves against the tree's own dpkg status, so exactly the missing packages
+    come; which ones is read from a simulated install (a download prints nothing for
+    files already in ``debs_dir``).
+    """
     status = rootfs / "var" / "lib" / "dpkg" / "status"
     if not status.is_file():
         raise vmimage.VmImageError(f"{rootfs} has no dpkg status: the docker@qemu disk needs a Debian tree",
                                    hint="use the hostperf base image (hostperf image base)")
     (debs_dir / "partial").mkdir(parents=True, exist_ok=True)
-    argv = ["apt-get", "install", "-y", "-q", "--download-only", "--no-install-recommends",
-            "-o", f"Dir::State::status={status}", "-o", f"Dir::Cache::archives={debs_dir}",
-            "-o", "Debug::NoLocking=1", *ENGINE_PACKAGES]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if proc.returncode != 0:
-        raise vmimage.VmImageError("downloading the Docker engine packages failed",
-                                   hint="check the Debian mirror (apt-get update)", log_tail=proc.stdout[-2000:])
-    wanted = set(re.findall(r"^Get:\d+ \S+ \S+ \S+ (\S+) ", proc.stdout, re.M)) | set(ENGINE_PACKAGES)
-    return sorted(p.name for p in debs_dir.glob("*.deb") if p.name.split("_")[0] in wanted)
+    options = ["-o", f"Dir::State::status={status}", "-o", f"Dir::Cache::archives={debs_dir}",
+               "-o", "Debug::NoLocking=1", "--no-install-recommends", *ENGINE_PACKAGES]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    plan = subprocess.run(["apt-get", "install", "-s", "-q", *options], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
+    fetch = subprocess.run(["apt-get", "install", "-y", "-q", "--download-only", *options], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=env)
+    packages = re.findall(r"^Inst (\S+) ", plan.stdout, re.M)
+    if plan.returncode != 0 or fetch.returncode != 0 or not packages:
+        raise vmimage.VmImageError("downloading the Docker engine packages failed: "
+                                   + (plan.stdout + fetch.stdout)[-600:], hint="check the Debian mirror (apt-get update)")
+    files = []
+    for package in packages:
+        found = sorted(p.name for p in debs_dir.glob(f"{package}_*.deb"))
+        if not found:
+            raise vmimage.VmImageError(f"apt-get did not leave {package}_*.deb in {debs_dir}")
+        files.append(found[-1])
+    return files
 
 
 def install_engine(rootfs: Path, debs_dir: Path, say: Progress) -> list:
@@ -126,8 +142,8 @@ def install_engine(rootfs: Path, debs_dir: Path, say: Progress) -> list:
                 *(f"/tmp/hostperf-debs/{name}" for name in debs)]
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
-            raise vmimage.VmImageError("installing the Docker engine into the VM disk failed (dpkg -i)",
-                                       log_tail=proc.stdout[-2000:])
+            raise vmimage.VmImageError("installing the Docker engine into the VM disk failed (dpkg -i): "
+                                       + proc.stdout[-600:], log_tail=proc.stdout[-2000:])
     finally:
         shutil.rmtree(inbox, ignore_errors=True)
         policy.unlink(missing_ok=True)
@@ -146,9 +162,10 @@ def ensure_engine_disk(client: Any, base_tag: str, cache_dir: Optional[Path] = N
     docker.io makes a new disk.
     """
     say = progress or (lambda _msg: None)
-    cache_dir = Path(cache_dir) if cache_dir else vmimage.default_cache_dir()
+    # A directory of its own: vmimage prunes its cache to the 4 most recent disks, and
+    # the engine disk must not push the project disks out (nor they it).
+    cache_dir = Path(cache_dir) if cache_dir else vmimage.default_cache_dir() / "engine"
     image = client.images.get(base_tag)
-    debs_dir = cache_dir / "engine-debs"
     marker = cache_dir / f"engine-{image.id.split(':')[-1][:16]}.key"
     try:   # the key of the last build from this base: the cached disk, without a download
         key = marker.read_text().strip()
@@ -158,19 +175,35 @@ def ensure_engine_disk(client: Any, base_tag: str, cache_dir: Optional[Path] = N
     except OSError:
         pass
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".engine.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # one build at a time; what a killed one left goes
+        for leftover in cache_dir.glob(".engine-rootfs-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return _build_engine_disk(client, base_tag, image.id, cache_dir, marker, say)
+
+
+def _build_engine_disk(client: Any, base_tag: str, base_id: str, cache_dir: Path, marker: Path,
+                       say: Progress) -> vmimage.VmDisk:
+    try:   # built by another session while we waited for the lock
+        cached = vmimage.load_cached(cache_dir, marker.read_text().strip())
+        if cached is not None:
+            return cached
+    except OSError:
+        pass
+    debs_dir = cache_dir / "engine-debs"
     with tempfile.TemporaryDirectory(prefix=".engine-rootfs-", dir=cache_dir) as tmp:
         rootfs = Path(tmp) / "rootfs"
         rootfs.mkdir()
-        # Labelled like every session resource: the docker sweep removes it after a crash.
-        container = client.containers.create(base_tag, command=["true"],
-                                             labels={sweep_label(): f"{os.getpid()}:engine-disk"})
+        # Labelled like the docker backend's containers, so its sweep removes it after a crash.
+        labels = {sweep_label(): "engine-disk", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()}
+        container = client.containers.create(base_tag, command=["true"], labels=labels)
         try:
             say(f"docker@qemu: exporting {base_tag} for the engine VM disk")
             vmimage._extract_tar(container.export(), rootfs)
         finally:
             container.remove(force=True)
         debs = install_engine(rootfs, debs_dir, say)
-        key = engine_disk_key(image.id, debs)
+        key = engine_disk_key(base_id, debs)
         disk = vmimage.build_vm_disk(rootfs, cache_dir, key, say, free_mb=256, label="docker-engine")
     (disk.directory / "engine.json").write_text(json.dumps({"debs": debs}, indent=2) + "\n")
     marker.write_text(key + "\n")
