@@ -232,14 +232,8 @@ class VmDockerEngine:
                            qemu_args=["-nic", ",".join(["user,model=virtio-net-pci,restrict=on", *forwards]),
                                       *qemu_args],
                            memory_mb=self.memory_mb, vcpus=self.vcpus, accel=self.accel)
-        drive = data
-        if overlay_of is not None:
-            overlay = self._vm.make_workdir() / "docker-data.qcow2"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(overlay_of), "-F", "raw",
-                            str(overlay)], check=True)
-            drive = dataclasses.replace(data, path=overlay)
-        self._vm.drives.append(drive)
         try:
+            self._vm.drives.append(self._session_drive(data, overlay_of))
             self.timings["boot_s"] = round(self._vm.boot(timeout), 2)
             self._vm.launch(LaunchSpec(["/bin/sh", "-c", docker_engine.ENGINE_SCRIPT], mounts=mounts,
                                        network=USER_NETWORK))
@@ -251,6 +245,19 @@ class VmDockerEngine:
         except BaseException:
             self.stop()
             raise
+
+    def _session_drive(self, data: Drive, overlay_of: Optional[Path]) -> Drive:
+        """``data`` itself, or a throwaway qcow2 overlay on the cached ``overlay_of``."""
+        if overlay_of is None:
+            return data
+        assert self._vm is not None
+        overlay = self._vm.make_workdir() / "docker-data.qcow2"
+        made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(overlay_of), "-F", "raw",
+                               str(overlay)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if made.returncode != 0:
+            raise EnvironmentFailure(ENV_NAME, f"qemu-img could not put an overlay on {overlay_of}",
+                                     log_tail=made.stdout)
+        return dataclasses.replace(data, path=overlay)
 
     def _wait_engine(self, timeout: float) -> Any:
         import docker
