@@ -1,0 +1,109 @@
+"""The docker@qemu data disk (``/var/lib/docker`` of the engine in the VM), made on the host.
+
+Loading an image into the engine inside a TCG guest is slow (164 MB took 778 s here,
+on a loaded host), and a fresh CI machine pays it for every image. The same Debian
+``dockerd`` that runs in the VM can fill the data directory on the host in seconds:
+a private, short-lived dockerd (its own data root, exec root and socket; no bridge, no
+iptables, no containers: it only loads images) takes ``docker save`` from the host's
+engine, is stopped, and ``mke2fs -d`` turns its data root into the ext4 disk the VM
+mounts at ``/var/lib/docker``. overlay2 layers are plain directories; their whiteouts
+(0:0 character devices) and opaque-directory xattrs are copied by ``mke2fs -d``.
+
+Only used when the host's dockerd is the version installed in the VM disk (the
+on-disk layout is the engine's own); otherwise the caller loads the images through
+the VM's engine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from pytest_hostperf.environments import qemu as qemu_backend
+
+__all__ = ["host_dockerd_version", "fill_on_host", "DataDiskError"]
+
+Progress = Callable[[str], None]
+
+
+class DataDiskError(Exception):
+    """The data disk could not be made on the host; carries the private dockerd's log."""
+
+
+def host_dockerd_version() -> Optional[str]:
+    """``20.10.24+dfsg1`` for Debian's dockerd on the host, None without one."""
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        return None
+    try:
+        out = subprocess.run([dockerd, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"version (\S+?),", out)
+    return match.group(1) if match else None
+
+
+def fill_on_host(image: Path, host_client: Any, tags: Sequence[str], size_mb: int,
+                 progress: Optional[Progress] = None, timeout: float = 120.0) -> None:
+    """Write ``image``: an ext4 disk whose root is a dockerd data root holding ``tags``."""
+    import docker
+
+    say = progress or (lambda _msg: None)
+    # The socket path must stay short (108 bytes), so the private dirs go to /tmp.
+    private = Path(tempfile.mkdtemp(prefix="hostperf-dockerd-"))
+    data_root = image.parent / "data-root"
+    data_root.mkdir()
+    sock = private / "docker.sock"
+    argv = ["dockerd", f"--data-root={data_root}", f"--exec-root={private / 'exec'}",
+            f"--pidfile={private / 'dockerd.pid'}", f"--host=unix://{sock}",
+            "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
+            "--storage-driver=overlay2", "--log-level=warn"]
+    proc = qemu_backend._spawn(argv, private / "dockerd.log")   # dies with the controller
+    try:
+        client = _wait_private_engine(proc, sock, timeout, private / "dockerd.log")
+        for tag in tags:
+            say(f"docker@qemu: loading {tag} into the VM's data disk (on the host)")
+            client.images.load(host_client.images.get(tag).save(named=True))
+        client.close()
+    except docker.errors.DockerException as exc:
+        raise DataDiskError(f"the private dockerd could not load {', '.join(tags)}: {exc}\n"
+                            + qemu_backend._tail(private / "dockerd.log", 15)) from None
+    finally:
+        qemu_backend._kill(proc, 20.0)   # SIGTERM: dockerd stops containerd and flushes its db
+        shutil.rmtree(private, ignore_errors=True)
+    # Engine scratch space: nothing a later engine needs.
+    for scratch in ("tmp", "runtimes"):
+        shutil.rmtree(data_root / scratch, ignore_errors=True)
+    made = subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "hostperf-docker", "-d", str(data_root),
+                           "-F", str(image), f"{size_mb}M"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": "0"})
+    shutil.rmtree(data_root, ignore_errors=True)
+    if made.returncode != 0:
+        raise DataDiskError(f"mke2fs -d could not write {image}: {made.stdout.strip()[-400:]}")
+
+
+def _wait_private_engine(proc: subprocess.Popen, sock: Path, timeout: float, log: Path) -> Any:
+    import docker
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if sock.exists():
+            try:
+                client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
+                client.ping()
+                return client
+            except (docker.errors.DockerException, socket.error):
+                pass
+        time.sleep(0.1)
+    raise DataDiskError(f"the private dockerd did not start (exit status {proc.poll()}):\n"
+                        + qemu_backend._tail(log, 15))
