@@ -224,7 +224,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         from pytest_hostperf.environments.qemu import sweep_stale as sweep_vms
 
-        removed += [f"VM work dir {path}" for path in sweep_vms()]
+        # The NFS servers of dead sessions go with the VMs (their state dirs are listed too).
+        removed += [f"{'NFS server state' if 'nfs' in path.parent.name else 'VM work dir'} {path}"
+                    for path in sweep_vms()]
     except Exception as exc:  # noqa: BLE001
         print(f"qemu: not swept ({exc})")
     from pytest_hostperf.run import workdir

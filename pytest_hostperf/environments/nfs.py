@@ -15,26 +15,31 @@ one directory:
 - every guest user squashed to the directory's owner (``All_Squash``), or to nobody
   (65534) when root owns it: the guest's root cannot make a setuid-root file on the host.
 
-The server dies with the controller (``PR_SET_PDEATHSIG``); a state dir with the
-qemu backend's ``owner.json`` under :func:`state_root` lets :func:`sweep_stale` kill
-and remove what a SIGKILLed session left.
+The server dies with the controller (``PR_SET_PDEATHSIG``); a state dir with an owner
+file (:mod:`pytest_hostperf.environments.labels`) under :func:`state_root` lets
+:func:`sweep_stale` kill and remove what a SIGKILLed session left. Used by the qemu
+environment's ``share-nfs`` mount and by ``docker@qemu``'s ``bind-nfs``.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Final, Mapping, Optional
 
-from pytest_hostperf.environments import qemu as qemu_backend
+from pytest_hostperf.environments import labels
 from pytest_hostperf.environments.base import EnvironmentFailure
+from pytest_hostperf.environments.labels import Liveness
+from pytest_hostperf.environments.process import command_line, spawn_logged, stop_process, tail_file
 
-__all__ = ["NfsExport", "find_ganesha", "qemu_nic", "guest_forward", "sweep_stale", "state_root", "GUEST_SERVER", "NOBODY"]
+__all__ = ["GUEST_SERVER", "NOBODY", "NfsExport", "find_ganesha", "ganesha_version", "guest_forward", "qemu_nic",
+           "state_root", "sweep_stale"]
 
 #: The address the guest mounts from; QEMU forwards it to the server on the host.
 GUEST_SERVER: Final = "10.0.2.100"
@@ -43,6 +48,7 @@ PSEUDO_PATH: Final = "/share"
 #: Kernel NFS client options (mount(2) data: without mount.nfs the kernel needs addr=).
 #: hard + long timeo: a busy TCG guest must wait, never see EIO.
 GUEST_OPTIONS: Final = "vers=4.2,proto=tcp,port=2049,hard,timeo=600,retrans=2,sec=sys"
+OWNER_FILE: Final = "owner.json"
 
 _CONFIG = """\
 NFS_CORE_PARAM {{
@@ -80,15 +86,39 @@ LOG {{ Default_Log_Level = EVENT; }}
 """
 
 
-def state_root() -> Path:
-    """Where each session's server keeps its config, pid, log and recovery dir."""
-    return Path(tempfile.gettempdir()) / "pytest-hostperf-nfs"
+def state_root(base: Optional[Path] = None) -> Path:
+    """Where each session's server keeps its config, pid, log and recovery dir (per user, 0700)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(base or tempfile.gettempdir()) / f"pytest-hostperf-nfs-{uid}"
 
 
 def find_ganesha() -> Optional[str]:
     """Path of ``ganesha.nfsd``, None when nfs-ganesha is not installed."""
     return shutil.which("ganesha.nfsd") or next(
         (p for p in ("/usr/bin/ganesha.nfsd", "/usr/sbin/ganesha.nfsd") if os.access(p, os.X_OK)), None)
+
+
+def ganesha_version(binary: Optional[str] = None) -> Optional[str]:
+    """``nfs-ganesha 4.3`` from ``ganesha.nfsd -v``; None when it is not installed."""
+    binary = binary or find_ganesha()
+    if binary is None:
+        return None
+    try:
+        out = subprocess.run([binary, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"Release = V?(\S+)", out)
+    return f"nfs-ganesha {match.group(1)}" if match else "nfs-ganesha"
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why this machine cannot serve an NFS share (None when it can): what the user must do."""
+    if find_ganesha() is None:
+        return "the NFS share needs nfs-ganesha, which is not installed (apt-get install nfs-ganesha nfs-ganesha-vfs)"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "the NFS share needs root: nfs-ganesha's VFS backend opens files by handle"
+    return None
 
 
 def guest_forward(port: int) -> str:
@@ -113,22 +143,26 @@ def _free_port() -> int:
 class NfsExport:
     """An nfs-ganesha server exporting ``directory`` for one session; a context manager.
 
-    ``readonly`` exports it read-only. ``env`` names the environment in errors.
+    ``readonly`` exports it read-only. ``env`` names the environment in errors;
+    ``die_with_parent``: the server gets SIGKILL when the thread that started it ends.
     """
 
     def __init__(self, directory: Path, session_id: str, *, readonly: bool = False,
-                 env: str = "qemu", root: Optional[Path] = None) -> None:
+                 env: str = "qemu", root: Optional[Path] = None, die_with_parent: bool = True) -> None:
+        if not labels.valid_session_id(session_id):
+            raise ValueError(f"not a session id: {session_id!r}")
         self.directory = Path(directory).resolve()
         self.session_id = session_id
         self.readonly = readonly
         self.env = env
         self._root = root
+        self.die_with_parent = die_with_parent
         self.port: Optional[int] = None
         self.state: Optional[Path] = None
-        self._proc = None
+        self._proc: Optional[subprocess.Popen[bytes]] = None
         self.squash_uid = self.squash_gid = NOBODY
 
-    def __enter__(self) -> "NfsExport":
+    def __enter__(self) -> NfsExport:
         self.start()
         return self
 
@@ -143,12 +177,10 @@ class NfsExport:
     def start(self, timeout: float = 20.0, attempts: int = 3) -> int:
         """Start the server; return its port on 127.0.0.1."""
         ganesha = find_ganesha()
-        if ganesha is None:
-            raise EnvironmentFailure(self.env, "the NFS share needs nfs-ganesha, which is not installed",
-                                     hint="apt-get install nfs-ganesha nfs-ganesha-vfs (scripts/setup.sh does)")
-        if os.geteuid() != 0:
-            raise EnvironmentFailure(self.env, "nfs-ganesha must run as root to export a directory "
-                                     "(its VFS backend opens files by handle)", hint="run the session as root")
+        problem = unavailable_reason()
+        if ganesha is None or problem:
+            raise EnvironmentFailure(self.env, problem or "nfs-ganesha is not installed",
+                                     hint="scripts/setup.sh installs nfs-ganesha; run the session as root")
         if not self.directory.is_dir():
             raise EnvironmentFailure(self.env, f"cannot export {self.directory}: not a directory")
         sweep_stale(self._root)
@@ -159,21 +191,22 @@ class NfsExport:
             self.port = _free_port()
             self._write_config()
             log = self.state / "ganesha.log"
-            self._proc = qemu_backend._spawn(
+            self._proc = spawn_logged(
                 [ganesha, "-F", "-f", str(self.state / "ganesha.conf"), "-L", str(log),
-                 "-p", str(self.state / "ganesha.pid"), "-N", "NIV_EVENT"], self.state / "stdout.log")
-            self._record_owner()
+                 "-p", str(self.state / "ganesha.pid"), "-N", "NIV_EVENT"], self.state / "stdout.log",
+                die_with_parent=self.die_with_parent)
+            labels.write_owner_file(self.state, self.session_id, OWNER_FILE, server_pid=self._proc.pid)
             if self._wait_listening(timeout):
                 return self.port
-            last = qemu_backend._tail(log, 15)
-            qemu_backend._kill(self._proc, 2.0)
+            last = tail_file(log, 15)
+            stop_process(self._proc, grace=2.0)
         self.stop()
         raise EnvironmentFailure(self.env, f"nfs-ganesha did not start serving {self.directory}",
                                  hint="look at the server log below", log_tail=last)
 
     def stop(self) -> None:
         """Stop the server and remove its state dir. Never raises; the export dir stays."""
-        qemu_backend._kill(self._proc, 5.0)
+        stop_process(self._proc, grace=5.0)
         self._proc = None
         if self.state is not None:
             shutil.rmtree(self.state, ignore_errors=True)
@@ -193,8 +226,7 @@ class NfsExport:
             os.chown(self.directory, NOBODY, NOBODY)
 
     def _make_state_dir(self) -> Path:
-        root = self._root or state_root()
-        root.mkdir(parents=True, exist_ok=True)
+        root = labels.ensure_private_dir(self._root or state_root(), self.env)
         state = Path(tempfile.mkdtemp(prefix=f"{self.session_id[:24]}-", dir=root))
         (state / "recovery").mkdir()
         return state
@@ -207,13 +239,6 @@ class NfsExport:
         text = _CONFIG.format(port=self.port, state=self.state, path=self.directory, pseudo=PSEUDO_PATH,
                               uid=self.squash_uid, gid=self.squash_gid, access="RO" if self.readonly else "RW")
         (self.state / "ganesha.conf").write_text(text)
-
-    def _record_owner(self) -> None:
-        assert self.state is not None and self._proc is not None
-        owner = {"session_pid": os.getpid(), "session_id": self.session_id,
-                 "pid_started": qemu_backend._process_start(os.getpid()), "created": time.time(),
-                 "server_pid": self._proc.pid}
-        (self.state / "owner.json").write_text(json.dumps(owner))
 
     def _wait_listening(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -228,46 +253,49 @@ class NfsExport:
         return False
 
 
-def sweep_stale(root: Optional[Path] = None) -> list:
+def sweep_stale(root: Optional[Path] = None) -> list[Path]:
     """Stop the servers of dead sessions and remove their state dirs; return the dirs.
 
-    The server is killed only when its pid still runs ganesha with this state dir's
-    config (a reused pid is left alone).
+    A server is killed only when its pid still runs ganesha with this state dir's
+    config (a reused pid is left alone); a dir whose owner is alive, or on another host
+    or pid namespace, is not touched.
     """
     root = root or state_root()
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = [p for p in root.iterdir() if p.is_dir()]
+        if labels.unsafe_reason(root.lstat()):
+            return removed   # not ours to clean: NfsExport refuses it with the reason
+        entries = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
     except OSError:
         return removed
+    here = labels.Owner.current()
     for state in entries:
-        try:
-            owner = json.loads((state / "owner.json").read_text())
-        except (OSError, ValueError):
-            try:
-                if time.time() - state.stat().st_mtime < 60:   # still being set up
+        record = labels.read_owner_file(state / OWNER_FILE)
+        if record is None:
+            try:   # no owner yet: still being set up, unless it is old debris
+                if time.time() - state.stat().st_mtime < 60:
                     continue
             except OSError:
                 continue
-            owner = {}
-        if owner and qemu_backend._owner_alive(owner):
-            continue
-        _kill_server(owner.get("server_pid"), state / "ganesha.conf")
+            server_pid: object = None
+        else:
+            _, owner, data = record
+            if owner.liveness(here) not in (Liveness.DEAD, Liveness.OTHER_BOOT):
+                continue
+            server_pid = data.get("server_pid")
+        _kill_server(server_pid, state / "ganesha.conf")
         shutil.rmtree(state, ignore_errors=True)
         removed.append(state)
     return removed
 
 
 def _kill_server(pid: object, config: Path) -> None:
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or pid <= 0:
         return
+    argv = command_line(pid)
+    if not argv or str(config) not in argv:
+        return   # gone, or the pid was reused by something that is not this server
     try:
-        import psutil
-
-        proc = psutil.Process(pid)
-        if str(config) not in " ".join(proc.cmdline()):
-            return
-        proc.kill()
-        proc.wait(5)
-    except Exception:  # noqa: BLE001 - gone already, or not ours
+        os.kill(pid, 9)
+    except OSError:
         pass

@@ -6,7 +6,7 @@ from pytest_hostperf.environments.base import Environment, EnvironmentContext, E
 
 
 def create_backend(name: str, context: EnvironmentContext) -> Environment:
-    """The backend for ``name`` (``native``, ``docker``, ``qemu`` or ``ssh:HOST``).
+    """The backend for ``name`` (``native``, ``docker``, ``qemu``, ``docker@qemu`` or ``ssh:HOST``).
 
     The session's work dir (``context.work_dir``) is already claimed by the controller
     (:mod:`pytest_hostperf.run.workdir`), which also swept the dirs of sessions that are gone.
@@ -37,10 +37,20 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, vm_image=settings.vm_image, network=settings.network,
             requirements=settings.requirements, reporter=context.reporter.child("qemu"), exclude=exclude)
+    if kind == "docker@qemu":
+        try:
+            from pytest_hostperf.environments.docker_qemu import DockerQemuEnvironment
+        except ImportError as exc:
+            raise EnvironmentFailure(name, f"cannot load the docker@qemu backend ({exc})",
+                                     hint="pip install docker") from exc
+        return DockerQemuEnvironment(
+            context.session_id, settings.project_dir, context.work_dir, image=settings.image,
+            requirements=settings.requirements, reporter=context.reporter.child(name),
+            pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size)
     if kind == "ssh":
         from pytest_hostperf.environments.ssh import SshEnvironment
 
         return SshEnvironment(host=target, session_id=context.session_id, project_dir=settings.project_dir,
                               work_dir=context.work_dir, reporter=context.reporter.child(name),
                               ssh_config=settings.ssh_config, python=settings.ssh_python, exclude=exclude)
-    raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")
+    raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu, docker@qemu or ssh:HOST")

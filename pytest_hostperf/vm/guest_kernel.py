@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Callable, Final, Optional
 
 from pytest_hostperf.vm import initramfs
+from pytest_hostperf.vm.kernel import builtin_module_names, module_load_order, module_name
 
-__all__ = ["GuestKernel", "GuestKernelError", "ensure_guest_kernel", "is_static_elf", "KERNEL_META_PACKAGE"]
+__all__ = ["KERNEL_META_PACKAGE", "GuestKernel", "GuestKernelError", "default_kernel_cache", "ensure_guest_kernel",
+           "is_static_elf"]
 
 #: The Debian meta-package whose dependency names the current generic kernel.
 KERNEL_META_PACKAGE: Final = "linux-image-amd64"
@@ -57,7 +59,7 @@ class GuestKernel:
     initrd: Path
     version: str                 # uname -r inside the guest
     package: str                 # the .deb it came from (or "host:/boot/vmlinuz-...")
-    features: tuple              # subset of ("9p", "virtiofs", "nfs", "overlay")
+    features: tuple[str, ...]    # subset of ("9p", "virtiofs", "nfs", "overlay")
     initrd_bytes: int = 0
 
     @property
@@ -67,6 +69,7 @@ class GuestKernel:
 
 
 def default_kernel_cache() -> Path:
+    """``~/.cache/pytest-hostperf/kernels`` (or under ``$XDG_CACHE_HOME``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pytest-hostperf" / "kernels"
 
@@ -125,7 +128,7 @@ def _kernel_package_name(debs: Path, offline: bool) -> str:
     """``linux-image-<abi>-amd64``: what the meta-package depends on now."""
     if not offline and shutil.which("apt-cache"):
         proc = subprocess.run(["apt-cache", "depends", KERNEL_META_PACKAGE], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+                              stderr=subprocess.DEVNULL, text=True, check=False)
         match = re.search(r"Depends: (linux-image-\S+-amd64)\b", proc.stdout)
         if match:
             return match.group(1)
@@ -148,7 +151,7 @@ def _package_file(debs: Path, package: str, offline: bool, say: Progress) -> Pat
                                hint=f"copy {package}_*.deb into {debs} (apt-get download {package})")
     say(f"qemu: downloading {package} (Debian package, once)")
     proc = subprocess.run(["apt-get", "download", "-q", package], cwd=debs, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True, check=False)
     found = sorted(debs.glob(f"{package}_*.deb"))
     if proc.returncode != 0 or not found:
         raise GuestKernelError(f"apt-get download {package} failed (exit {proc.returncode}): "
@@ -167,12 +170,12 @@ def _digest(kernel_deb: Path, busybox_deb: Path) -> str:
     for deb in (kernel_deb, busybox_deb):
         digest.update(f"{deb.name}:{deb.stat().st_size}\0".encode())
     digest.update(repr(initramfs.GUEST_MODULES).encode())
-    digest.update(initramfs.INIT_SCRIPT.encode())
+    digest.update(initramfs.init_script())
     return digest.hexdigest()[:20]
 
 
-def _run(argv: list, doing: str) -> None:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run(argv: list[str], doing: str) -> None:
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     if proc.returncode != 0:
         raise GuestKernelError(f"{doing} failed: {' '.join(argv)} exited with {proc.returncode}: "
                                f"{proc.stdout.strip()[-400:]}")
@@ -202,28 +205,21 @@ def _build(kernel_deb: Path, busybox_deb: Path, staging: Path) -> GuestKernel:
     modules_dir = tree / "lib" / "modules" / version
     _run([_depmod(), "-b", str(tree), version], "ordering kernel modules (depmod)")
     dep_text = (modules_dir / "modules.dep").read_text()
-    order = initramfs.module_load_order(dep_text, initramfs.GUEST_MODULES)
-    names = {initramfs.module_name(p) for p in order}
-    missing = {"virtio_blk", "ext4", "virtio_console"} - names - _builtin(modules_dir)
+    order = module_load_order(dep_text, initramfs.GUEST_MODULES)
+    names = {module_name(p) for p in order}
+    builtin = builtin_module_names(modules_dir)
+    missing = {"virtio_blk", "ext4", "virtio_console"} - names - builtin
     if missing:
         raise GuestKernelError(f"{kernel_deb.name} lacks {', '.join(sorted(missing))}: "
                                "the guest could not mount its root disk or reach the agent port")
     size = initramfs.write_initramfs(out / "initrd.img", busybox, modules_dir, order)
     shutil.copyfile(vmlinuz[-1], out / "vmlinuz")
-    have = names | _builtin(modules_dir)
+    have = names | builtin
     features = tuple(feature for feature, module in _MODULE_FEATURES.items() if module in have)
     return GuestKernel(out / "vmlinuz", out / "initrd.img", version, kernel_deb.name, features, size)
 
 
-def _builtin(modules_dir: Path) -> set:
-    try:
-        text = (modules_dir / "modules.builtin").read_text()
-    except OSError:
-        return set()
-    return {initramfs.module_name(line.strip()) for line in text.splitlines() if line.strip()}
-
-
-def _to_json(kernel: GuestKernel) -> dict:
+def _to_json(kernel: GuestKernel) -> dict[str, object]:
     data = dataclasses.asdict(kernel)
     data["kernel"] = Path(kernel.kernel).name
     data["initrd"] = Path(kernel.initrd).name

@@ -5,8 +5,9 @@ and every filesystem we share with), but its virtio-blk and ext4 drivers are mod
 so it cannot mount the root disk by itself. Debian's own initrd would do it, but it
 needs ``mkinitramfs`` run against an installed kernel and starts udev (seconds under
 TCG). This one holds a static busybox, the modules the guest needs and a 30-line
-``/init`` that loads them, mounts ``root=`` and ``switch_root``\\ s into ``init=``:
-the disk built by :mod:`pytest_hostperf.vmimage` boots unchanged.
+``/init`` (:file:`initramfs_init.sh`) that loads them, mounts ``root=`` and
+``switch_root``\\ s into ``init=``: a disk built by :mod:`pytest_hostperf.vm.disk` boots
+unchanged. Which modules, in which order, :mod:`.guest_kernel` decides.
 
 The archive is written here (newc cpio, mtimes zero, sorted), so the same inputs
 always give the same bytes, which is what the kernel cache keys on.
@@ -14,12 +15,11 @@ always give the same bytes, which is what the kernel cache keys on.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
-from typing import BinaryIO, Final, Iterable, Mapping, Sequence
+from typing import BinaryIO, Final, Mapping, Sequence
 
-__all__ = ["GUEST_MODULES", "module_load_order", "write_initramfs", "INIT_SCRIPT", "CpioWriter"]
+__all__ = ["GUEST_MODULES", "INIT_SCRIPT_PATH", "CpioWriter", "init_script", "write_initramfs"]
 
 #: The modules the guest loads in the initramfs, leaves only (dependencies come from
 #: modules.dep): the root disk (virtio-blk + ext4, whose crc32c is a soft dependency
@@ -30,74 +30,13 @@ GUEST_MODULES: Final = (
     "9pnet_virtio", "9p", "virtiofs", "nfsv4", "overlay", "virtio_net",
 )
 
-# PID 1 of the initramfs. Failures go to the console and power the VM off, so the
-# controller sees "qemu exited" with the reason in the console log, never a hang.
-INIT_SCRIPT: Final = """#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-fail() { echo "hostperf-initramfs: $*" > /dev/console; sleep 1; poweroff -f; }
-mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev || fail "basic mounts"
-for module in $(cat /modules.list); do
-    insmod "/$module" 2>/dev/null || grep -q "^$(basename "$module" .ko) " /proc/modules \\
-        || echo "hostperf-initramfs: insmod $module failed" > /dev/console
-done
-root=/dev/vda init=/sbin/init fstype=ext4 mode=rw
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        root=*) root="${arg#root=}" ;;
-        init=*) init="${arg#init=}" ;;
-        rootfstype=*) fstype="${arg#rootfstype=}" ;;
-        ro) mode=ro ;;
-    esac
-done
-tries=0
-while [ ! -b "$root" ]; do
-    tries=$((tries + 1)); [ "$tries" -gt 600 ] && fail "root device $root did not appear"
-    sleep 0.05
-done
-mkdir -p /newroot
-mount -t "$fstype" -o "$mode" "$root" /newroot || fail "mount -t $fstype $root failed"
-mount --move /dev /newroot/dev 2>/dev/null || umount /dev
-umount /sys /proc
-exec switch_root /newroot "$init"
-"""
+#: PID 1 of the initramfs: a real shell file beside this module (busybox sh).
+INIT_SCRIPT_PATH: Final = Path(__file__).resolve().parent / "initramfs_init.sh"
 
 
-def module_load_order(modules_dep: str, wanted: Iterable[str]) -> list:
-    """Paths (relative to the modules dir) of ``wanted`` and their dependencies, each
-    after everything it needs. ``modules_dep`` is the text of ``modules.dep``; a
-    wanted name that is not there is left out (it is built in, or absent)."""
-    deps: dict = {}
-    by_name: dict = {}
-    for line in modules_dep.splitlines():
-        path, colon, rest = line.partition(":")
-        if not colon:
-            continue
-        deps[path] = rest.split()
-        by_name[module_name(path)] = path
-    order: list = []
-
-    def visit(path: str) -> None:
-        if path in order:
-            return
-        # modules.dep lists a module's dependencies with the deepest last.
-        for dep in reversed(deps.get(path, [])):
-            visit(dep)
-        order.append(path)
-
-    for name in wanted:
-        if name in by_name:
-            visit(by_name[name])
-    return order
-
-
-def module_name(path: str) -> str:
-    """``kernel/fs/9p/9p.ko.xz`` -> ``9p``; dashes become underscores as in lsmod."""
-    name = os.path.basename(path)
-    for suffix in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name.replace("-", "_")
+def init_script() -> bytes:
+    """The initramfs's ``/init`` (part of the guest kernel cache's key)."""
+    return INIT_SCRIPT_PATH.read_bytes()
 
 
 class CpioWriter:
@@ -106,7 +45,7 @@ class CpioWriter:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self._inode = 1
-        self._dirs: set = set()
+        self._dirs: set[str] = set()
 
     def _entry(self, name: str, mode: int, data: bytes = b"") -> None:
         encoded = name.encode() + b"\0"
@@ -140,23 +79,24 @@ class CpioWriter:
 
 
 def write_initramfs(out: Path, busybox: Path, modules_dir: Path, module_paths: Sequence[str],
-                    extra_files: Mapping[str, bytes] = {}) -> int:
+                    extra_files: Mapping[str, bytes] | None = None) -> int:
     """Write the initramfs to ``out``; return its size in bytes.
 
     ``busybox`` must be statically linked (nothing else is in the archive);
-    ``module_paths`` come from :func:`module_load_order`.
+    ``module_paths`` are relative to ``modules_dir``, in load order
+    (:func:`pytest_hostperf.vm.kernel.module_load_order`).
     """
     with open(out, "wb") as stream:
         cpio = CpioWriter(stream)
         for directory in ("bin", "dev", "proc", "sys", "newroot"):
             cpio.directory(directory)
         cpio.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
-        cpio.file("init", INIT_SCRIPT.encode(), 0o755)
+        cpio.file("init", init_script(), 0o755)
         listing = "".join(f"lib/modules/{rel}\n" for rel in module_paths)
         cpio.file("modules.list", listing.encode())
         for rel in module_paths:
             cpio.file(f"lib/modules/{rel}", (Path(modules_dir) / rel).read_bytes())
-        for name, data in sorted(extra_files.items()):
+        for name, data in sorted((extra_files or {}).items()):
             cpio.file(name, data)
         cpio.close()
         return stream.tell()

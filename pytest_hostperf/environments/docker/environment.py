@@ -66,6 +66,8 @@ class DockerEnvironment(Environment):
     """Runs the agent in a warm container of the project image (built offline if needed)."""
 
     name = ENV_NAME
+    #: Seconds a new container may take to start its keep-alive process.
+    keepalive_timeout = 30.0
 
     def __init__(self, session_id: str, project_dir: Path, work_dir: Path, image: str | None = None,
                  network: bool = False, cpus: float | None = None, reporter: Reporter = SILENT,
@@ -112,7 +114,7 @@ class DockerEnvironment(Environment):
                                       user=self.agent_user())["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except Exception as exc:  # noqa: BLE001 - docker.errors.APIError and transport errors alike
-            raise EnvironmentFailure(ENV_NAME, f"could not start the agent in container {container.name}: {exc}",
+            raise EnvironmentFailure(self.name, f"could not start the agent in container {container.name}: {exc}",
                                      hint="check the image has the interpreter " + repr(launch.python),
                                      log_tail=_container_logs(container)) from exc
         transport = DockerExecTransport(self.client(), container.name, exec_id,
@@ -179,9 +181,9 @@ class DockerEnvironment(Environment):
                 self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
                                                   self.requirements, self._reporter)
             except images.ImageBuildError as exc:
-                raise EnvironmentFailure(ENV_NAME, str(exc)) from exc
+                raise EnvironmentFailure(self.name, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - docker.errors.* from the engine while building
-                raise EnvironmentFailure(ENV_NAME, f"preparing the image failed: {exc}",
+                raise EnvironmentFailure(self.name, f"preparing the image failed: {exc}",
                                          hint="run `hostperf image build` to see the whole build") from exc
         return self._image
 
@@ -196,7 +198,7 @@ class DockerEnvironment(Environment):
     def launch(self, test_files: Sequence[str], pytest_args: Sequence[str] = ()) -> AgentLaunch:
         """The agent launch in this environment's paths (interpreter from the image)."""
         return AgentLaunch(python=self.image().python, pythonpath=AGENT_PARENT, project_dir=PROJECT_PATH,
-                           test_files=tuple(test_files), pytest_args=tuple(pytest_args), env=ENV_NAME)
+                           test_files=tuple(test_files), pytest_args=tuple(pytest_args), env=self.name)
 
     def agent_user(self) -> str:
         """``uid:gid`` the agent runs as inside the container."""
@@ -261,7 +263,7 @@ class DockerEnvironment(Environment):
             self._created.container = container
             container.start()
         except Exception as exc:  # noqa: BLE001 - any API failure becomes an EnvironmentFailure
-            raise EnvironmentFailure(ENV_NAME, f"could not create/start container {name} from "
+            raise EnvironmentFailure(self.name, f"could not create/start container {name} from "
                                      f"{ref.tag}: {exc}", hint="see `docker info` and the engine's log") from exc
         self._wait_keepalive(container)
         return container
@@ -279,8 +281,8 @@ class DockerEnvironment(Environment):
             DockerMount(MOUNTS[2].path, None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=limits.tmpfs_bytes),
         ]
 
-    def _wait_keepalive(self, container: Any, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_keepalive(self, container: Any) -> None:
+        deadline = time.monotonic() + self.keepalive_timeout
         while time.monotonic() < deadline:
             if READY_MARK.encode() in container.logs():
                 return
@@ -289,7 +291,8 @@ class DockerEnvironment(Environment):
                 break
             time.sleep(0.01)
         raise EnvironmentFailure(
-            ENV_NAME, f"container {container.name} did not get ready (status {container.status})",
+            self.name, f"container {container.name} did not get ready within {self.keepalive_timeout:.0f} s "
+                       f"(status {container.status})",
             hint="the image needs a python3 for the keep-alive process; "
                  "a user image must provide python3 with pytest and pytest-benchmark",
             log_tail=_container_logs(container))

@@ -19,18 +19,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from pytest_hostperf.environments import qemu as qemu_backend
+from pytest_hostperf.environments import labels
+from pytest_hostperf.environments.process import spawn_logged, stop_process, tail_file
+from pytest_hostperf.progress import SILENT, Reporter
 
-__all__ = ["host_dockerd_version", "fill_on_host", "DataDiskError"]
-
-Progress = Callable[[str], None]
+__all__ = ["DataDiskError", "fill_on_host", "host_dockerd_version"]
 
 
 class DataDiskError(Exception):
@@ -44,7 +43,7 @@ def host_dockerd_version() -> Optional[str]:
         return None
     try:
         out = subprocess.run([dockerd, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, timeout=30).stdout
+                             text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"version (\S+?),", out)
@@ -52,13 +51,14 @@ def host_dockerd_version() -> Optional[str]:
 
 
 def fill_on_host(image: Path, host_client: Any, tags: Sequence[str], size_mb: int,
-                 progress: Optional[Progress] = None, timeout: float = 120.0) -> None:
+                 reporter: Reporter = SILENT, timeout: float = 120.0, session_id: str = "image-build") -> None:
     """Write ``image``: an ext4 disk whose root is a dockerd data root holding ``tags``."""
     import docker
 
-    say = progress or (lambda _msg: None)
-    # The socket path must stay short (108 bytes), so the private dirs go to /tmp.
-    private = Path(tempfile.mkdtemp(prefix="hostperf-dockerd-"))
+    # The socket path must stay short (108 bytes), so the private dirs go to /tmp; the
+    # owner file lets the temp dir sweep remove them if this process is killed.
+    private = Path(tempfile.mkdtemp(prefix=f"{labels.TEMP_PREFIX}dockerd-"))
+    labels.write_owner_file(private, session_id)
     data_root = image.parent / "data-root"
     data_root.mkdir()
     sock = private / "docker.sock"
@@ -66,31 +66,31 @@ def fill_on_host(image: Path, host_client: Any, tags: Sequence[str], size_mb: in
             f"--pidfile={private / 'dockerd.pid'}", f"--host=unix://{sock}",
             "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
             "--storage-driver=overlay2", "--log-level=warn"]
-    proc = qemu_backend._spawn(argv, private / "dockerd.log")   # dies with the controller
+    proc = spawn_logged(argv, private / "dockerd.log", die_with_parent=True)
     try:
         client = _wait_private_engine(proc, sock, timeout, private / "dockerd.log")
         for tag in tags:
-            say(f"docker@qemu: loading {tag} into the VM's data disk (on the host)")
+            reporter.step(f"loading {tag} into the engine VM's data disk (on the host)")
             client.images.load(host_client.images.get(tag).save(named=True))
         client.close()
     except docker.errors.DockerException as exc:
         raise DataDiskError(f"the private dockerd could not load {', '.join(tags)}: {exc}\n"
-                            + qemu_backend._tail(private / "dockerd.log", 15)) from None
+                            + tail_file(private / "dockerd.log", 15)) from None
     finally:
-        qemu_backend._kill(proc, 20.0)   # SIGTERM: dockerd stops containerd and flushes its db
+        stop_process(proc, grace=20.0)   # SIGTERM first: dockerd stops containerd and flushes its db
         shutil.rmtree(private, ignore_errors=True)
     # Engine scratch space: nothing a later engine needs.
     for scratch in ("tmp", "runtimes"):
         shutil.rmtree(data_root / scratch, ignore_errors=True)
     made = subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "hostperf-docker", "-d", str(data_root),
                            "-F", str(image), f"{size_mb}M"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": "0"})
+                          text=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": "0"}, check=False)
     shutil.rmtree(data_root, ignore_errors=True)
     if made.returncode != 0:
         raise DataDiskError(f"mke2fs -d could not write {image}: {made.stdout.strip()[-400:]}")
 
 
-def _wait_private_engine(proc: subprocess.Popen, sock: Path, timeout: float, log: Path) -> Any:
+def _wait_private_engine(proc: subprocess.Popen[bytes], sock: Path, timeout: float, log: Path) -> Any:
     import docker
 
     deadline = time.monotonic() + timeout
@@ -102,8 +102,8 @@ def _wait_private_engine(proc: subprocess.Popen, sock: Path, timeout: float, log
                 client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
                 client.ping()
                 return client
-            except (docker.errors.DockerException, socket.error):
+            except (OSError, docker.errors.DockerException):
                 pass
         time.sleep(0.1)
     raise DataDiskError(f"the private dockerd did not start (exit status {proc.poll()}):\n"
-                        + qemu_backend._tail(log, 15))
+                        + tail_file(log, 15))
