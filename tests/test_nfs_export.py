@@ -15,13 +15,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from pytest_hostperf.environments import nfs
+from pytest_hostperf.environments import labels, nfs
 from pytest_hostperf.environments.base import EnvironmentFailure
 
 pytestmark = pytest.mark.skipif(nfs.find_ganesha() is None or os.geteuid() != 0,
@@ -54,7 +53,7 @@ def test_serves_nfs4_on_loopback_then_stops(tmp_path: Path) -> None:
             assert setting in config
         mount = export.guest_mount("/mnt/x")
         assert mount["fstype"] == "nfs4" and "addr=10.0.2.100" in mount["options"]
-        assert f"tcp:127.0.0.1:{export.port}" in nfs.qemu_nic(export.port) and "restrict=on" in nfs.qemu_nic(export.port)
+        assert nfs.guest_forward(export.port) == f"guestfwd=tcp:10.0.2.100:2049-tcp:127.0.0.1:{export.port}"
         state, port = export.state, export.port
     assert not state.exists()
     with pytest.raises(OSError):
@@ -82,7 +81,7 @@ def test_sweep_stops_the_server_of_a_dead_session(tmp_path: Path) -> None:
         dead.wait()
         owner_file = export.state / "owner.json"
         owner = json.loads(owner_file.read_text())
-        owner.update(session_pid=dead.pid, pid_started=None)
+        owner.update({labels.PID: str(dead.pid), labels.STARTED: ""})
         owner_file.write_text(json.dumps(owner))
         assert nfs.sweep_stale(root) == [export.state]
         server.wait(10)
@@ -117,3 +116,39 @@ def test_server_dies_with_a_killed_controller_and_the_sweep_cleans_up(tmp_path: 
     finally:
         if controller.poll() is None:
             controller.kill()
+
+
+def test_a_state_root_others_can_write_is_refused_and_not_swept(tmp_path: Path) -> None:
+    """Root writes the server's config there: a root anybody can write is never used or trusted."""
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    root = tmp_path / "state"
+    root.mkdir(mode=0o777)
+    root.chmod(0o777)
+    planted = root / "planted"
+    planted.mkdir()
+    with pytest.raises(EnvironmentFailure, match="writable by others") as info:
+        nfs.NfsExport(export_dir, "test-unsafe", root=root).start()
+    assert str(root) in str(info.value)
+    assert nfs.sweep_stale(root) == [] and planted.exists()
+
+
+def test_sweep_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
+    """A dead session's record naming a pid that now runs something else: that process lives."""
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    state = root / "dead-session"
+    state.mkdir()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        labels.write_owner_file(state, "dead-session", "owner.json", server_pid=bystander.pid)
+        record = json.loads((state / "owner.json").read_text())
+        record.update({labels.PID: str(dead.pid), labels.STARTED: ""})
+        (state / "owner.json").write_text(json.dumps(record))
+        assert nfs.sweep_stale(root) == [state]
+        assert bystander.poll() is None   # its command line does not name that state's config
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_hostperf.vm import guest_kernel, initramfs
+from pytest_hostperf.vm.kernel import module_load_order, module_name
 
 MODULES_DEP = """\
 kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/fscache/fscache.ko kernel/fs/netfs/netfs.ko
@@ -25,20 +26,20 @@ kernel/drivers/virtio/virtio.ko:
 
 
 def test_load_order_puts_every_dependency_first() -> None:
-    order = initramfs.module_load_order(MODULES_DEP, ["9p", "virtio_rng", "not_there"])
+    order = module_load_order(MODULES_DEP, ["9p", "virtio_rng", "not_there"])
     assert order == ["kernel/fs/netfs/netfs.ko", "kernel/fs/fscache/fscache.ko", "kernel/net/9p/9pnet.ko",
                      "kernel/fs/9p/9p.ko", "kernel/drivers/virtio/virtio.ko",
                      "kernel/drivers/char/hw_random/virtio-rng.ko"]
 
 
 def test_module_names_match_lsmod() -> None:
-    assert initramfs.module_name("kernel/drivers/char/hw_random/virtio-rng.ko") == "virtio_rng"
-    assert initramfs.module_name("a/b/9pnet_virtio.ko.xz") == "9pnet_virtio"
+    assert module_name("kernel/drivers/char/hw_random/virtio-rng.ko") == "virtio_rng"
+    assert module_name("a/b/9pnet_virtio.ko.xz") == "9pnet_virtio"
 
 
-def _fake_tree(tmp_path: Path) -> tuple:
+def _fake_tree(tmp_path: Path) -> tuple[Path, Path]:
     modules = tmp_path / "modules"
-    for rel in initramfs.module_load_order(MODULES_DEP, ["9p"]):
+    for rel in module_load_order(MODULES_DEP, ["9p"]):
         (modules / rel).parent.mkdir(parents=True, exist_ok=True)
         (modules / rel).write_bytes(rel.encode() * 3)
     busybox = tmp_path / "busybox"
@@ -49,7 +50,7 @@ def _fake_tree(tmp_path: Path) -> tuple:
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool to read the archive back")
 def test_archive_unpacks_with_cpio_and_is_reproducible(tmp_path: Path) -> None:
     modules, busybox = _fake_tree(tmp_path)
-    order = initramfs.module_load_order(MODULES_DEP, ["9p"])
+    order = module_load_order(MODULES_DEP, ["9p"])
     first, second = tmp_path / "a.cpio", tmp_path / "b.cpio"
     size = initramfs.write_initramfs(first, busybox, modules, order)
     initramfs.write_initramfs(second, busybox, modules, order)
@@ -58,7 +59,8 @@ def test_archive_unpacks_with_cpio_and_is_reproducible(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(["cpio", "-idm", "--quiet", "-F", str(first)], cwd=out, check=True)
-    assert (out / "init").read_text() == initramfs.INIT_SCRIPT
+    assert (out / "init").read_bytes() == initramfs.init_script()
+    assert (out / "init").read_text().startswith("#!/bin/busybox sh")
     assert (out / "init").stat().st_mode & 0o111
     assert (out / "bin" / "busybox").read_bytes() == busybox.read_bytes()
     listed = (out / "modules.list").read_text().split()
@@ -90,7 +92,7 @@ def test_offline_without_packages_says_what_to_copy(tmp_path: Path) -> None:
                     reason="needs Debian's apt-get and dpkg-deb")
 def test_kernel_is_downloaded_unpacked_and_cached(tmp_path: Path) -> None:
     """The production path from an empty cache: apt-get download, depmod, initramfs."""
-    lines: list = []
+    lines: list[str] = []
     kernel = guest_kernel.ensure_guest_kernel(tmp_path, lines.append)
     assert kernel.version.endswith("-amd64") and "cloud" not in kernel.version
     assert {"9p", "nfs", "overlay", "virtiofs"} <= set(kernel.features)

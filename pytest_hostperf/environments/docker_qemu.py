@@ -95,7 +95,7 @@ class DockerQemuEnvironment(DockerEnvironment):
         kind = BIND_SHARES.get(mount)
         if kind is None or self.engine is None:
             return {}
-        return {"fstype": kind, **self.engine.describe()["shares"].get(kind, {})}
+        return {"via": kind, **self.engine.describe()["shares"].get(kind, {})}
 
     def agent_start_timeout(self) -> float:
         return 600.0

@@ -9,7 +9,7 @@ one directory:
 
 - only to 127.0.0.1, where QEMU's user network connects from: the VM reaches it through
   ``-nic user,restrict=on,guestfwd=tcp:10.0.2.100:2049-tcp:127.0.0.1:PORT``, and
-  ``restrict=on`` leaves the guest no other way out (:func:`qemu_nic`);
+  ``restrict=on`` leaves the guest no other way out (:class:`~pytest_hostperf.environments.qemu.cmdline.QemuCommand`);
 - non-privileged source ports accepted (``PrivilegedPort = false``, the ``insecure`` of
   the kernel's exports): QEMU connects from an ordinary port;
 - every guest user squashed to the directory's owner (``All_Squash``), or to nobody
@@ -38,8 +38,8 @@ from pytest_hostperf.environments.base import EnvironmentFailure
 from pytest_hostperf.environments.labels import Liveness
 from pytest_hostperf.environments.process import command_line, spawn_logged, stop_process, tail_file
 
-__all__ = ["GUEST_SERVER", "NOBODY", "NfsExport", "find_ganesha", "ganesha_version", "guest_forward", "qemu_nic",
-           "state_root", "sweep_stale"]
+__all__ = ["GUEST_SERVER", "NOBODY", "NfsExport", "find_ganesha", "ganesha_version", "guest_forward", "state_root",
+           "sweep_stale", "unavailable_reason"]
 
 #: The address the guest mounts from; QEMU forwards it to the server on the host.
 GUEST_SERVER: Final = "10.0.2.100"
@@ -124,14 +124,6 @@ def unavailable_reason() -> Optional[str]:
 def guest_forward(port: int) -> str:
     """The ``guestfwd`` that connects the guest's 10.0.2.100:2049 to the server's port."""
     return f"guestfwd=tcp:{GUEST_SERVER}:2049-tcp:127.0.0.1:{port}"
-
-
-def qemu_nic(port: int, *extra: str, model: str = "virtio-net-pci") -> str:
-    """The ``-nic`` value: user networking whose only way out is the NFS server.
-
-    ``extra`` are further ``hostfwd=``/``guestfwd=`` rules (docker@qemu adds its API port).
-    """
-    return ",".join([f"user,model={model},restrict=on", guest_forward(port), *extra])
 
 
 def _free_port() -> int:

@@ -113,7 +113,7 @@ def ensure_guest_kernel(cache_dir: Optional[Path] = None, progress: Optional[Pro
             return _load(final, manifest)
         staging = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=cache))
         try:
-            say(f"qemu: preparing guest kernel {kernel_deb.name} with a 9p/NFS-capable initramfs")
+            say(f"preparing guest kernel {kernel_deb.name} with a 9p/NFS-capable initramfs")
             kernel = _build(kernel_deb, busybox_deb, staging)
             (staging / "out" / "kernel.json").write_text(json.dumps(_to_json(kernel), indent=2) + "\n")
             if final.exists():
@@ -149,7 +149,7 @@ def _package_file(debs: Path, package: str, offline: bool, say: Progress) -> Pat
     if offline or shutil.which("apt-get") is None:
         raise GuestKernelError(f"{package} is not in {debs} and downloading is off",
                                hint=f"copy {package}_*.deb into {debs} (apt-get download {package})")
-    say(f"qemu: downloading {package} (Debian package, once)")
+    say(f"downloading {package} (Debian package, once)")
     proc = subprocess.run(["apt-get", "download", "-q", package], cwd=debs, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, check=False)
     found = sorted(debs.glob(f"{package}_*.deb"))

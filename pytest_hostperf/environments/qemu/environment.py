@@ -299,7 +299,7 @@ class QemuEnvironment(Environment):
         """The session's share-9p/share-nfs; a mount this host cannot serve is left out with the reason."""
         facts: dict[str, dict[str, Any]] = {}
         if mode.offers_share:
-            facts["share"] = {"fstype": mode.name, **shares.mode_facts(mode, workdir / "share")}
+            facts["share"] = {"via": mode.name, **shares.mode_facts(mode, workdir / "share")}
         wanted = []
         for name, (kind, path) in AXIS_SHARES.items():
             if not self._wants(name) or name in self._unavailable:
@@ -323,7 +323,7 @@ class QemuEnvironment(Environment):
         kinds = host.facts()
         for name, (kind, _) in AXIS_SHARES.items():
             if kind in kinds:
-                facts[name] = {"fstype": kind, **kinds[kind]}
+                facts[name] = {"via": kind, **kinds[kind]}
         self._info["shares"] = facts
         if self._unavailable:
             self._info["unavailable_mounts"] = dict(self._unavailable)
