@@ -4,7 +4,7 @@
 # Idempotent: asks apt-get only for packages that are missing. The guest kernel is the
 # Debian cloud kernel (linux-image-cloud-amd64): its NVMe driver is built in, so the VM
 # boots without an initrd, and it has virtiofs (shared via qemu-system-common's
-# virtiofsd) and virtio-serial as modules, which pytest_hostperf.vmimage copies into
+# virtiofsd) and virtio-serial as modules, which pytest_hostperf/vm/disk.py copies into
 # the VM disk. debootstrap is for building a root filesystem when no Docker engine runs.
 # nfs-ganesha (+ its VFS backend) serves the qemu-share-nfs mount: a user-space NFSv4
 # server each session starts for itself (the host kernel may have no nfsd); kmod's depmod

@@ -32,8 +32,8 @@ from typing import Callable, Final, Optional
 from pytest_hostperf.vm import initramfs
 from pytest_hostperf.vm.kernel import builtin_module_names, module_load_order, module_name
 
-__all__ = ["KERNEL_META_PACKAGE", "GuestKernel", "GuestKernelError", "default_kernel_cache", "ensure_guest_kernel",
-           "is_static_elf"]
+__all__ = ["KERNEL_META_PACKAGE", "GuestKernel", "GuestKernelError", "cached_guest_kernel", "default_kernel_cache",
+           "ensure_guest_kernel", "is_static_elf"]
 
 #: The Debian meta-package whose dependency names the current generic kernel.
 KERNEL_META_PACKAGE: Final = "linux-image-amd64"
@@ -119,9 +119,34 @@ def ensure_guest_kernel(cache_dir: Optional[Path] = None, progress: Optional[Pro
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging / "out", final)
+            _prune(cache, final)
             return _load(final, manifest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def cached_guest_kernel(cache_dir: Optional[Path] = None) -> Optional[GuestKernel]:
+    """The newest guest kernel already built in the cache (no download, no build), or None."""
+    cache = Path(cache_dir) if cache_dir else default_kernel_cache()
+    built = sorted(cache.glob("*/kernel.json"), key=lambda path: path.stat().st_mtime)
+    for manifest in reversed(built):
+        try:
+            return _load(manifest.parent, manifest)
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def _prune(cache: Path, keep: Path, kept: int = 2) -> None:
+    """Remove all but the ``kept`` newest kernel builds (a Debian kernel update makes a new one)."""
+    built = sorted((m.parent for m in cache.glob("*/kernel.json") if m.parent != keep),
+                   key=lambda path: path.stat().st_mtime, reverse=True)
+    for directory in built[kept - 1:]:
+        shutil.rmtree(directory, ignore_errors=True)
+    wanted = {json.loads((m.parent / "kernel.json").read_text()).get("package") for m in cache.glob("*/kernel.json")}
+    for deb in (cache / "debs").glob("linux-image-*.deb"):
+        if deb.name not in wanted:
+            deb.unlink(missing_ok=True)
 
 
 def _kernel_package_name(debs: Path, offline: bool) -> str:
