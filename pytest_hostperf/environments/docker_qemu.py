@@ -53,13 +53,18 @@ class DockerQemuEnvironment(DockerEnvironment):
     #: binaries, slow to start under emulation); an agent's start a minute more.
     keepalive_timeout = 600.0
 
-    def __init__(self, session_id: str, project_dir: Path, work_dir: Path, *, image: Optional[str] = None,
-                 requirements: Sequence[str] = (), reporter: Reporter = SILENT, pids: Optional[int] = None,
-                 memory: Optional[str] = None, tmpfs_size: Optional[str] = None, accel: str = "auto",
-                 vm_memory_mb: int = 1536, vcpus: Optional[int] = None, cache_dir: Optional[Path] = None,
-                 host_client: Any = None, mounts: Optional[Sequence[str]] = None) -> None:
-        super().__init__(session_id, project_dir, work_dir, image=image, network=False, reporter=reporter,
-                         requirements=requirements, pids=pids, memory=memory, tmpfs_size=tmpfs_size)
+    def __init__(self, session_id: str, project_dir: Path, work_dir: Path, image: Optional[str] = None,
+                 network: bool = False, cpus: Optional[float] = None, reporter: Reporter = SILENT,
+                 requirements: Sequence[str] = (), pids: Optional[int] = None, memory: Optional[str] = None,
+                 tmpfs_size: Optional[str] = None, *, accel: str = "auto", vm_memory_mb: int = 1536,
+                 vcpus: Optional[int] = None, cache_dir: Optional[Path] = None, host_client: Any = None,
+                 mounts: Optional[Sequence[str]] = None) -> None:
+        # ``network`` is not offered: the VM's engine runs without a bridge and the VM has
+        # no way out but its forwards, so containers get network "none" whatever is asked.
+        super().__init__(session_id, project_dir, work_dir, image=image, network=False, cpus=cpus,
+                         reporter=reporter, requirements=requirements, pids=pids, memory=memory,
+                         tmpfs_size=tmpfs_size)
+        self.network_asked = network
         self.accel = accel
         self.vm_memory_mb = vm_memory_mb
         self.vcpus = vcpus
@@ -120,6 +125,8 @@ class DockerQemuEnvironment(DockerEnvironment):
             facts["engine_in_vm"] = self.engine.describe()
             if self._unavailable:
                 facts["unavailable_mounts"] = dict(self._unavailable)
+            if self.network_asked:
+                facts["network_note"] = "--hostperf-network does not apply: the VM's engine has no bridge"
             self._describe = facts
         return self._describe
 
@@ -143,14 +150,9 @@ class DockerQemuEnvironment(DockerEnvironment):
             self._client = self._start_engine()
         return self._client
 
-    def image(self) -> images.ImageRef:
-        if self._image is None:
-            try:
-                self._image = images.ensure_image(self.host_client(), self.project_dir, self.user_image,
-                                                  self.requirements, self._reporter)
-            except images.ImageBuildError as exc:
-                raise EnvironmentFailure(self.name, str(exc)) from exc
-        return self._image
+    def image_client(self) -> Any:
+        # Built on the host's engine, then loaded into the VM's data disk once.
+        return self.host_client()
 
     def _start_engine(self) -> Any:
         from pytest_hostperf.vm import VmImageError, engine_disk, guest_kernel

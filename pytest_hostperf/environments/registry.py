@@ -19,16 +19,18 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
         from pytest_hostperf.environments.native import NativeEnvironment
 
         return NativeEnvironment(context.work_dir)
-    if kind == "docker":
+    if kind in ("docker", "docker@qemu"):
         try:
             from pytest_hostperf.environments.docker import DockerEnvironment
+            from pytest_hostperf.environments.docker_qemu import DockerQemuEnvironment
         except ImportError as exc:
-            raise EnvironmentFailure(name, f"cannot load the docker backend ({exc})",
+            raise EnvironmentFailure(name, f"cannot load the {kind} backend ({exc})",
                                      hint="pip install docker") from exc
-        return DockerEnvironment(
+        backend = DockerQemuEnvironment if kind == "docker@qemu" else DockerEnvironment
+        return backend(
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, network=settings.network, cpus=settings.docker_cpus,
-            requirements=settings.requirements, reporter=context.reporter.child("docker"),
+            requirements=settings.requirements, reporter=context.reporter.child(name),
             pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size)
     if kind == "qemu":
         from pytest_hostperf.environments.qemu import QemuEnvironment
@@ -37,16 +39,6 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, vm_image=settings.vm_image, network=settings.network,
             requirements=settings.requirements, reporter=context.reporter.child("qemu"), exclude=exclude)
-    if kind == "docker@qemu":
-        try:
-            from pytest_hostperf.environments.docker_qemu import DockerQemuEnvironment
-        except ImportError as exc:
-            raise EnvironmentFailure(name, f"cannot load the docker@qemu backend ({exc})",
-                                     hint="pip install docker") from exc
-        return DockerQemuEnvironment(
-            context.session_id, settings.project_dir, context.work_dir, image=settings.image,
-            requirements=settings.requirements, reporter=context.reporter.child(name),
-            pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size)
     if kind == "ssh":
         from pytest_hostperf.environments.ssh import SshEnvironment
 

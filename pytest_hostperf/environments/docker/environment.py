@@ -174,11 +174,15 @@ class DockerEnvironment(Environment):
             self._client = connect()
         return self._client
 
+    def image_client(self) -> docker.DockerClient:
+        """The engine the image is built on (this one; docker@qemu builds on the host's)."""
+        return self.client()
+
     def image(self) -> images.ImageRef:
         """The image the agent runs in, built or found in the cache on first use."""
         if self._image is None:
             try:
-                self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
+                self._image = images.ensure_image(self.image_client(), self.project_dir, self.user_image,
                                                   self.requirements, self._reporter)
             except images.ImageBuildError as exc:
                 raise EnvironmentFailure(self.name, str(exc)) from exc
