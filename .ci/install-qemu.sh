@@ -8,7 +8,8 @@
 # the VM disk. debootstrap is for building a root filesystem when no Docker engine runs.
 # nfs-ganesha (+ its VFS backend) serves the qemu-share-nfs mount: a user-space NFSv4
 # server each session starts for itself (the host kernel may have no nfsd); kmod's depmod
-# orders the modules of the generic guest kernel (pytest_hostperf/vm/guest_kernel.py).
+# orders the modules of the generic guest kernel (pytest_hostperf/vm/guest_kernel.py); cpio
+# reads its initramfs back in tests/test_vm_initramfs.py.
 set -euo pipefail
 
 log() { echo "install-qemu: $*" >&2; }
@@ -25,7 +26,7 @@ main() {
         return 1
     fi
     local wanted=(qemu-system-x86 qemu-utils e2fsprogs debootstrap linux-image-cloud-amd64
-                  nfs-ganesha nfs-ganesha-vfs kmod)
+                  nfs-ganesha nfs-ganesha-vfs kmod cpio)
     local missing=()
     for pkg in "${wanted[@]}"; do
         have_pkg "$pkg" || missing+=("$pkg")
