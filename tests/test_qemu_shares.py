@@ -163,8 +163,9 @@ def test_stop_leaves_no_vm_server_or_state(vm: Any) -> None:
     # Runs last: it stops the module's VM (the fixture's stop() is then a no-op).
     env, client, _ = vm
     workdir, name = env._workdir, env.describe()["name"]
+    mine = f"{nfs.state_root()}/{env.session_id[:24]}-"   # not other sessions' servers
     servers = [p for p in psutil.process_iter(["name", "cmdline"]) if "ganesha" in (p.info["name"] or "")
-               and str(nfs.state_root()) in " ".join(p.info["cmdline"] or [])]
+               and mine in " ".join(p.info["cmdline"] or [])]
     assert servers, "the NFS server ran during the session"
     client.shutdown()
     env.stop()

@@ -9,7 +9,8 @@ facts a user recognises their set-up by, and that nothing is left afterwards, al
 session that was SIGKILLed while its VMs and NFS servers ran (the next session sweeps it).
 
 The subject is the mechanism, not this host's TCG speed: the overhead gate is opened
-wide and the benchmark is run with few rounds (one block) to keep CI short.
+wide (its one remaining say, the example's own marker, is tolerated and nothing else) and
+the benchmark runs one round per item (one block) to keep CI short.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ VM_FILE_SYSTEMS = {
     "docker@qemu-bind-virtiofs": "virtiofs", "docker@qemu-bind-9p": "9p", "docker@qemu-bind-nfs": "nfs4",
     "docker@qemu-volume": "ext4",   # the engine VM's data disk
 }
-LEAN = ["--benchmark-max-time=0.01", "--benchmark-min-rounds=3", "--benchmark-warmup=off", "--hostperf-blocks=1",
+#: One timed round per item (plus pytest-benchmark's calibration call): the report's
+#: medians and mount facts are what is checked, not their spread.
+LEAN = ["--benchmark-max-time=0.000001", "--benchmark-min-rounds=1", "--benchmark-warmup=off", "--hostperf-blocks=1",
         "--hostperf-confirm=0", "--hostperf-max-overhead=qemu:tcg=100000,docker@qemu:tcg=100000,"
         "qemu:kvm=100000,docker@qemu:kvm=100000,docker=100000"]
 
@@ -132,9 +135,18 @@ def test_every_topology_in_one_session_and_nothing_left(tmp_path: Path, engine: 
     done = subprocess.run(_command(tmp_path, "run"), cwd=EXAMPLE, capture_output=True, text=True, timeout=2400,
                           check=False)
     took = time.monotonic() - started
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "run.json").read_text())
     rows = {r["item"].split("::")[-1]: r for r in report["results"]}
+    assert len(rows) == 20 and all(r["outcome"] == "passed" for r in rows.values()), done.stdout[-6000:]
+    # The one failure allowed is the overhead gate's, a judgement of this host's TCG speed
+    # (the example's marker budgets small files on qemu-share at 100x native, which a loaded
+    # 2-core CI machine exceeds): the mechanisms below are the subject.
+    over_budget = [item for item, r in rows.items() if r["verdict"] == "overhead"]
+    summary = done.stdout.strip().splitlines()[-1]
+    failed = re.search(r"(\d+) failed", summary)
+    assert (done.returncode == 0 and not over_budget) or (
+        done.returncode == 1 and failed and int(failed.group(1)) == len(over_budget)), \
+        done.stdout[-6000:] + done.stderr[-3000:]
     for test in ("test_sqlite_load_and_query", "test_small_file_cache"):
         for target, fstype in VM_FILE_SYSTEMS.items():
             row = rows[f"{test}[{target}]"]
