@@ -67,7 +67,9 @@ def run_session(rounds: int, report: Path, log: Path) -> float:
         with open(log, "w") as out:
             done = subprocess.run(command, cwd=EXAMPLE, stdout=out, stderr=subprocess.STDOUT, check=False)
         took = time.monotonic() - started
-    if done.returncode != 0:
+    # Exit 1 is also the example's own marker budget (small files on qemu-share at 100x
+    # native), which loaded TCG can exceed: the report is still complete; main() checks it.
+    if done.returncode not in (0, 1) or not report.is_file():
         raise SystemExit(f"the session failed (exit {done.returncode}); see {log}")
     return took
 
@@ -127,6 +129,9 @@ def main() -> int:
     report, log = RESULTS / f"{args.name}.json", RESULTS / f"{args.name}.log"
     took = run_session(args.rounds, report, log)
     data = json.loads(report.read_text())
+    broken = [r["item"] for r in data["results"] if r["outcome"] != "passed" or r["verdict"] == "error"]
+    if broken:
+        raise SystemExit(f"items did not run: {', '.join(broken)}; see {log}")
     summary = [f"\n# {time.strftime('%Y-%m-%d %H:%M')} UTC, load average {os.getloadavg()[0]:.1f}, "
                f"one session over every topology in {took:.0f} s", *tables(data), "", *startup(data)]
     with open(log, "a") as out:
