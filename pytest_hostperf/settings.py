@@ -42,6 +42,8 @@ class Settings:
     docker_pids: int | None = None           # processes in a container (None: 512, 0: no limit)
     docker_memory: str | None = None         # "2g", "50%" of the engine's memory, "0" (None: 50%)
     docker_tmpfs_size: str | None = None     # size of the tmpfs mount, same forms (None: 25%)
+    #: --hostperf-mounts: the mounts of every test using hostperf_dir (None: each kind's defaults)
+    mounts: tuple[str, ...] | None = None
     measure: tuple[str, ...] = ("time",)     # --hostperf-measure: "time", "instructions"
     instructions_tolerance: float = 0.01     # a count beyond this change is a regression/improvement
 

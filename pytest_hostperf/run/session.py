@@ -44,6 +44,8 @@ class SessionRun:
             importlib.import_module("scipy.special")
 
         self.pool.in_background(load_statistics, "hostperf-import")
+        for env, mounts in self.plan.mounts_by_env().items():
+            self.pool.state(env).backend.use_mounts(mounts)
         self.pool.prestart(self.plan.envs, self.plan.agent_args)
 
     def run_test(self, test: str) -> None:
