@@ -4,8 +4,12 @@
 # Idempotent: asks apt-get only for packages that are missing. The guest kernel is the
 # Debian cloud kernel (linux-image-cloud-amd64): its NVMe driver is built in, so the VM
 # boots without an initrd, and it has virtiofs (shared via qemu-system-common's
-# virtiofsd) and virtio-serial as modules, which pytest_hostperf.vmimage copies into
+# virtiofsd) and virtio-serial as modules, which pytest_hostperf/vm/disk.py copies into
 # the VM disk. debootstrap is for building a root filesystem when no Docker engine runs.
+# nfs-ganesha (+ its VFS backend) serves the qemu-share-nfs mount: a user-space NFSv4
+# server each session starts for itself (the host kernel may have no nfsd); kmod's depmod
+# orders the modules of the generic guest kernel (pytest_hostperf/vm/guest_kernel.py); cpio
+# reads its initramfs back in tests/test_vm_initramfs.py.
 set -euo pipefail
 
 log() { echo "install-qemu: $*" >&2; }
@@ -21,7 +25,8 @@ main() {
         log "no apt-get here; install qemu-system-x86_64, qemu-img, e2fsprogs and a Linux kernel yourself"
         return 1
     fi
-    local wanted=(qemu-system-x86 qemu-utils e2fsprogs debootstrap linux-image-cloud-amd64)
+    local wanted=(qemu-system-x86 qemu-utils e2fsprogs debootstrap linux-image-cloud-amd64
+                  nfs-ganesha nfs-ganesha-vfs kmod cpio)
     local missing=()
     for pkg in "${wanted[@]}"; do
         have_pkg "$pkg" || missing+=("$pkg")

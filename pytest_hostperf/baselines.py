@@ -74,6 +74,8 @@ class SavedSession:
         context: dict[str, Any] = {}
         if record.fstype:
             context["fstype"] = record.fstype
+        if record.mount_signature and record.mount_signature != record.fstype:
+            context["mount"] = record.mount_signature
         if record.references:
             context["reference"] = record.references[0].to_json()
         if record.accepted is not None:

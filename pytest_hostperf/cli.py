@@ -73,7 +73,39 @@ def _check_qemu() -> tuple[bool, str]:
         kernel_text = f"kernel {kernel.version}"
     except Exception as exc:  # noqa: BLE001
         return False, f"{binary}; {kvm}; no usable guest kernel: {exc}"
-    return True, f"{binary}; {kvm}; {kernel_text}"
+    return True, f"{binary}; {kvm}; {kernel_text}; shares: {_share_axis()}"
+
+
+def _share_axis() -> str:
+    """What the qemu mounts share-9p and share-nfs (and virtiofs for share) need, and whether it is here."""
+    from pytest_hostperf.environments import nfs
+    from pytest_hostperf.environments.qemu.shares import find_virtiofsd
+    from pytest_hostperf.vm.guest_kernel import cached_guest_kernel
+
+    euid = os.geteuid() if hasattr(os, "geteuid") else -1
+    virtiofs = "virtiofs ok" if find_virtiofsd() and euid == 0 else "virtiofs needs virtiofsd and root"
+    kernel = cached_guest_kernel()
+    ninep = (f"9p ok (generic kernel {kernel.version} cached)" if kernel else
+             "9p: the generic guest kernel is fetched on first use (hostperf image kernel)")
+    problem = nfs.unavailable_reason()
+    return f"{virtiofs}; {ninep}; " + (f"nfs: {problem}" if problem else f"nfs ok ({nfs.ganesha_version()})")
+
+
+def _check_docker_qemu() -> tuple[bool, str]:
+    if shutil.which("qemu-system-x86_64") is None:
+        return False, "qemu-system-x86_64 not found (apt-get install qemu-system-x86 qemu-utils)"
+    ok, text = _check_docker()
+    if not ok:
+        return False, f"the project image comes from the host's Docker engine: {text}"
+    from pytest_hostperf.vm import engine_data
+
+    euid = os.geteuid() if hasattr(os, "geteuid") else -1
+    notes = ["the engine VM disk is built as root once (hostperf image build --vm-docker)" if euid != 0
+             else "engine VM disk built on first use (hostperf image build --vm-docker)"]
+    host = engine_data.host_dockerd_version()
+    notes.append(f"host dockerd {host}: fills the VM's /var/lib/docker in seconds when it is the VM's version"
+                 if host else "no dockerd on the host: images are loaded through the VM's engine (minutes)")
+    return True, "; ".join(notes)
 
 
 def _check_ssh() -> tuple[bool, str]:
@@ -112,7 +144,8 @@ def _instructions_line(probe: bool) -> tuple[bool, str]:
 
 
 CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
-    "native": _check_native, "docker": _check_docker, "qemu": _check_qemu, "ssh": _check_ssh,
+    "native": _check_native, "docker": _check_docker, "qemu": _check_qemu, "docker@qemu": _check_docker_qemu,
+    "ssh": _check_ssh,
 }
 
 
@@ -124,7 +157,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
             ok, text = False, f"check crashed: {exc!r}"
         failed += not ok
-        print(f"[{OK if ok else FAIL}] {name:<7} {text}")
+        print(f"[{OK if ok else FAIL}] {name:<11} {text}")
     try:
         ok, text = _instructions_line(args.instructions)
     except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
@@ -209,6 +242,33 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
         disk = prepare_vm_disk(ref, reporter=_reporter().child("qemu"))
         print(f"vm disk: {disk.path}")
+    if args.vm_docker:
+        _build_docker_qemu(ref)
+    return 0
+
+
+def _build_docker_qemu(ref: Any) -> None:
+    """docker@qemu's engine VM disk, its guest kernel and its /var/lib/docker with ``ref`` loaded."""
+    from pytest_hostperf import images
+    from pytest_hostperf.environments.docker import docker_client
+    from pytest_hostperf.environments.qemu.engine_vm import EngineVM
+    from pytest_hostperf.vm import engine_disk
+    from pytest_hostperf.vm.guest_kernel import ensure_guest_kernel
+
+    reporter = _reporter().child("docker@qemu")
+    kernel = ensure_guest_kernel(progress=reporter.step)
+    client = docker_client()
+    disk = engine_disk.ensure_engine_disk(client, images.BASE_TAG, reporter=reporter)
+    data = EngineVM(disk, kernel, session_id="image-build", host_client=client, images=[ref.tag],
+                    reporter=reporter).ensure_data_disk(timeout=1800)
+    print(f"docker@qemu: engine disk {disk.path}, data disk {data}, kernel {kernel.kernel}")
+
+
+def cmd_image_kernel(args: argparse.Namespace) -> int:
+    from pytest_hostperf.vm.guest_kernel import ensure_guest_kernel
+
+    kernel = ensure_guest_kernel(progress=_reporter().step, offline=args.offline)
+    print(f"guest kernel {kernel.version} ({', '.join(kernel.features)}): {kernel.kernel}, {kernel.initrd}")
     return 0
 
 
@@ -276,7 +336,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         from pytest_hostperf.environments.qemu import sweep_stale as sweep_vms
 
-        removed += [f"VM work dir {path}" for path in sweep_vms()]
+        # The NFS servers of dead sessions go with the VMs (their state dirs are listed too).
+        removed += [f"{'NFS server state' if 'nfs' in path.parent.name else 'VM work dir'} {path}"
+                    for path in sweep_vms()]
     except Exception as exc:  # noqa: BLE001
         print(f"qemu: not swept ({exc})")
     from pytest_hostperf.run import workdir
@@ -340,7 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--exclude", action="append", metavar="NAME",
                        help="installed distribution (name or glob) left out of the image (repeatable)")
     build.add_argument("--vm", action="store_true", help="also build the bootable VM disk from the image")
+    build.add_argument("--vm-docker", action="store_true",
+                       help="also build docker@qemu's engine VM disk (as root) and its /var/lib/docker with the image")
     build.set_defaults(func=cmd_image_build)
+    kernel = image_sub.add_parser("kernel", help="fetch Debian's generic kernel and build the initramfs the share-9p "
+                                                 "mount and docker@qemu boot with (cached; scripts/setup.sh does it)")
+    kernel.add_argument("--offline", action="store_true", help="use only the packages already in the cache")
+    kernel.set_defaults(func=cmd_image_kernel)
     prune = image_sub.add_parser(
         "prune", help="remove images and VM disks the current project no longer uses (lists them with sizes)",
         description="Keeps the base image, the project image this project uses now and the VM disk made "

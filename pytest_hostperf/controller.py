@@ -170,7 +170,7 @@ class HostperfPlugin:
         except MarkerError as exc:
             raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.hostperf: {exc}") from None
         uses_dir = "hostperf_dir" in metafunc.fixturenames
-        targets = plan_targets(self.settings.envs, settings, uses_dir, self.kinds)
+        targets = plan_targets(self.settings.envs, settings, uses_dir, self.kinds, self.settings.mounts)
         if not targets:
             raise pytest.UsageError(
                 f"{metafunc.definition.nodeid}: @pytest.mark.hostperf(envs={list(settings.envs or ())}) "

@@ -8,6 +8,7 @@ so a test that uses them runs under plain ``pytest`` too.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ class HostperfEnv:
 CURRENT_ENV_KEY = pytest.StashKey[HostperfEnv]()
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_FRESH = itertools.count()
 
 
 @pytest.fixture
@@ -61,7 +63,10 @@ def hostperf_dir(request: pytest.FixtureRequest, hostperf_env: HostperfEnv) -> I
         yield path
         return
     name = _UNSAFE.sub("_", request.node.name)[:80]
-    path = Path(hostperf_env.mount_path) / f"{name}-{os.getpid()}"
+    # A fresh name each time: on NFS a directory whose file is still open elsewhere (the
+    # client's .nfsXXXX "silly rename") cannot be removed, so the next block of the same
+    # item would find it and fail with EEXIST (seen on docker@qemu-bind-nfs under TCG).
+    path = Path(hostperf_env.mount_path) / f"{name}-{os.getpid()}-{next(_FRESH)}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     try:

@@ -241,6 +241,13 @@ class Record:
         value = info.get("fstype") if isinstance(info, Mapping) else None
         return str(value) if value else None
 
+    @property
+    def mount_signature(self) -> str | None:
+        """The mount's file system with the options that change timings (``nfs4 vers=4.2 ...``)."""
+        from pytest_hostperf.fingerprint._mounts import mount_signature
+
+        return mount_signature(next(iter(self.mount_info.values()), None) if self.mount_info else None)
+
     def to_json(self) -> dict[str, Any]:
         """The report record (schema version 1 plus optional fields)."""
         return {

@@ -24,21 +24,38 @@ class EnvironmentKind:
     name: str                   # "docker", or a plugin's "podman-machine"
     mounts: tuple[str, ...]     # places hostperf_dir can live; the first is the default
     takes_target: bool = False  # named as KIND:TARGET (ssh:HOST)
+    #: Mounts offered only when asked for by name (``--hostperf-mounts`` or the marker's
+    #: ``mounts=``): they cost what the others do not (another guest kernel, a server).
+    on_request: tuple[str, ...] = ()
+    #: Runs in a VM: budgets may be keyed by accelerator (``qemu:tcg``).
+    accelerated: bool = False
 
     def __post_init__(self) -> None:
         if not _KIND.match(self.name):
-            raise ValueError(f"environment kind {self.name!r}: use lower-case letters, digits and '-'")
+            raise ValueError(f"environment kind {self.name!r}: use lower-case letters, digits and '-' "
+                             "(and one '@' for a layered kind such as docker@qemu)")
         if not self.mounts:
             raise ValueError(f"environment kind {self.name!r} must offer at least one mount")
 
+    @property
+    def all_mounts(self) -> tuple[str, ...]:
+        """The default mounts, then those offered on request."""
+        return self.mounts + tuple(m for m in self.on_request if m not in self.mounts)
 
-_KIND = re.compile(r"^[a-z][a-z0-9-]*$")
+
+_KIND = re.compile(r"^[a-z][a-z0-9-]*(@[a-z][a-z0-9-]*)?$")
 
 #: The kinds this package builds itself (environments/registry.py).
 BUILTIN_KINDS: Final = (
     EnvironmentKind("native", ("host",)),
     EnvironmentKind("docker", ("bind", "volume", "tmpfs", "layer")),
-    EnvironmentKind("qemu", ("guest", "share", "tmpfs")),
+    # share: virtiofs (9p where the guest kernel has no virtiofs); share-9p and share-nfs
+    # are the same host directory over 9p and NFSv4 (issue #14's share axis).
+    EnvironmentKind("qemu", ("guest", "share", "tmpfs"), on_request=("share-9p", "share-nfs"), accelerated=True),
+    # The Docker engine inside a QEMU VM, as Docker Desktop, colima, Lima and Podman
+    # machine run it: bind mounts of host directories shared into the VM, a volume on the
+    # VM's disk, the container's layer.
+    EnvironmentKind("docker@qemu", ("bind-virtiofs", "bind-9p", "bind-nfs", "volume", "layer"), accelerated=True),
     EnvironmentKind("ssh", ("remote",), takes_target=True),
 )
 #: Kinds by name: what parsing accepts when no plugin adds any.
@@ -58,11 +75,14 @@ DEFAULT_MAX_OVERHEAD: Final[Mapping[str, float]] = {
     "qemu:kvm": 2.0,
     "qemu:hvf": 2.0,
     "qemu:tcg": 40.0,
+    "docker@qemu:kvm": 2.0,
+    "docker@qemu:hvf": 2.0,
+    "docker@qemu:tcg": 40.0,
 }
 
 #: Mounts each environment kind offers for ``hostperf_dir``; the first is the default.
 #: Declared here (not asked of a running backend) so collection needs no engine.
-MOUNTS: Final[Mapping[str, tuple[str, ...]]] = {kind.name: kind.mounts for kind in BUILTIN_KINDS}
+MOUNTS: Final[Mapping[str, tuple[str, ...]]] = {kind.name: kind.all_mounts for kind in BUILTIN_KINDS}
 ACCELERATORS: Final = ("kvm", "hvf", "tcg")
 
 #: A target host: a name from the ssh config, user@host, host:port. Never starting with
@@ -201,7 +221,8 @@ def parse_budgets(text: str | Mapping[str, object], kinds: Kinds = BUILTIN) -> d
         if not _budget_key_ok(key, kinds):
             raise argparse.ArgumentTypeError(
                 f"overhead budget {key!r}: unknown environment, mount or accelerator; keys look like "
-                "docker, docker-bind, qemu-share, qemu:tcg (for example docker=1.10,docker-bind=1.5)")
+                "docker, docker-bind, qemu-share, qemu:tcg, docker@qemu-volume "
+                "(for example docker=1.10,docker-bind=1.5)")
         try:
             value = float(str(raw).rstrip("x"))
         except ValueError:
@@ -223,8 +244,21 @@ def _budget_key_ok(key: str, kinds: Kinds = BUILTIN) -> bool:
         if kind is not None and kind.takes_target:
             host = rest[: -len("-remote")] if rest.endswith("-remote") else rest
             return bool(host and _HOST.match(host))
-        return kind_name == "qemu" and rest in ACCELERATORS
+        return kind is not None and kind.accelerated and rest in ACCELERATORS
     for kind in kinds.values():
-        if key == kind.name or (key.startswith(kind.name + "-") and key[len(kind.name) + 1:] in kind.mounts):
+        if key == kind.name or (key.startswith(kind.name + "-") and key[len(kind.name) + 1:] in kind.all_mounts):
             return True
     return False
+
+
+def parse_mounts(text: str, kinds: Kinds = BUILTIN) -> tuple[str, ...]:
+    """``share,share-9p,bind-nfs`` -> mount names any declared kind offers, order kept."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    known = {mount: kind.name for kind in kinds.values() for mount in kind.all_mounts}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        listing = ", ".join(f"{m} ({k})" for m, k in sorted(known.items()))
+        raise argparse.ArgumentTypeError(
+            f"unknown mount(s) {', '.join(unknown)}; known: {listing}" if unknown else
+            "no mount given; for example --hostperf-mounts=host,share,share-9p,share-nfs")
+    return names

@@ -29,8 +29,13 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
     # Environment names and budget keys are checked against the kinds the plugins declare
     # (pytest_hostperf_environment_kinds) at configure time, when every plugin is loaded.
     ("--hostperf-envs", "hostperf_envs", str, "native",
-     "environments to run each benchmark in, comma-separated: native, docker, qemu, ssh:HOST, or a kind "
-     "a plugin adds (default: native). Example: --hostperf-envs=native,docker,qemu"),
+     "environments to run each benchmark in, comma-separated: native, docker, qemu, docker@qemu (the Docker "
+     "engine in a QEMU VM), ssh:HOST, or a kind a plugin adds (default: native). "
+     "Example: --hostperf-envs=native,docker,qemu"),
+    ("--hostperf-mounts", "hostperf_mounts", str, None,
+     "mounts the tests that use hostperf_dir run on, comma-separated, in every environment that offers "
+     "them (default: each environment's usual ones). Some are only used when named: qemu's share-9p and "
+     "share-nfs. Example: --hostperf-mounts=host,share,share-9p,share-nfs"),
     ("--hostperf-baselines", "hostperf_baselines", str, None,
      "directory of baseline files (default: baselines/ under the rootdir)"),
     ("--hostperf-tolerance", "hostperf_tolerance", opt.parse_fraction, "5%",
@@ -211,6 +216,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         "hostperf_require": lambda text: opt.parse_envs(text, kinds) if text.strip() else (),
         "hostperf_max_overhead": lambda text: opt.parse_budgets(text, kinds),
         "hostperf_measure": opt.parse_measure,
+        "hostperf_mounts": lambda text: opt.parse_mounts(text, kinds),
     }
     values = {ini: _value(config, name, ini, parsers.get(ini, parse)) for name, ini, parse, _, _ in _VALUE_OPTIONS}
     root = config.rootpath
@@ -263,6 +269,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         docker_pids=values["hostperf_docker_pids"], docker_memory=values["hostperf_docker_memory"],
         docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
         measure=values["hostperf_measure"], instructions_tolerance=values["hostperf_instructions_tolerance"],
+        mounts=values["hostperf_mounts"],
         pair_budget_s=values["hostperf_pair_budget"], pair_round_s=values["hostperf_pair_round"],
         against=_against(root, values["hostperf_against"]),
     )

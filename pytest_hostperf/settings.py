@@ -45,6 +45,8 @@ class Settings:
     docker_pids: int | None = None           # processes in a container (None: 512, 0: no limit)
     docker_memory: str | None = None         # "2g", "50%" of the engine's memory, "0" (None: 50%)
     docker_tmpfs_size: str | None = None     # size of the tmpfs mount, same forms (None: 25%)
+    #: --hostperf-mounts: the mounts of every test using hostperf_dir (None: each kind's defaults)
+    mounts: tuple[str, ...] | None = None
     #: The ratio to native from pairs (run.paired): seconds of halves per side and
     #: comparison of a test (0: interleaved blocks instead), and the length of one half.
     pair_budget_s: float = 0.4

@@ -63,7 +63,7 @@ def parse_marker(kwargs: Mapping[str, Any], args: Sequence[Any] = (), kinds: Kin
             envs = parse_envs(",".join(envs), kinds)
         mounts = _names(kwargs["mounts"], "mounts") if "mounts" in kwargs else None
         if mounts is not None:
-            known = {m for kind in kinds.values() for m in kind.mounts}
+            known = {m for kind in kinds.values() for m in kind.all_mounts}
             bad = [m for m in mounts if m not in known]
             if bad:
                 raise MarkerError(f"mounts: unknown mount(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
@@ -87,8 +87,12 @@ def _names(value: Any, key: str) -> tuple[str, ...]:
 
 
 def plan_targets(session_envs: Sequence[str], settings: MarkerSettings, uses_dir: bool,
-                 kinds: Kinds = BUILTIN) -> list[Target]:
-    """The targets of one test, in environment order then mount order."""
+                 kinds: Kinds = BUILTIN, session_mounts: Sequence[str] | None = None) -> list[Target]:
+    """The targets of one test, in environment order then mount order.
+
+    The mounts: the marker's ``mounts=``, else the session's ``--hostperf-mounts``, else
+    each kind's default ones; a mount a kind offers only on request must be named.
+    """
     envs = [e for e in session_envs if settings.envs is None or e in settings.envs
             or e.split(":", 1)[0] in settings.envs]
     targets: list[Target] = []
@@ -97,12 +101,13 @@ def plan_targets(session_envs: Sequence[str], settings: MarkerSettings, uses_dir
         if not uses_dir and settings.mounts is None:
             targets.append(Target(env, None))
             continue
-        offered = kinds[kind].mounts
-        wanted = [m for m in offered if settings.mounts is None or m in settings.mounts]
+        offered = kinds[kind]
+        asked = settings.mounts if settings.mounts is not None else session_mounts
+        wanted = list(offered.mounts) if asked is None else [m for m in offered.all_mounts if m in asked]
         # An environment that offers none of the requested mounts still runs on its
         # default mount: "compare my bind mount" should not silently drop native.
-        for mount in wanted or offered[:1]:
-            targets.append(Target(env, mount, len(offered) == 1))
+        for mount in wanted or offered.mounts[:1]:
+            targets.append(Target(env, mount, len(offered.all_mounts) == 1))
     return targets
 
 

@@ -2,7 +2,8 @@
 # Everything pytest-hostperf needs on a fresh Debian 12 machine, idempotent:
 # Debian packages (Docker engine, debootstrap, QEMU, a guest kernel, OpenSSH, Chromium
 # for the HTML report's browser test),
-# a running dockerd, and this package with its Python dependencies.
+# a running dockerd, this package with its Python dependencies, and the guest kernel
+# that 9p shares and docker@qemu boot with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +25,9 @@ bash .ci/install-docker.sh
 if [ -f .ci/install-qemu.sh ]; then bash .ci/install-qemu.sh; fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,html]'
+
+# The generic guest kernel + initramfs that the qemu share-9p mount and docker@qemu boot
+# with (Debian's linux-image-amd64, downloaded once and cached): fetched here so that the
+# first session (and CI's) does not pay for it.
+# (apt-get download needs the package lists: refresh them once if they are missing.)
+python3 -m pytest_hostperf.cli image kernel || { as_root apt-get update -qq && python3 -m pytest_hostperf.cli image kernel; }

@@ -29,7 +29,7 @@ def test_doctor_reports_each_environment_with_a_reason() -> None:
     done = hostperf("doctor")
     assert done.returncode == 0
     lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("[")}
-    assert set(lines) == {"native", "docker", "qemu", "ssh", "instructions"}
+    assert set(lines) == {"native", "docker", "qemu", "docker@qemu", "ssh", "instructions"}
     assert lines["native"].startswith("[ok]") and "CPython" in lines["native"]
     # Where --hostperf-measure=time,instructions counts, without running valgrind.
     assert "native: valgrind" in lines["instructions"] and "qemu:" in lines["instructions"]
@@ -39,6 +39,8 @@ def test_doctor_reports_each_environment_with_a_reason() -> None:
         assert lines["docker"].startswith("[ok]") and "Docker Engine" in lines["docker"]
     if os.environ.get("HOSTPERF_REQUIRE_QEMU"):
         assert lines["qemu"].startswith("[ok]") and "qemu-system-x86_64" in lines["qemu"]
+        # The share axis: what share-9p and share-nfs need, and whether this machine has it.
+        assert "9p" in lines["qemu"] and "nfs" in lines["qemu"] and "virtiofs" in lines["qemu"]
 
 
 def test_doctor_explains_a_missing_engine(tmp_path: Path) -> None:
@@ -56,6 +58,6 @@ def test_pytest_help_documents_every_option(pytester: pytest.Pytester) -> None:
                    "--hostperf-markdown", "--hostperf-tolerance", "--hostperf-alpha", "--hostperf-require",
                    "--hostperf-max-overhead", "--hostperf-timeout", "--hostperf-image", "--hostperf-vm-image",
                    "--hostperf-ssh-config", "--hostperf-network", "--hostperf-strict", "--hostperf-accept",
-                   "--hostperf-accept-reason", "--hostperf-session-noise", "--hostperf-confirm"):
+                   "--hostperf-accept-reason", "--hostperf-session-noise", "--hostperf-confirm", "--hostperf-mounts"):
         assert option in text
         assert option.strip() in (ROOT / "README.md").read_text()

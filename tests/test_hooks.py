@@ -90,7 +90,7 @@ def test_a_declared_kind_nobody_makes_is_skipped_with_the_reason(project: pytest
 def test_an_unknown_kind_is_still_a_usage_error_listing_the_plugins_kinds(project: pytest.Pytester, envs: str) -> None:
     result = project.runpytest_subprocess(*FAST, "--hostperf", f"--hostperf-envs={envs}", timeout=180)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown environment*native, docker, qemu, ssh:HOST, podman-machine or "
+    result.stderr.fnmatch_lines(["*unknown environment*native, docker, qemu, docker@qemu, ssh:HOST, podman-machine or "
                                  "declared-only*"])
 
 

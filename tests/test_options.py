@@ -247,8 +247,10 @@ def test_parse_marker_mounts():
 
 
 def test_parse_marker_max_overhead_float_or_mapping():
-    assert parse_marker({"max_overhead": 1.2}).max_overhead == {"docker": 1.2, "qemu": 1.2, "ssh": 1.2}
-    assert parse_marker({"max_overhead": 2}).max_overhead == {"docker": 2.0, "qemu": 2.0, "ssh": 2.0}
+    assert parse_marker({"max_overhead": 1.2}).max_overhead == {"docker": 1.2, "qemu": 1.2, "docker@qemu": 1.2,
+                                                                "ssh": 1.2}
+    assert parse_marker({"max_overhead": 2}).max_overhead == {"docker": 2.0, "qemu": 2.0, "docker@qemu": 2.0,
+                                                              "ssh": 2.0}
     assert parse_marker({"max_overhead": {"docker-bind": 1.5, "qemu:tcg": "30"}}).max_overhead == {
         "docker-bind": 1.5, "qemu:tcg": 30.0}
     assert parse_marker({"max_overhead": "docker=1.1"}).max_overhead == {"docker": 1.1}

@@ -191,7 +191,7 @@ def test_b_after(benchmark):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--hostperf-envs=native,vmware"], "*unknown environment 'vmware'*native, docker, qemu or ssh:HOST*"),
+    (["--hostperf-envs=native,vmware"], "*unknown environment 'vmware'*native, docker, qemu, docker@qemu or ssh:HOST*"),
     (["--hostperf-tolerance=five"], "*tolerance 'five' is not a number*5%*"),
     (["--hostperf-alpha=2"], "*alpha '2' must be between 0 and 0.5*"),
     (["--hostperf-require=docker"], "*--hostperf-require names docker*--hostperf-envs=native,docker*"),

@@ -317,3 +317,65 @@ def test_work_dirs_of_dead_sessions_are_swept_and_live_ones_kept(tmp_path: Path)
     finally:
         workdir.remove(mine)
     assert not mine.exists()
+
+
+# -- mounts a backend offers on request ----------------------------------------------------------
+
+def _mount_plan(test: str, targets: list[tuple[str, str | None]]) -> Any:
+    from fake_env import AgentArgs, Plan, Request, Target
+
+    requests = tuple(Request(f"{test}[{env}-{mount}]", test, Target(env, mount)) for env, mount in targets)
+    return Plan(requests, AgentArgs(("t.py",)), {})
+
+
+def _mount_session(w: Any, plan: Any) -> SessionRun:
+    run = SessionRun(plan, w.pool, w.settings, DEFAULT_MAX_OVERHEAD)
+    run.runner = PlanRunner(run.plan, w.pool, run.judge, w.settings, sleep=lambda s: None)
+    return run
+
+
+def test_backends_learn_the_mounts_and_one_they_cannot_serve_skips_or_errors(tmp_path: Path) -> None:
+    for required, outcome in (((), Outcome.SKIPPED), (("vm",), Outcome.ERROR)):
+        w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "vm": {T1: [ok(2e-3)]}}, require=required)
+        told: list[list[str]] = []
+        w.backends["vm"].use_mounts = told.append  # type: ignore[method-assign]
+        w.backends["vm"].mount_problem = (  # type: ignore[method-assign]
+            lambda mount: "the NFS share needs root" if mount == "share-nfs" else None)
+        run = _mount_session(w, _mount_plan(T1, [("native", "host"), ("vm", "share"), ("vm", "share-nfs")]))
+        run.start()
+        run.run_test(T1)
+        assert [list(names) for names in told] == [["share", "share-nfs"]]   # once, before the agent starts
+        nfs = run.records[f"{T1}[vm-share-nfs]"]
+        assert nfs.outcome is outcome and "mount 'share-nfs' is not available here: the NFS share needs root" \
+            in nfs.reason
+        assert run.records[f"{T1}[vm-share]"].outcome is Outcome.PASSED
+        assert ("vm", T1) in w.runs() and len([r for r in w.runs() if r[0] == "vm"]) == 3   # share only, 3 blocks
+        w.pool.stop_all()
+
+
+def _share_answer(options: str) -> dict[str, Any]:
+    return {**ok(1e-3), "mount_info": {"share": {"fstype": "9p", "options": options}}}
+
+
+def test_a_baseline_saved_on_other_share_options_is_not_compared(tmp_path: Path) -> None:
+    usual = "rw,sync,dirsync,access=client,msize=512000,trans=virtio"
+    for options, compared in ((usual, True), ("rw,cache=loose,access=client,msize=512000,trans=virtio", False)):
+        w = world(tmp_path, {"vm": {T1: [_share_answer(usual)]}}, save=True)
+        w.backends["vm"].mount_facts = lambda mount: {"security_model": "mapped-xattr"}  # type: ignore[method-assign]
+        first = _mount_session(w, _mount_plan(T1, [("vm", "share")]))
+        first.run_test(T1)
+        record = first.records[f"{T1}[vm-share]"]
+        assert record.mount_info["share"]["outside"] == {"security_model": "mapped-xattr"}   # the backend's facts
+        assert record.mount_signature == "9p cache=none msize=512000 trans=virtio security_model=mapped-xattr"
+        first.save_baselines()
+        w.backends["vm"].script[T1] = [_share_answer(options)]
+        again = _mount_session(w, _mount_plan(T1, [("vm", "share")]))
+        again.run_test(T1)
+        judged = again.records[f"{T1}[vm-share]"]
+        if compared:
+            assert judged.verdict is not Verdict.NO_BASELINE and judged.baseline_sessions == 1, judged.reason
+        else:
+            assert judged.verdict is Verdict.NO_BASELINE and "cache=loose" in judged.reason, judged.reason
+        w.pool.stop_all()
+        for path in w.settings.baselines_dir.glob("*.json"):
+            path.unlink()

@@ -81,8 +81,13 @@ def load_modules(listing: Path) -> None:
         paths = listing.read_text().split()
     except OSError:
         return
+    # The same disk also boots another kernel (the generic one of a 9p session, whose
+    # initramfs has loaded what it needs): another kernel's modules would only fail.
+    running = f"/lib/modules/{os.uname().release}/"
     libc = _libc()
     for path in paths:
+        if path.startswith("/lib/modules/") and not path.startswith(running):
+            continue
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

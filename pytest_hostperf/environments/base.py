@@ -156,6 +156,22 @@ class Environment(abc.ABC):
     def stop(self) -> None:
         """Remove everything this environment created. Idempotent, safe after errors."""
 
+    def use_mounts(self, names: Sequence[str]) -> None:
+        """The mounts the session's items use, told once before the agent starts.
+
+        A backend may offer mounts only on request (the qemu environment's ``share-9p``
+        needs another guest kernel) or prepare only what is used; the default ignores it.
+        """
+        return None
+
+    def mount_problem(self, mount: str) -> str | None:
+        """Why ``mount`` cannot be offered here (its items are skipped with it), or None."""
+        return None
+
+    def mount_facts(self, mount: str) -> Mapping[str, Any]:
+        """What the outside knows of ``mount`` (the server of a share, its host-side options)."""
+        return {}
+
     def describe(self) -> Mapping[str, Any]:
         """What the controller can see of the environment from outside (engine, accel...)."""
         return {}

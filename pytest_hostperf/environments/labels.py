@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Final, Iterator, Mapping
@@ -219,3 +220,43 @@ def _candidates(root: Path) -> Iterator[Path]:
             continue
         if entry.is_dir() and not entry.is_symlink() and (uid is None or info.st_uid == uid):
             yield entry
+
+
+# --------------------------------------------------------------------------- private roots
+
+def unsafe_reason(info: os.stat_result) -> str:
+    """Why a directory with this ``lstat`` is unsafe as a private root ("" when it is fine)."""
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return f"is owned by uid {info.st_uid}, not by this user (uid {os.getuid()})"
+    if info.st_mode & 0o022:
+        return f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return ""
+
+
+def ensure_private_dir(root: Path, env: str) -> Path:
+    """Create ``root`` 0700 if missing; EnvironmentFailure naming ``env`` when it is not safe.
+
+    Whoever can write into a root where hostperf keeps owner files, sockets or server
+    configs could plant an owner file or swap a socket, so one that is a symlink, owned by
+    someone else or writable by others is refused.
+    """
+    from pytest_hostperf.environments.base import EnvironmentFailure
+
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = root.lstat()
+    except OSError as exc:
+        raise EnvironmentFailure(env, f"cannot create the work directory {root}: {exc}",
+                                 hint="check the temp directory (TMPDIR) is writable") from None
+    problem = unsafe_reason(info)
+    if problem:
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        raise EnvironmentFailure(
+            env, f"refusing to use the work directory {root}: it {problem}",
+            hint=f"remove it (or have its owner remove it) and run again; hostperf creates it "
+                 f"private (mode 0700, owned by uid {uid})")
+    return root

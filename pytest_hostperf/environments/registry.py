@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def create_backend(name: str, context: EnvironmentContext) -> Environment:
-    """The backend for ``name`` (``native``, ``docker``, ``qemu`` or ``ssh:HOST``).
+    """The backend for ``name`` (``native``, ``docker``, ``qemu``, ``docker@qemu`` or ``ssh:HOST``).
 
     The session's work dir (``context.work_dir``) is already claimed by the controller
     (:mod:`pytest_hostperf.run.workdir`), which also swept the dirs of sessions that are gone.
@@ -25,16 +25,18 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
         from pytest_hostperf.environments.native import NativeEnvironment
 
         return NativeEnvironment(context.work_dir)
-    if kind == "docker":
+    if kind in ("docker", "docker@qemu"):
         try:
             from pytest_hostperf.environments.docker import DockerEnvironment
+            from pytest_hostperf.environments.docker_qemu import DockerQemuEnvironment
         except ImportError as exc:
-            raise EnvironmentFailure(name, f"cannot load the docker backend ({exc})",
+            raise EnvironmentFailure(name, f"cannot load the {kind} backend ({exc})",
                                      hint="pip install docker") from exc
-        return DockerEnvironment(
+        backend = DockerQemuEnvironment if kind == "docker@qemu" else DockerEnvironment
+        return backend(
             session_id=context.session_id, project_dir=settings.project_dir, work_dir=context.work_dir,
             image=settings.image, network=settings.network, cpus=settings.docker_cpus,
-            dependencies=_image_dependencies(settings), reporter=context.reporter.child("docker"),
+            dependencies=_image_dependencies(settings), reporter=context.reporter.child(name),
             pids=settings.docker_pids, memory=settings.docker_memory, tmpfs_size=settings.docker_tmpfs_size,
             counting=settings.counts_instructions)
     if kind == "qemu":
@@ -50,7 +52,7 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
         return SshEnvironment(host=target, session_id=context.session_id, project_dir=settings.project_dir,
                               work_dir=context.work_dir, reporter=context.reporter.child(name),
                               ssh_config=settings.ssh_config, python=settings.ssh_python, exclude=exclude)
-    raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu or ssh:HOST")
+    raise EnvironmentFailure(name, "unknown environment", hint="use native, docker, qemu, docker@qemu or ssh:HOST")
 
 
 def _image_dependencies(settings: Settings) -> ImageDependencies:

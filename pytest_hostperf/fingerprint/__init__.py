@@ -24,7 +24,7 @@ from pytest_hostperf.fingerprint._cpu import cpuid_hypervisor_signature
 from pytest_hostperf.fingerprint._engine import classify_engine
 from pytest_hostperf.fingerprint._hypervisor import vendor_from_signature
 from pytest_hostperf.fingerprint._match import MATCH_KEYS, fingerprint_id, match_view, mismatches
-from pytest_hostperf.fingerprint._mounts import classify_filesystem, collect_mounts
+from pytest_hostperf.fingerprint._mounts import classify_filesystem, collect_mounts, mount_signature
 
 __all__ = [
     "FINGERPRINT_SCHEMA",
@@ -37,6 +37,7 @@ __all__ = [
     "fingerprint_id",
     "match_view",
     "mismatches",
+    "mount_signature",
     "summary",
     "vendor_from_signature",
 ]

@@ -103,3 +103,46 @@ def collect_mounts(mount_paths: Mapping[str, str] | None, root: str = "/") -> di
             "kind": classify_filesystem(entry.fstype, entry.options, entry.source),
         }
     return result
+
+
+# Options of shared file systems that change what an operation costs: the guest's cache
+# mode and message size for 9p, the protocol version, transfer sizes and consistency
+# rules for NFS. A baseline saved with other values is a different set-up.
+_TIMING_OPTIONS: Final[Mapping[str, tuple[str, ...]]] = {
+    "9p": ("cache", "msize", "trans"),
+    "nfs": ("vers", "proto", "rsize", "wsize", "hard", "soft", "nocto", "noac", "actimeo", "acregmin", "acregmax"),
+    "nfs4": ("vers", "proto", "rsize", "wsize", "hard", "soft", "nocto", "noac", "actimeo", "acregmin", "acregmax"),
+}
+# Host-side facts (the backend's, under "outside") that change timings of a share.
+_OUTSIDE_TIMING_KEYS: Final = ("cache", "security_model")
+
+
+def mount_signature(info: Mapping[str, Any] | None) -> str | None:
+    """The file system of a mount and the options that change its timings, as one string.
+
+    ``info`` is an entry of :func:`collect_mounts` (``fstype``, ``options``), optionally
+    with the host side's facts under ``outside`` (virtiofsd's cache mode, 9p's security
+    model). ``9p cache=none msize=512000 trans=virtio security_model=mapped-xattr``,
+    ``nfs4 vers=4.2 proto=tcp rsize=1048576 wsize=1048576 hard``, ``virtiofs cache=auto``;
+    a plain ``ext4`` for the rest. 9p without ``cache=`` is ``cache=none`` (the kernel shows it as ``sync,dirsync``).
+    """
+    if not isinstance(info, Mapping) or not info.get("fstype"):
+        return None
+    fstype = str(info["fstype"])
+    options: dict[str, str] = {}
+    for option in str(info.get("options") or "").split(","):
+        key, _, value = option.partition("=")
+        if key:
+            options[key] = value
+    parts = [fstype]
+    for key in _TIMING_OPTIONS.get(fstype, ()):
+        if key in options:
+            parts.append(f"{key}={options[key]}" if options[key] else key)
+        elif fstype == "9p" and key == "cache":
+            parts.append("cache=none")
+    outside = info.get("outside")
+    if isinstance(outside, Mapping):
+        for key in _OUTSIDE_TIMING_KEYS:
+            if outside.get(key) and not any(p.startswith(f"{key}=") for p in parts[1:]):
+                parts.append(f"{key}={outside[key]}")
+    return " ".join(parts)

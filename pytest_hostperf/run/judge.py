@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pytest_hostperf.baselines import BaselineError, BaselineFile, BaselineStore, SavedSession, read_baseline
-from pytest_hostperf.fingerprint import mismatches
+from pytest_hostperf.fingerprint import mismatches, mount_signature
 from pytest_hostperf.model import Outcome, RatioEstimate, Record, Verdict
 from pytest_hostperf.report.terminal import format_seconds
 from pytest_hostperf.run.plan import Attempt, Request
@@ -194,6 +194,13 @@ def _mount_mismatch(attempt: Attempt, history: Sequence[SavedSession]) -> str:
     if now and then and now != then:
         return (f"baseline was measured on a {then} mount, this run is on {now}; not comparable "
                 "(save a new baseline with --hostperf-save if the change is intended)")
+    # Same file system, other options that change timings (9p's cache mode, NFS's version
+    # or transfer sizes, virtiofsd's cache): also another set-up.
+    now_signature = mount_signature(info if isinstance(info, Mapping) else None)
+    then_signature = history[-1].context.get("mount")
+    if now_signature and then_signature and now_signature != then_signature:
+        return (f"baseline was measured on a mount with other options ({then_signature}), this run has "
+                f"{now_signature}; not comparable (save a new baseline with --hostperf-save if intended)")
     return ""
 
 

@@ -92,6 +92,15 @@ class Plan:
     def envs(self) -> list[str]:
         return list(dict.fromkeys(r.target.env for r in self.requests))
 
+    def mounts_by_env(self) -> dict[str, list[str]]:
+        """The mounts each environment's items use, in collection order."""
+        found: dict[str, list[str]] = {env: [] for env in self.envs}
+        for request in self.requests:
+            mount = request.target.mount
+            if mount is not None and mount not in found[request.target.env]:
+                found[request.target.env].append(mount)
+        return found
+
 
 @dataclasses.dataclass
 class Attempt:
@@ -329,13 +338,17 @@ class PlanRunner:
         try:
             client = pool.agent(env, args)
         except EnvironmentFailure as exc:
-            required = env.split(":")[0] in {e.split(":")[0] for e in self.settings.require}
-            attempt.fail(Outcome.ERROR if required else Outcome.SKIPPED, str(exc))
+            attempt.fail(Outcome.ERROR if self._required(env) else Outcome.SKIPPED, str(exc))
             return
         state = pool.state(env)
         mismatch = pool.code.reason(env)  # known at ready: numbers of other code are not worth taking
         if mismatch:
             attempt.fail(Outcome.FAILED, mismatch)
+            return
+        problem = state.backend.mount_problem(request.target.mount) if request.target.mount else None
+        if problem:
+            attempt.fail(Outcome.ERROR if self._required(env) else Outcome.SKIPPED,
+                         f"environment {env!r}: mount {request.target.mount!r} is not available here: {problem}")
             return
         message = {"op": "run", "nodeid": request.test, "mount": request.target.mount or "",
                    "mount_path": state.mount_path(request.target.mount), "benchmark_options": dict(options)}
@@ -371,7 +384,9 @@ class PlanRunner:
             return
         attempt.reports = list(answer.reports)
         if answer.mount_info:
-            attempt.mount_info = answer.mount_info
+            outside = dict(state.backend.mount_facts(request.target.mount)) if request.target.mount else {}
+            attempt.mount_info = {name: {**info, "outside": outside} if outside and isinstance(info, dict) else info
+                                  for name, info in answer.mount_info.items()}
         if answer.outcome is not Outcome.PASSED:
             attempt.fail(answer.outcome, answer.message)
             return
@@ -381,6 +396,10 @@ class PlanRunner:
             attempt.iterations = answer.iterations
         else:
             attempt.message = "the test ran but did not call the benchmark fixture; nothing was measured"
+
+    def _required(self, env: str) -> bool:
+        """Whether --hostperf-require names this environment's kind (then a missing one is an error)."""
+        return env.split(":")[0] in {e.split(":")[0] for e in self.settings.require}
 
     def _time_references(self, requests: Sequence[Request], reuse: bool = False) -> dict[str, SessionSummary]:
         """Time the reference workload in each environment of ``requests``, now.

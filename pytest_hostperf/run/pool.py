@@ -143,13 +143,22 @@ class EnvironmentPool:
         if not envs:
             return
         self._prestarted.update(envs)
+        # VMs boot for a minute or more under TCG: each gets its own thread, started once
+        # the others (which may build the project image the VMs are made from) are up.
+        vms = [env for env in envs if _boots_a_vm(env)]
 
-        def start_all() -> None:
-            for env in envs:
+        def start(names: Sequence[str]) -> None:
+            for env in names:
                 try:
                     self.agent(env, args)
                 except Exception:  # noqa: BLE001 - kept in the state, reported by the first test
                     pass
+
+        def start_all() -> None:
+            start([env for env in envs if env not in vms])
+            for env in vms:
+                self.in_background(lambda env=env: start([env]), f"hostperf-prestart-{env}",  # type: ignore[misc]
+                                   keep_alive=True)
 
         self.in_background(start_all, f"hostperf-prestart-{'-'.join(envs)}", keep_alive=True)
 
@@ -175,8 +184,10 @@ class EnvironmentPool:
         self._prestarts.append((thread, done))
 
     def wait_for_prestarts(self) -> None:
-        for _, done in list(self._prestarts):
-            done.wait()
+        # A prestart may start more of them (one per VM): wait until none is pending.
+        while pending := [done for _, done in list(self._prestarts) if not done.is_set()]:
+            for done in pending:
+                done.wait()
 
     def _start(self, state: EnvironmentState, args: AgentArgs) -> None:
         backend = state.backend
@@ -294,3 +305,11 @@ class _Unavailable(Environment):
 
     def stop(self) -> None:
         return None
+
+
+def _boots_a_vm(env: str) -> bool:
+    """``qemu``, ``docker@qemu``: environments whose start-up is a VM boot."""
+    from pytest_hostperf.options import BUILTIN
+
+    kind = BUILTIN.get(env.partition(":")[0])
+    return kind is not None and kind.accelerated

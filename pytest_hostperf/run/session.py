@@ -46,6 +46,8 @@ class SessionRun:
             importlib.import_module("scipy.special")
 
         self.pool.in_background(load_statistics, "hostperf-import")
+        for env, mounts in self.plan.mounts_by_env().items():
+            self.pool.state(env).backend.use_mounts(mounts)
         self.pool.prestart(self.plan.envs, self.plan.agent_args)
         against = self.runner.against
         if against is not None and against.args.test_files:

@@ -123,7 +123,7 @@ def _build(rootfs: RootfsSource, staging: Path, label: str, reporter: Reporter,
         run(["cp", "-a", "--reflink=auto", f"{source}/.", str(tree)], "copying the root filesystem")
     else:
         tree.mkdir()
-        _extract_tar(rootfs, tree)
+        extract_tar(rootfs, tree)
         reporter.step(f"building VM disk from image {label} ({du_mb(tree)} MB)")
 
     # Docker leaves these in every exported container; they would make the guest look
@@ -241,7 +241,7 @@ def du_mb(path: Path) -> int:
         return 0
 
 
-def _extract_tar(stream: Union[IO[bytes], Iterable[bytes]], tree: Path) -> None:
+def extract_tar(stream: Union[IO[bytes], Iterable[bytes]], tree: Path) -> None:
     argv = ["tar", "-x", "-C", str(tree), "--anchored", "--exclude=dev/*", "--exclude=./dev/*"]
     argv += ["--numeric-owner"] if os.geteuid() == 0 else ["--no-same-owner", "--no-same-permissions"]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -273,4 +273,4 @@ def _find_python(tree: Path) -> str:
                        hint="use an image with python3, pytest and pytest-benchmark (hostperf image build)")
 
 
-__all__ = ["RootfsSource", "build_vm_disk", "build_debootstrap_rootfs", "install_guest_files"]
+__all__ = ["RootfsSource", "build_debootstrap_rootfs", "build_vm_disk", "extract_tar", "install_guest_files"]

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Final, Optional
+from typing import Final, Iterable, Optional
 
 from pytest_hostperf.vm.model import VmImageError
 
@@ -17,8 +17,9 @@ WANTED_MODULES: Final = (
     "virtio_pci", "virtio_console", "virtio_blk", "virtio_rng",
     "9pnet_virtio", "9p", "virtiofs", "nvme",
 )
-#: Loaded only when the controller asks for a network (``-nic none`` otherwise).
-NETWORK_MODULES: Final = ("virtio_net",)
+#: Loaded only when the guest gets a network interface: the user's ``--hostperf-network``,
+#: or the one forward to the session's NFS server (the ``share-nfs`` mount).
+NETWORK_MODULES: Final = ("virtio_net", "nfsv4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,15 +96,48 @@ def module_name(path: str) -> str:
     return name.replace("-", "_")
 
 
-def builtin_modules(kernel: KernelInfo) -> set[str]:
-    """Names of the modules compiled into the kernel (``modules.builtin``)."""
-    if kernel.modules_dir is None:
+def builtin_module_names(modules_dir: Optional[Path]) -> set[str]:
+    """Names of the modules compiled into a kernel (its ``modules.builtin``)."""
+    if modules_dir is None:
         return set()
     try:
-        text = (kernel.modules_dir / "modules.builtin").read_text()
+        text = (modules_dir / "modules.builtin").read_text()
     except OSError:
         return set()
     return {module_name(line.strip()) for line in text.splitlines() if line.strip()}
+
+
+def builtin_modules(kernel: KernelInfo) -> set[str]:
+    """Names of the modules compiled into ``kernel``."""
+    return builtin_module_names(kernel.modules_dir)
+
+
+def module_load_order(modules_dep: str, wanted: Iterable[str]) -> list[str]:
+    """Paths (relative to the modules dir) of ``wanted`` and their dependencies, each after
+    everything it needs. ``modules_dep`` is the text of ``modules.dep``; a wanted name that
+    is not there is left out (built in, or absent from this kernel)."""
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in modules_dep.splitlines():
+        path, colon, rest = line.partition(":")
+        if not colon:
+            continue
+        deps[path] = rest.split()
+        by_name[module_name(path)] = path
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in order:
+            return
+        # modules.dep lists a module's dependencies, the deepest last: load those first.
+        for dep in reversed(deps.get(path, [])):
+            visit(dep)
+        order.append(path)
+
+    for name in wanted:
+        if name in by_name:
+            visit(by_name[name])
+    return order
 
 
 def install_modules(kernel: KernelInfo, tree: Path) -> tuple[list[str], list[str]]:
@@ -117,31 +151,7 @@ def install_modules(kernel: KernelInfo, tree: Path) -> tuple[list[str], list[str
         dep_text = (kernel.modules_dir / "modules.dep").read_text()
     except OSError:
         return [], []
-    deps: dict[str, list[str]] = {}
-    by_name: dict[str, str] = {}
-    for line in dep_text.splitlines():
-        if ":" not in line:
-            continue
-        path, _, rest = line.partition(":")
-        deps[path] = rest.split()
-        by_name[module_name(path)] = path
-    order: list[str] = []
-
-    def visit(path: str) -> None:
-        if path in order:
-            return
-        # modules.dep lists a module's dependencies, the deepest last: load those first.
-        for dep in reversed(deps.get(path, [])):
-            visit(dep)
-        order.append(path)
-
-    lists = []
-    for names in (WANTED_MODULES, NETWORK_MODULES):
-        order.clear()
-        for name in names:
-            if name in by_name:
-                visit(by_name[name])
-        lists.append(list(order))
+    lists = [module_load_order(dep_text, names) for names in (WANTED_MODULES, NETWORK_MODULES)]
     guest_modules = Path("lib/modules") / kernel.version
     for rel in lists[0] + lists[1]:
         target = tree / guest_modules / rel

@@ -69,6 +69,8 @@ class DockerEnvironment(Environment):
     """Runs the agent in a warm container of the project image (built offline if needed)."""
 
     name = ENV_NAME
+    #: Seconds a new container may take to start its keep-alive process.
+    keepalive_timeout = 30.0
 
     def __init__(self, session_id: str, project_dir: Path, work_dir: Path, image: str | None = None,
                  network: bool = False, cpus: float | None = None, reporter: Reporter = SILENT,
@@ -150,7 +152,7 @@ class DockerEnvironment(Environment):
                                       user=self.agent_user())["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except Exception as exc:  # noqa: BLE001 - docker.errors.APIError and transport errors alike
-            raise EnvironmentFailure(ENV_NAME, f"could not start the agent in container {container.name}: {exc}",
+            raise EnvironmentFailure(self.name, f"could not start the agent in container {container.name}: {exc}",
                                      hint="check the image has the interpreter " + repr(launch.python),
                                      log_tail=_container_logs(container)) from exc
         transport = DockerExecTransport(self.client(), container.name, exec_id,
@@ -210,17 +212,21 @@ class DockerEnvironment(Environment):
             self._client = connect()
         return self._client
 
+    def image_client(self) -> docker.DockerClient:
+        """The engine the image is built on (this one; docker@qemu builds on the host's)."""
+        return self.client()
+
     def image(self) -> images.ImageRef:
         """The image the agent runs in, built or found in the cache on first use."""
         if self._image is None:
             try:
-                self._image = images.ensure_image(self.client(), self.project_dir, self.user_image,
+                self._image = images.ensure_image(self.image_client(), self.project_dir, self.user_image,
                                                   self.requirements, self._reporter, dependencies=self.dependencies,
                                                   base=self.base)
             except images.ImageBuildError as exc:
-                raise EnvironmentFailure(ENV_NAME, str(exc)) from exc
+                raise EnvironmentFailure(self.name, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - docker.errors.* from the engine while building
-                raise EnvironmentFailure(ENV_NAME, f"preparing the image failed: {exc}",
+                raise EnvironmentFailure(self.name, f"preparing the image failed: {exc}",
                                          hint="run `hostperf image build` to see the whole build") from exc
         return self._image
 
@@ -235,7 +241,7 @@ class DockerEnvironment(Environment):
     def launch(self, test_files: Sequence[str], pytest_args: Sequence[str] = ()) -> AgentLaunch:
         """The agent launch in this environment's paths (interpreter from the image)."""
         return AgentLaunch(python=self.image().python, pythonpath=AGENT_PARENT, project_dir=PROJECT_PATH,
-                           test_files=tuple(test_files), pytest_args=tuple(pytest_args), env=ENV_NAME)
+                           test_files=tuple(test_files), pytest_args=tuple(pytest_args), env=self.name)
 
     def agent_user(self) -> str:
         """``uid:gid`` the agent runs as inside the container."""
@@ -300,7 +306,7 @@ class DockerEnvironment(Environment):
             self._created.container = container
             container.start()
         except Exception as exc:  # noqa: BLE001 - any API failure becomes an EnvironmentFailure
-            raise EnvironmentFailure(ENV_NAME, f"could not create/start container {name} from "
+            raise EnvironmentFailure(self.name, f"could not create/start container {name} from "
                                      f"{ref.tag}: {exc}", hint="see `docker info` and the engine's log") from exc
         self._wait_keepalive(container)
         return container
@@ -321,8 +327,8 @@ class DockerEnvironment(Environment):
               if self.counting else []),
         ]
 
-    def _wait_keepalive(self, container: Any, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_keepalive(self, container: Any) -> None:
+        deadline = time.monotonic() + self.keepalive_timeout
         while time.monotonic() < deadline:
             if READY_MARK.encode() in container.logs():
                 return
@@ -331,7 +337,8 @@ class DockerEnvironment(Environment):
                 break
             time.sleep(0.01)
         raise EnvironmentFailure(
-            ENV_NAME, f"container {container.name} did not get ready (status {container.status})",
+            self.name, f"container {container.name} did not get ready within {self.keepalive_timeout:.0f} s "
+                       f"(status {container.status})",
             hint="the image needs a python3 for the keep-alive process; "
                  "a user image must provide python3 with pytest and pytest-benchmark",
             log_tail=_container_logs(container))

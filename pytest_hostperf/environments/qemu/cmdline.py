@@ -48,9 +48,18 @@ class VhostUserFs:
 
 @dataclasses.dataclass(frozen=True)
 class ExtraDisk:
-    """A raw disk image attached read-only (the project copy when nothing can be shared)."""
+    """A disk after the root disk, as virtio-blk (/dev/vdb, ...).
+
+    Read-only raw by default (the project copy when nothing can be shared); docker@qemu's
+    ``/var/lib/docker`` is a writable qcow2 overlay (``cache="unsafe"``: thrown away with
+    the session) or, while its cached image is being filled, the raw image itself with
+    ``cache="writeback"`` (the guest's flushes must reach it).
+    """
 
     path: Path
+    fmt: str = "raw"
+    readonly: bool = True
+    cache: Optional[str] = None
 
 
 ShareDevice = Union[Virtfs, VhostUserFs, ExtraDisk]
@@ -73,7 +82,10 @@ class QemuCommand:
     pidfile: Path
     agent_socket: Path            # host end of the agent's virtio-serial port
     init: str                     # the guest's PID 1
-    network: bool = False
+    network: bool = False         # user networking with a way out (--hostperf-network)
+    #: ``hostfwd=``/``guestfwd=`` rules; without ``network`` the nic is ``restrict=on``,
+    #: so these forwards are the guest's only ways in and out.
+    nic_rules: Sequence[str] = ()
     devices: Sequence[ShareDevice] = ()
     early_console: bool = False
 
@@ -105,10 +117,16 @@ class QemuCommand:
             argv += ["-device", "virtio-blk-pci,drive=root"]
             if self.initrd is not None:
                 argv += ["-initrd", str(self.initrd)]
-        argv += ["-nic", "user,model=virtio-net-pci"] if self.network else ["-nic", "none"]
+        argv += ["-nic", self.nic()]
         argv += self._device_args()
         argv += ["-append", self.kernel_args()]
         return argv
+
+    def nic(self) -> str:
+        """The ``-nic`` value: none, restricted user networking with forwards, or open user networking."""
+        if not self.network and not self.nic_rules:
+            return "none"
+        return ",".join(["user,model=virtio-net-pci", *([] if self.network else ["restrict=on"]), *self.nic_rules])
 
     def _accel_args(self) -> list[str]:
         if self.accel in ("kvm", "hvf"):
@@ -132,6 +150,8 @@ class QemuCommand:
                 args += ["-chardev", f"socket,id=fs{index},path={escape(device.socket)}",
                          "-device", f"vhost-user-fs-pci,chardev=fs{index},tag={escape(device.tag)}"]
             else:
-                args += ["-drive", f"file={escape(device.path)},if=none,id=extra{index},format=raw,readonly=on",
-                         "-device", f"virtio-blk-pci,drive=extra{index}"]
+                drive = f"file={escape(device.path)},if=none,id=extra{index},format={device.fmt}"
+                drive += ",readonly=on" if device.readonly else ""
+                drive += f",cache={device.cache}" if device.cache else ""
+                args += ["-drive", drive, "-device", f"virtio-blk-pci,drive=extra{index}"]
         return args

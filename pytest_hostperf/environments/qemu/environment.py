@@ -5,41 +5,46 @@ overlay, straight into a tiny init (no systemd, no initrd when the kernel can mo
 root disk by itself), and the guest bootstrap (:mod:`pytest_hostperf.agent.boot`) runs
 the agent with stdin/stdout on a virtio-serial port whose host end is a unix socket.
 The project and the package reach the guest read-only as :mod:`.shares` decides (9p,
-virtiofs, or a copy on a second disk). :mod:`.boot` starts qemu and picks the
-accelerator; :mod:`.cmdline` writes its command line; :mod:`.workdir` keeps the VM's
-files private and sweeps what killed sessions left.
+virtiofs, or a copy on a second disk); the writable ``share-9p`` and ``share-nfs`` mounts
+come from :mod:`.host_shares`. :mod:`.machine` boots it (with :mod:`.boot`'s accelerator
+fallback and :mod:`.cmdline`'s command line); :mod:`.workdir` keeps the VM's files
+private and sweeps what killed sessions left.
+
+The disk's own kernel (Debian's cloud kernel) has no 9p: a session that uses
+``share-9p`` boots the same disk with Debian's generic kernel and hostperf's initramfs
+(:mod:`pytest_hostperf.vm.guest_kernel`), which boots ~2.5x slower under TCG, so only then.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from pytest_hostperf import vm
-from pytest_hostperf.agent import protocol
 from pytest_hostperf.environments.base import AgentLaunch, Environment, EnvironmentFailure, Mount, package_parent
-from pytest_hostperf.environments.process import stop_process
 from pytest_hostperf.environments.qemu import boot, shares
 from pytest_hostperf.environments.qemu import workdir as workdirs
-from pytest_hostperf.environments.qemu.cmdline import QemuCommand
 from pytest_hostperf.environments.qemu.disks import disk_from_path, prepare_vm_disk
+from pytest_hostperf.environments.qemu.host_shares import USER_NETWORK, HostShare, HostShares, unavailable_reason
+from pytest_hostperf.environments.qemu.machine import BootSpec, Machine
 from pytest_hostperf.progress import SILENT, Reporter
 from pytest_hostperf.vm.model import GUEST_OWN, GUEST_SHARE, GUEST_TMPFS
 
 if TYPE_CHECKING:  # images needs the docker package, which is optional for qemu
     from pytest_hostperf.images.requirements import ImageDependencies
 
-#: qemu's user-mode network: fixed addresses, the host is 10.0.2.2.
-USER_NETWORK = {"address": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.0.2.2", "dns": "10.0.2.3"}
+
+#: The share axis beyond ``share``: mount name -> (file system, guest path). Asked for by
+#: name (``--hostperf-mounts`` or the marker's ``mounts=``), never by default.
+AXIS_SHARES: dict[str, tuple[str, str]] = {"share-9p": ("9p", GUEST_SHARE + "-9p"),
+                                           "share-nfs": ("nfs", GUEST_SHARE + "-nfs")}
 
 
 class QemuEnvironment(Environment):
@@ -55,7 +60,8 @@ class QemuEnvironment(Environment):
     as fallback), "kvm", "hvf" or "tcg"; a hardware accelerator that shows no guest
     output within ``first_output_timeout`` seconds is given up. ``share`` is "auto",
     "9p", "virtiofs" or "copy". ``init`` replaces the guest init (tests use it to
-    simulate broken guests).
+    simulate broken guests). ``mounts`` names the mounts the session uses (None: the
+    default ones); ``share-9p`` and ``share-nfs`` exist only when named there.
     """
 
     name = "qemu"
@@ -68,7 +74,8 @@ class QemuEnvironment(Environment):
                  reporter: Reporter = SILENT, docker_client: Any = None, die_with_controller: bool = True,
                  share: str = "auto", work_dir: Optional[Path] = None, image: Optional[str] = None,
                  vm_image: Optional[str] = None, requirements: Sequence[str] = (),
-                 exclude: Sequence[Path] = (), dependencies: Optional[ImageDependencies] = None) -> None:
+                 exclude: Sequence[Path] = (), dependencies: Optional[ImageDependencies] = None,
+                 mounts: Optional[Sequence[str]] = None) -> None:
         if share != "auto" and share not in shares.MODES:
             raise ValueError(f"share must be auto or one of {', '.join(shares.MODES)}, not {share!r}")
         self.project_dir = Path(project_dir).resolve()
@@ -103,11 +110,14 @@ class QemuEnvironment(Environment):
         self._share_request = share
         self._mode: Optional[shares.ShareMode] = None
         self._workdir: Optional[Path] = None
-        self._boot: Optional[boot.Boot] = None
-        self._helpers: list[subprocess.Popen[bytes]] = []
+        self._machine: Optional[Machine] = None
+        self._host_shares: Optional[HostShares] = None
         self._transport: Optional[boot.QemuTransport] = None
         self._shares: list[shares.Share] = []
         self._info: dict[str, Any] = {"vcpus": vcpus, "memory_mb": memory_mb}
+        self._wanted: Optional[set[str]] = set(mounts) if mounts is not None else None
+        self._boot_disk: Optional[vm.VmDisk] = None
+        self._unavailable: dict[str, str] = {}
 
     # ------------------------------------------------------------------ contract
 
@@ -130,13 +140,28 @@ class QemuEnvironment(Environment):
                 # The image may bring its own kernel; only fail when it cannot.
                 self._info.setdefault("warnings", []).append(str(exc))
 
+    def use_mounts(self, names: Sequence[str]) -> None:
+        """The mounts this session's items use: they decide the guest kernel and the shares."""
+        self._wanted = set(names)
+        self._mode = None
+        self._boot_disk = None
+
     def mounts(self) -> Sequence[Mount]:
         mode = self.share_mode()
         mounts = [Mount("guest", GUEST_OWN, "a directory on the VM's own ext4 disk (qcow2 overlay)")]
         if mode.offers_share:
             mounts.append(Mount("share", GUEST_SHARE, f"a host directory shared into the VM over {mode.name}"))
+        for name, (kind, path) in AXIS_SHARES.items():
+            if self._wants(name):
+                mounts.append(Mount(name, path, f"a host directory shared into the VM over {kind}"))
         mounts.append(Mount("tmpfs", GUEST_TMPFS, "a tmpfs inside the VM"))
         return tuple(mounts)
+
+    def mount_problem(self, mount: str) -> Optional[str]:
+        return self._unavailable.get(mount)
+
+    def mount_facts(self, mount: str) -> Mapping[str, Any]:
+        return dict((self._info.get("shares") or {}).get(mount) or {})
 
     def agent_start_timeout(self) -> float:
         # start_agent has already booted the VM; this covers the agent's own start
@@ -151,7 +176,7 @@ class QemuEnvironment(Environment):
     def launch_for(self, project_dir: Path, test_files: tuple[str, ...], pytest_args: tuple[str, ...]) -> AgentLaunch:
         host = AgentLaunch(sys.executable, str(package_parent()), str(project_dir), tuple(test_files),
                            tuple(pytest_args), self.name)
-        return self._guest_launch(host, self.prepare())
+        return self._guest_launch(host, self.boot_disk())
 
     def describe(self) -> Mapping[str, Any]:
         return {k: v for k, v in self._info.items() if not k.startswith("_")}
@@ -161,43 +186,61 @@ class QemuEnvironment(Environment):
             # A restart after a crash, a timeout or a dead VM: throw the old VM away, boot a fresh one.
             self.stop()
         self.check()
-        workdirs.sweep_stale()
-        disk = self.prepare()
-        self._workdir = workdirs.make_workdir(self.session_id)
+        workdirs.sweep_stale()   # and the NFS servers of dead sessions
+        disk = self.boot_disk()
+        self._workdir = workdir = workdirs.make_workdir(self.session_id)
         self._info["_started"] = time.monotonic()
         mode = self.share_mode()
-        self._shares = mode.plan(self.project_dir, self._workdir)
+        self._shares = mode.plan(self.project_dir, workdir)
         if mode.name == "copy":
-            shares.build_copy_disk(self.project_dir, self._workdir, [*self.exclude, *self._skip()], self.reporter)
-        sock, pending = self._boot_with_fallback(disk)
-        console = self._workdir / "console.log"
-        self._transport = boot.QemuTransport(sock, console, self._close_vm, pending, self._agent_ready)
+            shares.build_copy_disk(self.project_dir, workdir, [*self.exclude, *self._skip()], self.reporter)
+        host = self._start_host_shares(workdir, mode)
+
+        def helpers() -> list[Any]:
+            return [*mode.start(self._shares, workdir, self.reporter, self.die_with_controller),
+                    *host.start_helpers(workdir)]
+
+        spec = BootSpec.for_disk(
+            disk, vcpus=self.vcpus, memory_mb=self.memory_mb, accel=self.accel, init=self.init, network=self.network,
+            nic_rules=tuple(host.nic_rules()), devices=(*mode.devices(self._shares, workdir), *host.devices(workdir)),
+            qemu_binary=self.qemu_binary, boot_timeout=self.boot_timeout,
+            accel_probe_timeout=self.accel_probe_timeout, first_output_timeout=self.first_output_timeout)
+        self._machine = Machine(spec, self.session_id, workdir, reporter=self.reporter,
+                                die_with_parent=self.die_with_controller, start_helpers=helpers)
+        try:
+            sock, pending = self._machine.boot()
+        finally:
+            self._info.update(self._machine.info)
+        self._transport = boot.QemuTransport(sock, self._machine.console_log, self._close_vm, pending,
+                                             self._agent_ready)
         guest = self._guest_launch(launch, disk)
         message: dict[str, Any] = {"argv": guest.argv(), "environ": {**disk.env, **guest.environ()},
-                                   "cwd": guest.project_dir, "mounts": mode.guest_mounts(self._shares, disk)}
-        if self.network:
+                                   "cwd": guest.project_dir,
+                                   "mounts": [*mode.guest_mounts(self._shares, disk), *host.guest_mounts()]}
+        if self.network or host.needs_network:
             message["network"] = USER_NETWORK
-        self._transport.send(protocol.LAUNCH_PREFIX + json.dumps(message).encode() + b"\n")
+        self._machine.launch(sock, message)
         return self._transport
 
     def stop(self) -> None:
         try:
             if self._transport is not None:
                 self._transport.close()
-            else:
-                self._close_vm()
         except Exception:  # noqa: BLE001 - stop() never raises
             pass
         finally:
             self._transport = None
-            self._stop_helpers()
+            self._close_vm()
+            if self._host_shares is not None:
+                self._host_shares.stop()
+                self._host_shares = None
             if self._workdir is not None:
                 self._keep_console_log(self._workdir)
                 shares.release_mounts(self._workdir)
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
 
-    # ------------------------------------------------------------------ disk and shares
+    # ------------------------------------------------------------------ disk, kernel and shares
 
     def prepare(self) -> vm.VmDisk:
         """The VM disk, built (or found in the cache) on first use."""
@@ -215,13 +258,82 @@ class QemuEnvironment(Environment):
             raise EnvironmentFailure(self.name, str(exc), hint=exc.hint, log_tail=exc.log_tail) from None
         return self._disk
 
+    def boot_disk(self) -> vm.VmDisk:
+        """The disk as it boots: with its own kernel, or with the generic one when 9p is needed."""
+        if self._boot_disk is not None:
+            return self._boot_disk
+        disk = self.prepare()
+        if self._needs_generic_kernel(disk):
+            from pytest_hostperf.vm import guest_kernel
+
+            try:
+                kernel = guest_kernel.ensure_guest_kernel(progress=self.reporter.step)
+            except (guest_kernel.GuestKernelError, OSError) as exc:
+                # The other mounts still work with the disk's own kernel.
+                self._unavailable["share-9p"] = f"no guest kernel with 9p could be prepared: {exc}"
+                self._mode = None
+            else:
+                disk = dataclasses.replace(disk, kernel=kernel.kernel, initrd=kernel.initrd, root_device="virtio",
+                                           kernel_version=kernel.version, share_fs=self._generic_share_fs())
+                self._info["guest_kernel"] = {"package": kernel.package, "initramfs_bytes": kernel.initrd_bytes,
+                                              "why": "share-9p: the disk's own kernel has no 9p"}
+        self._boot_disk = disk
+        return disk
+
     def share_mode(self) -> shares.ShareMode:
-        """How the project reaches this VM (decided from the disk on first use)."""
+        """How the project reaches this VM (decided from the kernel it boots, on first use)."""
         if self._mode is None:
-            euid = os.geteuid() if hasattr(os, "geteuid") else -1
-            self._mode = shares.choose_mode(self._share_request, self.prepare(), shares.find_virtiofsd(), euid)
+            disk = self.prepare()
+            if self._needs_generic_kernel(disk):
+                disk = dataclasses.replace(disk, share_fs=self._generic_share_fs())
+            self._mode = shares.choose_mode(self._share_request, disk, shares.find_virtiofsd(), _euid())
             self._info["share_fs"] = self._mode.name
         return self._mode
+
+    def _wants(self, mount: str) -> bool:
+        return self._wanted is not None and mount in self._wanted
+
+    def _needs_generic_kernel(self, disk: vm.VmDisk) -> bool:
+        return self._wants("share-9p") and disk.share_fs != "9p" and "share-9p" not in self._unavailable
+
+    @staticmethod
+    def _generic_share_fs() -> str:
+        # The generic kernel mounts both: `share` stays virtiofs where virtiofsd can run.
+        return "virtiofs" if shares.find_virtiofsd() is not None and _euid() == 0 else "9p"
+
+    def _start_host_shares(self, workdir: Path, mode: shares.ShareMode) -> HostShares:
+        """The session's share-9p/share-nfs; a mount this host cannot serve is left out with the reason."""
+        facts: dict[str, dict[str, Any]] = {}
+        if mode.offers_share:
+            facts["share"] = {"via": mode.name, **shares.mode_facts(mode, workdir / "share")}
+        wanted = []
+        for name, (kind, path) in AXIS_SHARES.items():
+            if not self._wants(name) or name in self._unavailable:
+                continue
+            problem = unavailable_reason(kind, shares.find_virtiofsd(), _euid())
+            if problem:
+                self._unavailable[name] = problem
+                continue
+            wanted.append(HostShare(kind, workdir / name, path))
+        host = HostShares(wanted, self.session_id, self.name, reporter=self.reporter,
+                          die_with_parent=self.die_with_controller)
+        try:
+            host.prepare()
+        except EnvironmentFailure as exc:   # the NFS server: only that mount is lost
+            host.stop()
+            self._unavailable["share-nfs"] = str(exc)
+            host = HostShares([s for s in wanted if s.kind != "nfs"], self.session_id, self.name,
+                              reporter=self.reporter, die_with_parent=self.die_with_controller)
+            host.prepare()
+        self._host_shares = host
+        kinds = host.facts()
+        for name, (kind, _) in AXIS_SHARES.items():
+            if kind in kinds:
+                facts[name] = {"via": kind, **kinds[kind]}
+        self._info["shares"] = facts
+        if self._unavailable:
+            self._info["unavailable_mounts"] = dict(self._unavailable)
+        return host
 
     def _disk_from_docker_image(self) -> vm.VmDisk:
         try:
@@ -265,65 +377,7 @@ class QemuEnvironment(Environment):
             test_files=tuple(remap(a) for a in launch.test_files),
             pytest_args=tuple(remap(a) for a in launch.pytest_args), env=launch.env or self.name)
 
-    # ------------------------------------------------------------------ boot
-
-    def _boot_with_fallback(self, disk: vm.VmDisk) -> tuple[Any, bytes]:
-        accels, kvm_unusable = boot.accelerators(self.accel, sys.platform)
-        if kvm_unusable:
-            self._info["kvm_unusable"] = kvm_unusable
-        reasons = []
-        for index, accel in enumerate(accels):
-            probe = index < len(accels) - 1
-            try:
-                result = self._boot_once(disk, accel, probe)
-            except boot.AccelFailed as exc:
-                reasons.append(f"{accel}: {exc}")
-                self.reporter.warn(f"{accel.upper()} did not work ({exc}); falling back to "
-                                   f"{accels[index + 1].upper()}, expect ~10x slower CPU")
-                continue
-            self._info["accelerator"] = accel
-            self._info["fallback_reason"] = "; ".join(reasons) or None
-            return result
-        raise EnvironmentFailure(self.name, "no accelerator worked: " + "; ".join(reasons))  # pragma: no cover
-
-    def _boot_once(self, disk: vm.VmDisk, accel: str, probe: bool) -> tuple[Any, bytes]:
-        workdir = self._workdir
-        assert workdir is not None
-        mode = self.share_mode()
-        boot.create_overlay(disk, workdir / "overlay.qcow2")
-        self._stop_helpers()
-        self._helpers = mode.start(self._shares, workdir, self.reporter, self.die_with_controller)
-        workdirs.record_helpers(workdir, self.session_id, [h.pid for h in self._helpers])
-        vcpus = self._vcpus_for(accel)
-        command = QemuCommand(
-            binary=boot.find_qemu(self.qemu_binary) or self.qemu_binary, name=f"hostperf-{self.session_id}",
-            accel=accel, vcpus=vcpus, memory_mb=self.memory_mb, kernel=disk.kernel, initrd=disk.initrd,
-            root_device=disk.root_device, overlay=workdir / "overlay.qcow2", console_log=workdir / "console.log",
-            pidfile=workdir / "qemu.pid", agent_socket=workdir / "agent.sock", init=self.init,
-            network=self.network, devices=tuple(mode.devices(self._shares, workdir)), early_console=probe)
-        self._info["vcpus"] = vcpus
-        self.reporter.step(f"booting ({accel}, {vcpus} vCPU, {self.memory_mb} MiB, "
-                           f"kernel {disk.kernel_version or disk.kernel.name}) ...")
-        if "qemu" not in self._info:
-            self._info["qemu"] = boot.qemu_version(command.binary)
-        self._boot = boot.Boot(command, workdir, self.die_with_controller)
-        assert self._boot.proc is not None
-        self._info.update({"kernel": disk.kernel_version, "disk": str(disk.path), "disk_key": disk.key,
-                           "root_device": disk.root_device, "pid": self._boot.proc.pid, "name": command.name})
-        timeout = min(self.accel_probe_timeout, self.boot_timeout) if probe else self.boot_timeout
-        sock, pending = self._boot.wait(timeout, probe, self.first_output_timeout)
-        boot_s = time.monotonic() - self._boot.started
-        self._info["boot_s"] = round(boot_s, 2)
-        self._info["guest_uptime_at_boot_s"] = self._boot.hello.get("uptime")
-        self.reporter.step(f"guest up in {boot_s:.1f} s ({accel}); starting the agent")
-        return sock, pending
-
-    def _vcpus_for(self, accel: str) -> int:
-        if self.vcpus is not None:
-            return self.vcpus
-        # Measured on a 2-core host: under TCG one vCPU runs single-threaded Python ~13x
-        # slower than native, two vCPUs (multi-threaded TCG) ~17-21x, and boot no faster.
-        return 1 if accel == "tcg" else 2
+    # ------------------------------------------------------------------ the VM
 
     def _agent_ready(self) -> None:
         started = self._info.get("_started")
@@ -333,15 +387,9 @@ class QemuEnvironment(Environment):
                                f"(boot {self._info.get('boot_s', 0):.1f} s, {self._info.get('accelerator')})")
 
     def _close_vm(self) -> None:
-        running, self._boot = self._boot, None
-        if running is not None:
-            running.kill()
-        self._stop_helpers()
-
-    def _stop_helpers(self) -> None:
-        for helper in self._helpers:
-            stop_process(helper, grace=1.0)
-        self._helpers = []
+        machine, self._machine = self._machine, None
+        if machine is not None:
+            machine.close()
 
     def _keep_console_log(self, workdir: Path) -> None:
         if self.work_dir is None:
@@ -351,3 +399,7 @@ class QemuEnvironment(Environment):
             shutil.copyfile(workdir / "console.log", self.work_dir / "qemu-console.log")
         except OSError:
             pass
+
+
+def _euid() -> int:
+    return os.geteuid() if hasattr(os, "geteuid") else -1

@@ -36,7 +36,10 @@ from pytest_hostperf.progress import Reporter
 from pytest_hostperf.vm.model import GUEST_EXTRA, GUEST_PKG, GUEST_PROJECT, GUEST_SHARE, GUEST_TMPFS, VmDisk
 
 VIRTIOFSD_PATHS: Final = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
-_NINEP_OPTIONS: Final = "trans=virtio,version=9p2000.L,msize=524288"
+#: virtiofsd's cache mode (what the guest's page cache may keep): part of the fingerprint.
+VIRTIOFS_CACHE: Final = "auto"
+#: msize 512 KiB: the 6.1 default (8 KiB) makes every large read dozens of round trips.
+NINEP_OPTIONS: Final = "trans=virtio,version=9p2000.L,msize=524288"
 ENV_NAME: Final = "qemu"
 
 
@@ -105,7 +108,7 @@ class ShareMode(abc.ABC):
         return GUEST_PKG
 
 
-def _tmpfs() -> dict[str, str]:
+def tmpfs_mount() -> dict[str, str]:
     return {"source": "tmpfs", "target": GUEST_TMPFS, "fstype": "tmpfs", "options": "mode=1777"}
 
 
@@ -113,16 +116,25 @@ class NinePMode(ShareMode):
     name = "9p"
 
     def devices(self, shares: Sequence[Share], workdir: Path) -> list[ShareDevice]:
-        return [Virtfs(s.tag, s.host_path, s.readonly, "none" if s.readonly else _mapped_model(s.host_path))
-                for s in shares]
+        return [ninep_device(s) for s in shares]
 
     def guest_mounts(self, shares: Sequence[Share], disk: VmDisk) -> list[dict[str, str]]:
-        mounts = [{"source": s.tag, "target": s.guest_path, "fstype": "9p",
-                   "options": ",".join(filter(None, ["ro" if s.readonly else "", _NINEP_OPTIONS]))} for s in shares]
-        return [*mounts, _tmpfs()]
+        return [*(ninep_mount(s) for s in shares), tmpfs_mount()]
 
 
-def _mapped_model(path: Path) -> str:
+def ninep_device(share: Share) -> Virtfs:
+    """The ``-virtfs`` of one share: read-only passthrough, or the writable one mapped."""
+    model = "none" if share.readonly else mapped_model(share.host_path)
+    return Virtfs(share.tag, share.host_path, share.readonly, model)
+
+
+def ninep_mount(share: Share) -> dict[str, str]:
+    """The guest bootstrap's mount entry for a 9p share (cache=none, the kernel's default)."""
+    return {"source": share.tag, "target": share.guest_path, "fstype": "9p",
+            "options": ",".join(filter(None, ["ro" if share.readonly else "", NINEP_OPTIONS]))}
+
+
+def mapped_model(path: Path) -> str:
     """``mapped-xattr`` where the host filesystem takes user xattrs, else ``mapped-file``."""
     try:
         os.setxattr(path, "user.hostperf.probe", b"1")
@@ -166,7 +178,7 @@ class VirtiofsMode(ShareMode):
     def guest_mounts(self, shares: Sequence[Share], disk: VmDisk) -> list[dict[str, str]]:
         mounts = [{"source": s.tag, "target": s.guest_path, "fstype": "virtiofs", "options": "ro" if s.readonly else ""}
                   for s in shares]
-        return [*mounts, _tmpfs()]
+        return [*mounts, tmpfs_mount()]
 
 
 def virtiofsd_argv(virtiofsd: str, share: Share, sock: Path) -> list[str]:
@@ -174,7 +186,7 @@ def virtiofsd_argv(virtiofsd: str, share: Share, sock: Path) -> list[str]:
     # fuse option lists are comma-separated: a comma in the path is written "\,".
     source = str(share.host_path).replace("\\", "\\\\").replace(",", "\\,")
     argv = [virtiofsd, f"--socket-path={sock}", "-o", f"source={source}",
-            "-o", "cache=auto", "-o", "no_posix_lock", "-o", "log_level=warn"]
+            "-o", f"cache={VIRTIOFS_CACHE}", "-o", "no_posix_lock", "-o", "log_level=warn"]
     if share.readonly and os.geteuid() == 0 and shutil.which("unshare"):
         # A private read-only bind of the source in a mount namespace of virtiofsd's own.
         return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
@@ -235,7 +247,7 @@ class CopyMode(ShareMode):
     def guest_mounts(self, shares: Sequence[Share], disk: VmDisk) -> list[dict[str, str]]:
         # The copy disk is the first virtio-blk disk, or the second when the root is one.
         device = "/dev/vdb" if disk.root_device == "virtio" else "/dev/vda"
-        return [{"source": device, "target": GUEST_EXTRA, "fstype": "ext4", "options": "ro"}, _tmpfs()]
+        return [{"source": device, "target": GUEST_EXTRA, "fstype": "ext4", "options": "ro"}, tmpfs_mount()]
 
     def project_dir(self) -> str:
         return f"{GUEST_EXTRA}/{ship.PROJECT_DIR}"
@@ -285,3 +297,12 @@ def choose_mode(request: str, disk: VmDisk, virtiofsd: Optional[str], euid: int)
     # virtiofsd (C, qemu 7.2) needs root; without a share the project is copied onto a
     # read-only disk and the "share" mount is not offered.
     return MODES["copy"]
+
+
+def mode_facts(mode: ShareMode, writable: Path) -> dict[str, str]:
+    """What serves the writable ``share`` in this mode, with its host-side options (fingerprint)."""
+    if mode.name == "9p":
+        return {"server": "qemu", "security_model": mapped_model(writable)}
+    if mode.name == "virtiofs":
+        return {"server": "virtiofsd", "cache": VIRTIOFS_CACHE}
+    return {}

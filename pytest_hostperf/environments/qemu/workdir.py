@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Final, Iterable, Optional
 
 from pytest_hostperf.environments import labels
-from pytest_hostperf.environments.base import EnvironmentFailure
 from pytest_hostperf.environments.labels import Liveness
 from pytest_hostperf.environments.process import command_line, process_uid
 from pytest_hostperf.environments.qemu.shares import release_mounts
@@ -41,33 +39,7 @@ def session_root(base: Optional[Path] = None) -> Path:
 
 def ensure_private_root(root: Optional[Path] = None) -> Path:
     """Create the root 0700 if missing; EnvironmentFailure when it is not safe to use."""
-    root = root or session_root()
-    try:
-        root.mkdir(mode=0o700, exist_ok=True)
-        info = root.lstat()
-    except OSError as exc:
-        raise EnvironmentFailure(ENV_NAME, f"cannot create the VM work directory {root}: {exc}",
-                                 hint="check the temp directory (TMPDIR) is writable") from None
-    problem = unsafe_reason(info)
-    if problem:
-        raise EnvironmentFailure(
-            ENV_NAME, f"refusing to use the VM work directory {root}: it {problem}",
-            hint=f"remove it (or have its owner remove it) and run again; hostperf creates it "
-                 f"private (mode 0700, owned by uid {os.getuid()})")
-    return root
-
-
-def unsafe_reason(info: os.stat_result) -> str:
-    """Why a directory with this ``lstat`` is unsafe as a private root ("" when it is fine)."""
-    if stat.S_ISLNK(info.st_mode):
-        return "is a symbolic link"
-    if not stat.S_ISDIR(info.st_mode):
-        return "is not a directory"
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        return f"is owned by uid {info.st_uid}, not by this user (uid {os.getuid()})"
-    if info.st_mode & 0o022:
-        return f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
-    return ""
+    return labels.ensure_private_dir(root or session_root(), ENV_NAME)
 
 
 def make_workdir(session_id: str, root: Optional[Path] = None) -> Path:
@@ -84,15 +56,24 @@ def record_helpers(workdir: Path, session_id: str, pids: Iterable[int]) -> None:
 
 
 def sweep_stale(root: Optional[Path] = None) -> list[Path]:
-    """Kill qemu/virtiofsd left by dead sessions and remove their work dirs; return them."""
+    """Kill qemu/virtiofsd left by dead sessions and remove their work dirs; return them.
+
+    With the default root, the NFS servers of dead sessions (the ``share-nfs`` and
+    ``bind-nfs`` mounts, :func:`pytest_hostperf.environments.nfs.sweep_stale`) go too,
+    and their state dirs are among the paths returned.
+    """
+    removed: list[Path] = []
+    if root is None:
+        from pytest_hostperf.environments import nfs
+
+        removed += nfs.sweep_stale()
     root = root or session_root()
     try:
-        if unsafe_reason(root.lstat()):
-            return []   # not ours to clean: ensure_private_root() refuses it with the reason
+        if labels.unsafe_reason(root.lstat()):
+            return removed   # not ours to clean: ensure_private_root() refuses it with the reason
         entries = list(root.iterdir())
     except OSError:
-        return []
-    removed = []
+        return removed
     here = labels.Owner.current()
     for workdir in entries:
         if workdir.is_symlink() or not workdir.is_dir():
