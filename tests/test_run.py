@@ -336,7 +336,8 @@ def _mount_session(w: Any, plan: Any) -> SessionRun:
 
 def test_backends_learn_the_mounts_and_one_they_cannot_serve_skips_or_errors(tmp_path: Path) -> None:
     for required, outcome in (((), Outcome.SKIPPED), (("vm",), Outcome.ERROR)):
-        w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "vm": {T1: [ok(2e-3)]}}, require=required)
+        # interleaved blocks (--hostperf-pair-budget=0): the count below is three blocks
+        w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "vm": {T1: [ok(2e-3)]}}, require=required, pair_budget_s=0)
         told: list[list[str]] = []
         w.backends["vm"].use_mounts = told.append  # type: ignore[method-assign]
         w.backends["vm"].mount_problem = (  # type: ignore[method-assign]
