@@ -346,6 +346,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     removed += [f"VM disk build leftover {path}" for path in sweep_build_dirs(default_cache_dir())]
     removed += [f"temp dir {path}" for path in workdir.sweep_stale()]
+    from pytest_hostperf import revision
+
+    removed += [f"--hostperf-against checkout {path}" for path in revision.sweep_stale()]
     for thing in removed:
         print(f"removed {thing}")
     print(f"{len(removed)} leftover resource(s) removed.")

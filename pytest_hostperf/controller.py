@@ -19,6 +19,7 @@ from typing import Any, Iterator, Literal
 
 import pytest
 
+from pytest_hostperf import revision
 from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.baselines import BaselineError, BaselineSaveError
 from pytest_hostperf.environments.base import Environment, EnvironmentContext, EnvironmentFailure
@@ -30,12 +31,15 @@ from pytest_hostperf.report.json import write_json
 from pytest_hostperf.report.markdown import render_markdown
 from pytest_hostperf.report.terminal import render_terminal
 from pytest_hostperf.run import workdir
+from pytest_hostperf.run.against import AgainstRevision, revision_args
 from pytest_hostperf.run.codecheck import CodeCheck
+from pytest_hostperf.run.paired import DEFAULT_SIDE_SECONDS, PairBudget
 from pytest_hostperf.run.plan import FORWARDED_BENCHMARK_OPTIONS, Plan, Request
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool
 from pytest_hostperf.run.session import SessionRun
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.targets import MarkerError, MarkerSettings, Target, parse_marker, plan_targets
+from pytest_hostperf.verdict import Policy
 
 TARGET_ARG = "_hostperf_target"
 REQUEST_KEY = pytest.StashKey[Request]()
@@ -62,6 +66,10 @@ class HostperfPlugin:
         self.imports = ImportTracker(str(config.rootpath))
         self.imports.mark_harness()  # pytest, its plugins and the initial conftests are loaded by now
         self.pool = EnvironmentPool(context, self._make_environment, CodeCheck(self.imports.report))
+        self.checkout: revision.Checkout | None = None
+        self.rev_pool: EnvironmentPool | None = None
+        if settings.against is not None:
+            self._prepare_revision(settings.against, context)
         self.run: SessionRun | None = None
         self.json_report: dict[str, Any] | None = None
         self.saved: list[Path] = []
@@ -95,9 +103,41 @@ class HostperfPlugin:
             if signal.getsignal(signum) in (signal.SIG_DFL, None):
                 signal.signal(signum, _interrupt)
 
+    def _prepare_revision(self, rev: revision.Revision, context: EnvironmentContext) -> None:
+        """REV's tree and a pool of agents on it (--hostperf-against); removed by :meth:`_stop`."""
+        revision.sweep_stale()  # what a SIGKILLed session's --hostperf-against left
+        try:
+            self.checkout = revision.materialize(rev, session=context.session_id)
+        except revision.RevisionError as exc:
+            workdir.remove(self.work_dir)
+            raise pytest.UsageError(str(exc)) from None
+        rev_work = self.work_dir / "rev"
+        rev_work.mkdir()
+        rev_context = EnvironmentContext(dataclasses.replace(self.settings, project_dir=self.checkout.project_dir),
+                                         f"{context.session_id}-rev", rev_work, context.reporter)
+        # REV's agents get the session's import roots (relative: REV's src/ before the working
+        # tree's installed copy) through AgentArgs, as every agent does.
+        self.rev_pool = EnvironmentPool(rev_context, self._make_environment)
+
+    def _against(self, plan: Plan) -> AgainstRevision | None:
+        if self.settings.against is None or self.checkout is None or self.rev_pool is None:
+            return None
+        budget = PairBudget(self.settings.pair_budget_s or DEFAULT_SIDE_SECONDS, self.settings.pair_round_s)
+        # Each item is compared twice (stored baselines and REV): both count for Bonferroni.
+        confidence = Policy(self.settings.tolerance, self.settings.alpha, 2 * plan.comparisons).confidence
+        return AgainstRevision(self.settings.against, self.rev_pool,
+                               revision_args(plan.agent_args, self.checkout.project_dir), budget, confidence,
+                               self.pool.context.session_id)
+
     def _stop(self) -> None:
-        self.pool.stop_all()
-        workdir.remove(self.work_dir)
+        try:
+            self.pool.stop_all()
+            if self.rev_pool is not None:
+                self.rev_pool.stop_all()
+        finally:
+            if self.checkout is not None:
+                self.checkout.remove()
+            workdir.remove(self.work_dir)
 
     def _start_native_early(self, config: pytest.Config) -> None:
         """Start the native agent now, before collection, as xdist starts its workers.
@@ -168,7 +208,7 @@ class HostperfPlugin:
             agent_args = dataclasses.replace(agent_args, test_files=tuple(str(a) for a in self.config.args),
                                              pytest_args=(*agent_args.pytest_args, *pyargs))
         plan = Plan(tuple(requests), agent_args, _benchmark_options(self.config))
-        self.run = SessionRun(plan, self.pool, self.settings, DEFAULT_MAX_OVERHEAD)
+        self.run = SessionRun(plan, self.pool, self.settings, DEFAULT_MAX_OVERHEAD, against=self._against(plan))
         self.run.start()
 
     # -- running --------------------------------------------------------------------------

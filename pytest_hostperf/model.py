@@ -94,6 +94,7 @@ class RatioEstimate:
     p_slower: float   # one-sided p-value of H0 "not slower" (ratio <= 1)
     p_faster: float   # one-sided p-value of H0 "not faster" (ratio >= 1)
     method: str
+    pairs: int = 0    # paired estimates: the pairs it came from (0: two samples' medians)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,28 +106,46 @@ class RatioEstimate:
         nan = math.nan
         return cls(positive(data.get("ratio"), f"{where}.ratio"), positive(data.get("ci_low"), f"{where}.ci_low"),
                    positive(data.get("ci_high"), f"{where}.ci_high"), _float(data.get("confidence", nan)),
-                   _float(data.get("p_slower", nan)), _float(data.get("p_faster", nan)), str(data.get("method", "")))
+                   _float(data.get("p_slower", nan)), _float(data.get("p_faster", nan)), str(data.get("method", "")),
+                   int(data.get("pairs") or 0))
 
 
 @dataclasses.dataclass(frozen=True)
 class Against:
-    """Same-session A/B against a git revision (``--hostperf-against``); filled by the pairing stage."""
+    """Same-session A/B against a git revision (``--hostperf-against``), from pairs.
 
-    rev: str
-    ratio: float
-    ci: tuple[float, float]
-    p_value: float
-    pairs: int
+    ``ratio`` is working tree / REV (1.10: the working tree is 10% slower); ``p_value``
+    the one-sided p of "not slower". Without a comparison (the test is absent at REV,
+    fails there, or REV's environment could not start) only ``error`` and ``reason`` say why.
+    """
+
+    rev: str                                  # the full commit id
+    ratio: float | None = None
+    ci: tuple[float, float] | None = None
+    p_value: float | None = None
+    pairs: int = 0
+    verdict: str | None = None                # a Verdict value: the paired judgement
+    reason: str = ""
+    error: str | None = None                  # "absent", or why REV's side failed
+    confidence: float | None = None
+    spread: float | None = None               # robust SD of the per-pair log ratios
+    drift_p: float | None = None              # the drift guard's Kruskal-Wallis p
+    batch_ratios: tuple[float, ...] = ()      # when the drift guard widened the interval
 
     def to_json(self) -> dict[str, Any]:
-        return {"rev": self.rev, "ratio": self.ratio, "ci": list(self.ci), "p_value": self.p_value,
-                "pairs": self.pairs}
+        return {"rev": self.rev, "ratio": self.ratio, "ci": list(self.ci) if self.ci else None,
+                "p_value": self.p_value, "pairs": self.pairs, "verdict": self.verdict, "reason": self.reason,
+                "error": self.error, "confidence": self.confidence, "spread": self.spread,
+                "drift_p": self.drift_p, "batch_ratios": list(self.batch_ratios)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Against:
-        low, high = data["ci"]
-        return cls(str(data["rev"]), float(data["ratio"]), (float(low), float(high)), float(data["p_value"]),
-                   int(data["pairs"]))
+        ci = data.get("ci")
+        return cls(str(data["rev"]), _optional_float(data.get("ratio")),
+                   (float(ci[0]), float(ci[1])) if ci else None, _optional_float(data.get("p_value")),
+                   int(data.get("pairs") or 0), data.get("verdict"), str(data.get("reason") or ""),
+                   data.get("error"), _optional_float(data.get("confidence")), _optional_float(data.get("spread")),
+                   _optional_float(data.get("drift_p")), tuple(float(v) for v in data.get("batch_ratios") or ()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,9 @@ import pytest
 
 import pytest_hostperf.fixtures as fixtures_module
 from pytest_hostperf import options as opt
+from pytest_hostperf import revision
 from pytest_hostperf.environments import limits
+from pytest_hostperf.revision import Revision
 from pytest_hostperf.settings import Settings
 
 # Everything heavy (scipy, the session, the backends) lives in .controller and is
@@ -68,6 +70,18 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "sessions themselves or the host's reference workload show more (default 25%%)"),
     ("--hostperf-blocks", "hostperf_blocks", lambda s: opt.parse_positive_int(s, "blocks"), "3",
      "interleaved blocks per test when several environments run it (default 3)"),
+    ("--hostperf-pair-budget", "hostperf_pair_budget", lambda s: _pair_budget(s), "0.4",
+     "seconds of measuring per side when a test's ratio to native comes from pairs (each environment "
+     "against native, in random-order pairs of short fixed-work halves); 0 = interleaved blocks instead "
+     "(default 0.4)"),
+    ("--hostperf-pair-round", "hostperf_pair_round", lambda s: opt.parse_seconds(s, "pair round"), "0.002",
+     "length of one half of a pair in seconds (default 0.002; longer than 0.1 to see a CPU quota's "
+     "100 ms period)"),
+    ("--hostperf-against", "hostperf_against", str, None,
+     "compare the working tree with a git revision of the project in the same session: REV's tree is "
+     "written to a temporary directory and every test runs there too, in random-order pairs with the "
+     "working tree's, in each environment; the paired verdict gates the test. Example: "
+     "--hostperf-against=origin/main (or HEAD, a tag, a commit id)"),
     ("--hostperf-confirm", "hostperf_confirm", lambda s: opt.parse_positive_int(s, "confirm", minimum=0), "2",
      "re-measure a test that reads as a regression up to N times, after a pause, and judge the fastest "
      "attempt: a machine's transient slowdown passes, a real regression stays (default 2; 0 = off)"),
@@ -93,6 +107,10 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "size of the container's tmpfs mount: a test that fills it gets ENOSPC, not the host's memory "
      "(default 25%% of the engine's memory; 0: no limit)"),
 )
+
+
+def _pair_budget(text: str) -> float:
+    return 0.0 if text.strip().rstrip("s") in ("0", "0.0") else opt.parse_seconds(text, "pair budget")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -252,6 +270,8 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         docker_tmpfs_size=values["hostperf_docker_tmpfs_size"],
         measure=values["hostperf_measure"], instructions_tolerance=values["hostperf_instructions_tolerance"],
         mounts=values["hostperf_mounts"],
+        pair_budget_s=values["hostperf_pair_budget"], pair_round_s=values["hostperf_pair_round"],
+        against=_against(root, values["hostperf_against"]),
     )
 
 
@@ -274,3 +294,13 @@ def _image_requirements(config: pytest.Config) -> tuple[tuple[str, ...], tuple[s
         except RequirementError as exc:
             raise pytest.UsageError(f"ini option {exc}") from None
     return extra, exclude
+
+
+def _against(root: Path, rev: str | None) -> Revision | None:
+    """REV resolved now, at configure: a usage error naming the fix before any environment starts."""
+    if not rev:
+        return None
+    try:
+        return revision.resolve(root, rev)
+    except revision.RevisionError as exc:
+        raise pytest.UsageError(str(exc)) from None

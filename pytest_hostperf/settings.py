@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # settings stay importable without the environments package
+    from pytest_hostperf.revision import Revision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,12 @@ class Settings:
     docker_tmpfs_size: str | None = None     # size of the tmpfs mount, same forms (None: 25%)
     #: --hostperf-mounts: the mounts of every test using hostperf_dir (None: each kind's defaults)
     mounts: tuple[str, ...] | None = None
+    #: The ratio to native from pairs (run.paired): seconds of halves per side and
+    #: comparison of a test (0: interleaved blocks instead), and the length of one half.
+    pair_budget_s: float = 0.4
+    pair_round_s: float = 0.002
+    #: --hostperf-against: the git revision the working tree is compared with, in pairs.
+    against: Revision | None = None
     measure: tuple[str, ...] = ("time",)     # --hostperf-measure: "time", "instructions"
     instructions_tolerance: float = 0.01     # a count beyond this change is a regression/improvement
 

@@ -68,6 +68,8 @@ class FakeAgent(Transport):
             return
         self.backend.log.append(("run", self.backend.name, message))
         answer = self.backend.answer(message["nodeid"])
+        if callable(answer):
+            answer = answer(message)
         if answer == DIE:
             self.dead = True
         elif answer == GARBLE:

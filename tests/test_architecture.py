@@ -13,7 +13,8 @@ MAX_STRING_LINES = 40
 #: Modules the backends branch splits (issue #11, backends half); the lead empties this at merge.
 BEING_SPLIT: set[str] = set()
 #: The pure core imports neither pytest nor the run loop.
-PURE = ("model", "stats", "verdict", "baselines", "count_baselines", "options", "targets", "compare", "run.answers")
+PURE = ("model", "stats", "verdict", "baselines", "count_baselines", "options", "targets", "compare", "run.answers",
+        "pairing", "signedrank", "run.paired")
 
 
 def modules() -> dict[str, Path]:

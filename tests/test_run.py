@@ -50,7 +50,8 @@ def save_history(w: Any, env: str, test: str, medians: list[float], reference: f
 # -- plan: interleaving ------------------------------------------------------------------------
 
 def test_targets_are_measured_in_interleaved_blocks_with_a_share_of_the_time(tmp_path: Path) -> None:
-    w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "docker": {T1: [ok(1.1e-3)]}})
+    # --hostperf-pair-budget=0: blocks instead of pairs (pairs: tests/test_paired_run.py)
+    w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "docker": {T1: [ok(1.1e-3)]}}, pair_budget_s=0)
     run = session(w, [T1], ["native", "docker"], {"max_time": 0.3, "min_rounds": 5})
     run.run_test(T1)
     assert w.runs() == [("native", T1), ("docker", T1)] * 3
@@ -72,7 +73,8 @@ def test_one_environment_is_measured_in_one_block(tmp_path: Path) -> None:
 
 
 def test_a_failed_target_is_not_measured_again_in_later_blocks(tmp_path: Path) -> None:
-    w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "docker": {T1: [{"outcome": "failed", "message": "boom"}]}})
+    w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "docker": {T1: [{"outcome": "failed", "message": "boom"}]}},
+              pair_budget_s=0)
     run = session(w, [T1], ["native", "docker"])
     run.run_test(T1)
     assert w.runs() == [("native", T1), ("docker", T1), ("native", T1), ("native", T1)]
@@ -334,7 +336,8 @@ def _mount_session(w: Any, plan: Any) -> SessionRun:
 
 def test_backends_learn_the_mounts_and_one_they_cannot_serve_skips_or_errors(tmp_path: Path) -> None:
     for required, outcome in (((), Outcome.SKIPPED), (("vm",), Outcome.ERROR)):
-        w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "vm": {T1: [ok(2e-3)]}}, require=required)
+        # interleaved blocks (--hostperf-pair-budget=0): the count below is three blocks
+        w = world(tmp_path, {"native": {T1: [ok(1e-3)]}, "vm": {T1: [ok(2e-3)]}}, require=required, pair_budget_s=0)
         told: list[list[str]] = []
         w.backends["vm"].use_mounts = told.append  # type: ignore[method-assign]
         w.backends["vm"].mount_problem = (  # type: ignore[method-assign]

@@ -41,6 +41,7 @@ class AgentWorker:
         self.collect_errors: list[str] = []
         self._reports: list[Any] = []
         self._measurement: dict[str, Any] | None = None
+        self._fixed: tuple[int, int] | None = None  # (iterations, rounds) of a fixed-work run
         self._fingerprint: dict[str, Any] = {}
         self._counting = BenchmarkCounting()  # idle until a "count" request (agent under callgrind)
 
@@ -71,6 +72,8 @@ class AgentWorker:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        if self._fixed is not None:
+            _fix_work(item, *self._fixed)
         self._counting.attach(item)
         try:
             return (yield)
@@ -133,6 +136,10 @@ class AgentWorker:
             benchmark_session.options.update(request.get("benchmark_options") or {})
         self._reports = []
         self._measurement = None
+        try:
+            self._fixed = _fixed_work(request.get("fixed"))
+        except ValueError as exc:
+            return {"event": "result", "nodeid": nodeid, "outcome": "error", "reports": [], "message": str(exc)}
         self._counting.arm(request)
         started = time.perf_counter()
         # Higher-scoped fixtures stay set up between requests: tear down only what the
@@ -166,6 +173,42 @@ class AgentWorker:
         if imported:
             result["modules"] = imported
         return result
+
+
+def _fixed_work(fixed: Any) -> tuple[int, int] | None:
+    """``{"iterations": N, "rounds": R}`` as (N, R); None for a normal run."""
+    if fixed is None:
+        return None
+    values = (fixed.get("iterations"), fixed.get("rounds", 1)) if isinstance(fixed, dict) else ()
+    counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+    if len(counts) != 2:
+        raise ValueError(f"fixed work must be {{'iterations': N, 'rounds': R}} with whole numbers >= 1, got {fixed!r}")
+    return counts[0], counts[1]
+
+
+def _fix_work(item: pytest.Item, iterations: int, rounds: int) -> None:
+    """Make the item's benchmark fixture time ``rounds`` rounds of ``iterations`` calls, uncalibrated.
+
+    pytest-benchmark picks ``rounds = max(ceil(max_time / duration), min_rounds)`` after
+    calibrating; a calibration that answers at once with our iterations, ``max_time`` 0
+    and ``min_rounds`` R leave exactly R rounds of N calls, timed by its own timer. A test
+    that calls ``benchmark.pedantic`` chose its own iterations: it runs R rounds of those,
+    without its warm-up rounds (the controller warms each side up once).
+    """
+    fixture = (getattr(item, "funcargs", None) or {}).get("benchmark")
+    if fixture is None or not callable(getattr(fixture, "_calibrate_timer", None)):
+        return
+    loops = range(iterations)
+    fixture._calibrate_timer = lambda runner: (1.0, iterations, loops)
+    fixture._max_time = 0.0
+    fixture._min_rounds = rounds
+    fixture._warmup = False
+    pedantic = getattr(fixture, "_raw_pedantic", None)
+    if callable(pedantic):
+        def fixed_pedantic(*args: Any, **kwargs: Any) -> Any:
+            return pedantic(*args, **{**kwargs, "rounds": rounds, "warmup_rounds": 0})
+
+        fixture._raw_pedantic = fixed_pedantic
 
 
 def cap_section(content: str, limit: int = MAX_SECTION_CHARS) -> str:

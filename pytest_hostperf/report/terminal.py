@@ -48,21 +48,40 @@ def instructions_text(record: Mapping[str, Any]) -> str:
     return size + change + (f" ({record['attribution']})" if record.get("attribution") else "")
 
 
+def _against_text(against: Mapping[str, Any] | None) -> str:
+    if not against:
+        return "-"
+    if against.get("error"):
+        return "absent" if against["error"] == "absent" else "fails at REV"
+    low, high = against["ci"]
+    return f"{against['ratio']:.2f}x [{low:.2f}, {high:.2f}]"
+
+
+def with_against(data: Mapping[str, Any]) -> bool:
+    """Whether the session compared with a git revision (--hostperf-against): one more column."""
+    return any(r.get("against") for r in data["results"])
+
+
+
 def rows(data: Mapping[str, Any]) -> Iterable[tuple[str, ...]]:
     """One row of cells per record, in :func:`columns` order."""
-    with_counts = counted(data)
+    with_counts, against = counted(data), with_against(data)
     for r in data["results"]:
         verdict = r["verdict"] or r["outcome"]
         if r.get("accepted") and r["verdict"]:
             verdict += " (accepted)"
         cells = (r["test"], r["target"], _time(r["median_s"]), _ratio_text(r["ratio_to_baseline"]),
                  _ratio_text(r["ratio_to_native"]))
-        yield (*cells, instructions_text(r), verdict) if with_counts else (*cells, verdict)
+        extra: tuple[str, ...] = (instructions_text(r),) if with_counts else ()
+        extra += (_against_text(r.get("against")),) if against else ()
+        yield (*cells, *extra, verdict)
 
 
 def columns(data: Mapping[str, Any]) -> tuple[str, ...]:
-    """:data:`COLUMNS`, with "instructions [who]" before the verdict when counted."""
-    return (*COLUMNS[:-1], "instructions [who]", COLUMNS[-1]) if counted(data) else COLUMNS
+    """:data:`COLUMNS`, with "instructions [who]" (when counted) and "vs REV [CI]" (when
+    compared with a git revision) before the verdict."""
+    extra = (("instructions [who]",) if counted(data) else ()) + (("vs REV [CI]",) if with_against(data) else ())
+    return (*COLUMNS[:-1], *extra, COLUMNS[-1])
 
 
 def render_terminal(data: Mapping[str, Any], verbose: bool = False) -> list[str]:
@@ -92,6 +111,10 @@ def footer(data: Mapping[str, Any]) -> list[str]:
     settings = data["settings"]
     lines = [f"tolerance {settings['tolerance']:.0%}, alpha {settings['alpha']} over "
              f"{settings['comparisons']} comparisons (Bonferroni); baselines in {settings['baselines']}"]
+    revs = sorted({r["against"]["rev"] for r in data["results"] if r.get("against")})
+    if revs:
+        lines.append(f"REV = {', '.join(rev[:12] for rev in revs)} (--hostperf-against): working tree / REV from "
+                     "random-order pairs in the same session; this comparison gates")
     for name, env in data["environments"].items():
         parts = [f"{name}:"]
         if env["error"]:

@@ -151,6 +151,13 @@ class Judge:
         if judgement is not None and len(attempts) > 1:
             medians = ", ".join(format_seconds(a.median_s) for a in attempts)
             reason += f" [re-measured {len(attempts) - 1}x after a pause: medians {medians}; judged on the fastest]"
+        verdict = judgement.verdict if judgement else None
+        against = attempt.against
+        if against is not None and against.verdict and verdict is not Verdict.OVERHEAD:
+            # --hostperf-against gates; the stored-baseline verdict is still shown (and saved)
+            stored = f"stored baselines said {verdict.value}: {reason}" if verdict else "no stored-baseline verdict"
+            reason = f"vs {against.rev[:12]} (gates, --hostperf-against): {against.reason} [{stored}]"
+            verdict = Verdict(against.verdict)
         if accepted is not None:
             reason = f"{reason} [accepted into the baseline: {accepted}]"
         baseline = self.store.path_for(state.backend.name, state.fingerprint_id) if (
@@ -159,7 +166,7 @@ class Judge:
         return Record(
             test=request.test, env=request.target.env, mount=request.target.mount, item=request.item_id,
             target=request.target.id, outcome=attempt.outcome or Outcome.ERROR,
-            verdict=judgement.verdict if judgement else None, reason=reason,
+            verdict=verdict, reason=reason, against=against,
             samples=tuple(attempt.samples), iterations=attempt.iterations,
             summary=summarize(attempt.samples) if attempt.samples and attempt.outcome is Outcome.PASSED else None,
             ratio_to_baseline=judgement.to_baseline if judgement else None,

@@ -5,9 +5,11 @@ pytest-benchmark's options). :class:`PlanRunner` measures one test at a time on 
 targets:
 
 1. the host's reference workload in each environment, right before the test;
-2. the test's rounds, ordered by a :class:`Strategy` (today :class:`InterleavedBlocks`:
-   native, docker, qemu, native, docker, qemu, ... so drift hits all alike; a pairing
-   strategy, random-order pairs of rounds of two agents, plugs in beside it);
+2. the test's rounds, ordered by a :class:`Strategy`: :class:`PairedToNative` (the
+   default when a test runs natively and elsewhere: random-order pairs of fixed-work
+   halves of native and each other target, the ratio to native from the pairs;
+   :mod:`pytest_hostperf.run.paired`), else :class:`InterleavedBlocks` (native,
+   docker, qemu, native, docker, qemu, ...);
 3. the reference again, right after;
 4. the verdicts (:class:`~pytest_hostperf.run.judge.Judge`), then a confirmation: a test
    that reads as a regression is measured again after a pause and the fastest attempt
@@ -20,19 +22,23 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from pytest_hostperf.agent.protocol import ProtocolError
 from pytest_hostperf.baselines import BaselineError
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, EnvironmentFailure
 from pytest_hostperf.environments.process import tail_lines
-from pytest_hostperf.model import Outcome, RatioEstimate, Record, SessionSummary, Verdict
+from pytest_hostperf.model import Against, Outcome, RatioEstimate, Record, SessionSummary, Verdict
+from pytest_hostperf.run import paired
 from pytest_hostperf.run.answers import MalformedAnswer, parse_run_answer, timings
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.stats import summarize
 from pytest_hostperf.targets import Target
-from pytest_hostperf.verdict import Judgement
+from pytest_hostperf.verdict import Judgement, Policy
+
+if TYPE_CHECKING:
+    from pytest_hostperf.run.against import AgainstRevision
 
 #: Rounds of the reference workload per test and environment (~1 ms each natively).
 REFERENCE_ROUNDS = 15
@@ -111,6 +117,8 @@ class Attempt:
     reference_before: SessionSummary | None = None
     reference_after: SessionSummary | None = None
     judgement: Judgement | None = None
+    to_native: RatioEstimate | None = None  # from pairs with native (PairedToNative)
+    against: Against | None = None          # the pairs with REV (--hostperf-against)
 
     @property
     def finished(self) -> bool:
@@ -131,9 +139,14 @@ class Attempt:
 
 
 class Rounds(Protocol):
-    """What a strategy may do: run one request once, with the given benchmark options."""
+    """What a strategy may do: run one request once, with the given benchmark options.
 
-    def __call__(self, request: Request, attempt: Attempt, options: Mapping[str, Any]) -> None: ...
+    ``fixed``: ``{"iterations": N, "rounds": R}`` makes the agent skip pytest-benchmark's
+    calibration and time R rounds of N calls (one half of a pair).
+    """
+
+    def __call__(self, request: Request, attempt: Attempt, options: Mapping[str, Any],
+                 fixed: Mapping[str, int] | None = None) -> None: ...
 
 
 class Strategy(Protocol):
@@ -164,6 +177,45 @@ class InterleavedBlocks:
         return attempts
 
 
+@dataclasses.dataclass(frozen=True)
+class PairedToNative:
+    """Native and each other target in random-order pairs of fixed-work halves.
+
+    The halves are every side's samples; each non-native attempt gets ``to_native``, the
+    paired estimate of its ratio to native (:mod:`pytest_hostperf.run.paired`). A test
+    without a native target (or with nothing else) is measured by ``fallback``.
+    """
+
+    budget: paired.PairBudget
+    confidence: float
+    seed: str
+    fallback: Strategy
+    clock: Callable[[], float] = time.monotonic
+
+    def measure(self, requests: Sequence[Request], run: Rounds,
+                options: Mapping[str, Any]) -> dict[str, Attempt]:
+        native = next((r for r in requests if r.target.kind == "native"), None)
+        others = [r for r in requests if r.target.kind != "native"]
+        if native is None or not others:
+            return self.fallback.measure(requests, run, options)
+        attempts = {r.item_id: Attempt(r) for r in requests}
+        sides = {r.item_id: paired.calibrate(r, attempts[r.item_id], functools.partial(Attempt, r), run, options,
+                                             self.budget) for r in requests}
+        reference = sides[native.item_id]
+        for other in others:
+            candidate, attempt = sides[other.item_id], attempts[other.item_id]
+            if reference is None or reference.attempt.finished or candidate is None:
+                continue
+            estimate = paired.measure_pairs(reference, candidate, options, self.budget,
+                                            f"{self.seed}:{other.item_id}", self.confidence, self.clock)
+            if estimate is not None:
+                attempt.to_native = paired.as_ratio(estimate)
+        for request in requests:  # a side left without a partner is measured on its own
+            if sides[request.item_id] is not None and not attempts[request.item_id].samples:
+                run(request, attempts[request.item_id], options)
+        return attempts
+
+
 class Judging(Protocol):
     """What the runner needs from the judge (:class:`pytest_hostperf.run.judge.Judge`)."""
 
@@ -180,12 +232,17 @@ class PlanRunner:
 
     def __init__(self, plan: Plan, pool: EnvironmentPool, judge: Judging, settings: Settings,
                  strategy: Strategy | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, against: AgainstRevision | None = None) -> None:
         self.plan = plan
+        self.against = against
         self.pool = pool
         self.judge = judge
         self.settings = settings
-        self.strategy: Strategy = strategy or InterleavedBlocks(settings.blocks)
+        blocks = InterleavedBlocks(settings.blocks)
+        self.strategy: Strategy = strategy or (blocks if settings.pair_budget_s <= 0 else PairedToNative(
+            paired.PairBudget(settings.pair_budget_s, settings.pair_round_s),
+            Policy(settings.tolerance, settings.alpha, plan.comparisons).confidence,
+            pool.context.session_id, blocks, clock))
         self._sleep = sleep
         self._clock = clock
         self._last_reference: dict[str, tuple[float, SessionSummary]] = {}
@@ -202,11 +259,27 @@ class PlanRunner:
             attempt.reference_before, attempt.reference_after = before.get(env), after.get(env)
         native = next((a.samples for a in attempts.values() if a.request.target.kind == "native"
                        and a.outcome is Outcome.PASSED and a.samples), [])
+        if self.against is not None:
+            self._compare_with_revision(self.against, attempts.values())
         records = []
         for request in requests:
             chosen, tried = self._judged(attempts[request.item_id], native)
+            chosen.against = attempts[request.item_id].against
             records.append(self.judge.record(chosen, self.pool.state(request.target.env), tried))
         return records
+
+    def _compare_with_revision(self, against: AgainstRevision, attempts: Iterable[Attempt]) -> None:
+        """Each measured item against REV, in pairs (--hostperf-against)."""
+        for attempt in attempts:
+            request = attempt.request
+            if attempt.outcome is not Outcome.PASSED or not attempt.samples:
+                continue  # a failing working tree is an ordinary failure: nothing to pair
+            rev_pool = against.pool
+            rev_pool.wait_for_prestarts()
+            attempt.against = against.compare(
+                request, request.tolerance if request.tolerance is not None else self.settings.tolerance,
+                self._run_once, functools.partial(self._run_in, rev_pool, against.args),
+                functools.partial(Attempt, request), self.plan.benchmark_options)
 
     # -- judging and confirming ---------------------------------------------------------------
 
@@ -221,7 +294,7 @@ class PlanRunner:
         A proven change that the host guard blamed on the machine is re-measured too: if
         the machine is back to speed and the test is still slow, it is the code.
         """
-        if not self._judge(first, native):
+        if not self._judge(first, native, first.to_native):
             return first, [first]
         attempts, chosen = [first], first
         to_native = first.judgement.to_native if first.judgement else None
@@ -253,16 +326,22 @@ class PlanRunner:
 
     # -- one round trip ---------------------------------------------------------------------
 
-    def _run_once(self, request: Request, attempt: Attempt, options: Mapping[str, Any]) -> None:
+    def _run_once(self, request: Request, attempt: Attempt, options: Mapping[str, Any],
+                  fixed: Mapping[str, int] | None = None) -> None:
         """Run the test once in its environment and add what came back to ``attempt``."""
+        self._run_in(self.pool, self.plan.agent_args, request, attempt, options, fixed)
+
+    def _run_in(self, pool: EnvironmentPool, args: AgentArgs, request: Request, attempt: Attempt,
+                options: Mapping[str, Any], fixed: Mapping[str, int] | None = None) -> None:
+        """:meth:`_run_once` with the agents of ``pool`` (REV's, for --hostperf-against)."""
         env = request.target.env
         try:
-            client = self.pool.agent(env, self.plan.agent_args)
+            client = pool.agent(env, args)
         except EnvironmentFailure as exc:
             attempt.fail(Outcome.ERROR if self._required(env) else Outcome.SKIPPED, str(exc))
             return
-        state = self.pool.state(env)
-        mismatch = self.pool.code.reason(env)  # known at ready: numbers of other code are not worth taking
+        state = pool.state(env)
+        mismatch = pool.code.reason(env)  # known at ready: numbers of other code are not worth taking
         if mismatch:
             attempt.fail(Outcome.FAILED, mismatch)
             return
@@ -273,25 +352,27 @@ class PlanRunner:
             return
         message = {"op": "run", "nodeid": request.test, "mount": request.target.mount or "",
                    "mount_path": state.mount_path(request.target.mount), "benchmark_options": dict(options)}
+        if fixed is not None:
+            message["fixed"] = dict(fixed)
         started = time.perf_counter()
         try:
             answer = parse_run_answer(client.request(message, "result", self.settings.timeout_s,
                                                      f"running {request.test}"))
         except AgentTimeout:
-            self.pool.restart(env)
+            pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: {request.test} did not finish within "
                                          f"{self.settings.timeout_s:.0f} s (--hostperf-timeout); the agent was "
                                          "stopped and will be restarted for the next test")
             return
         except (AgentDied, EnvironmentFailure) as exc:
             tail = client.transport.log_tail()
-            self.pool.restart(env)
+            pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: the agent crashed while running {request.test} "
                                          f"({exc})" + _indented_tail(tail, str(exc)))
             return
         except (ProtocolError, MalformedAnswer) as exc:
             # The channel may be out of step after a garbled answer: start afresh.
-            self.pool.restart(env)
+            pool.restart(env)
             attempt.fail(Outcome.FAILED, f"environment {env!r}: malformed answer from the agent while running "
                                          f"{request.test}: {exc}; the agent will be restarted for the next test")
             return

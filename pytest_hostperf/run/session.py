@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 from pytest_hostperf.baselines import BaselineStore, EnvironmentSave
 from pytest_hostperf.model import EnvironmentReport, Record, Verdict
 from pytest_hostperf.report.json import build_json
+from pytest_hostperf.run.against import AgainstRevision
 from pytest_hostperf.run.count import InstructionCounting
 from pytest_hostperf.run.judge import Judge
 from pytest_hostperf.run.plan import Plan, PlanRunner, Strategy
@@ -25,13 +26,14 @@ class SessionRun:
     """Measures the plan's tests on request and keeps one record per item."""
 
     def __init__(self, plan: Plan, pool: EnvironmentPool, settings: Settings,
-                 default_budgets: Mapping[str, float], strategy: Strategy | None = None) -> None:
+                 default_budgets: Mapping[str, float], strategy: Strategy | None = None,
+                 against: AgainstRevision | None = None) -> None:
         self.plan = plan
         self.pool = pool
         self.settings = settings
         self.store = BaselineStore(settings.baselines_dir)
         self.judge = Judge(settings, self.store, plan.comparisons, default_budgets)
-        self.runner = PlanRunner(plan, pool, self.judge, settings, strategy)
+        self.runner = PlanRunner(plan, pool, self.judge, settings, strategy, against=against)
         self.counting = InstructionCounting(pool, settings, plan.agent_args, self.judge.accepts) \
             if settings.counts_instructions else None
         self.records: dict[str, Record] = {}
@@ -47,6 +49,9 @@ class SessionRun:
         for env, mounts in self.plan.mounts_by_env().items():
             self.pool.state(env).backend.use_mounts(mounts)
         self.pool.prestart(self.plan.envs, self.plan.agent_args)
+        against = self.runner.against
+        if against is not None and against.args.test_files:
+            against.pool.prestart(self.plan.envs, against.args)
 
     def run_test(self, test: str) -> None:
         """Measure every target of ``test`` unless already done (one item triggers its whole group)."""
