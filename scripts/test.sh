@@ -11,4 +11,5 @@ fi
 python3 -m ruff check .
 python3 -m mypy
 # --durations: the slowest tests are named in every CI log (the suite must stay well under 30 minutes).
-exec python3 -m pytest tests -p no:cacheprovider -ra --durations=25 "$@"
+# -m "not extended": slow fallback paths that CI's machine does not take (README, Development).
+exec python3 -m pytest tests -p no:cacheprovider -ra --durations=25 -m "not extended" "$@"

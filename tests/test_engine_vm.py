@@ -93,6 +93,11 @@ def _images_on_data_disk(image: Path) -> dict[str, Any]:
     return dict(json.loads(listed)["Repositories"])
 
 
+# The fallback fill (no dockerd of the VM's version on the host) boots the engine VM and
+# loads the images through it: ~3 minutes under TCG. CI's host has that dockerd, so CI takes
+# the host path (test_data_disk_filled_on_the_host_holds_the_image, test_topologies) and
+# leaves this one to `pytest -m extended` to stay within its time.
+@pytest.mark.extended
 def test_engine_in_vm_loads_its_images_and_stops_cleanly_so_the_disk_is_kept(
         tmp_path: Path, engine: Any, disk: Any, kernel: guest_kernel.GuestKernel, tiny_image: Any) -> None:
     """The fallback fill (the host's dockerd is another version): one boot, load, clean stop.

@@ -1,12 +1,11 @@
 """Every topology of issue #14 in one pytest session, with real Docker, QEMU and NFS.
 
-``example_project``'s file-heavy tests (sqlite load and query, a cache of small files)
-run natively, in a container, in a VM on its three shares (virtiofs, 9p, NFS) and in a
+``example_project``'s small-file test (a cache of small files) runs natively, in a
+container, in a VM on its three shares (virtiofs, 9p, NFS) and in a
 container on a Docker engine inside a VM (bind mounts over virtiofs, 9p and NFS, and a
 volume on the VM's disk): the Docker Desktop / colima / Lima shapes, built here from
 Debian parts. Checked: each item's file system as the test saw it from inside, the
-facts a user recognises their set-up by, and that nothing is left afterwards, also of a
-session that was SIGKILLed while its VMs and NFS servers ran (the next session sweeps it).
+facts a user recognises their set-up by, and that nothing is left afterwards.
 
 The subject is the mechanism, not this host's TCG speed: the overhead gate is opened
 wide (its one remaining say, the example's own marker, is tolerated and nothing else) and
@@ -18,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -64,7 +62,7 @@ def everything_installed(engine: Any) -> None:
 
 def _command(tmp_path: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--hostperf", f"--hostperf-envs={ENVS}",
-            f"--hostperf-require={ENVS}", f"--hostperf-mounts={MOUNTS}", "-k", "sqlite or small_file",
+            f"--hostperf-require={ENVS}", f"--hostperf-mounts={MOUNTS}", "-k", "small_file",
             f"--hostperf-baselines={tmp_path / 'baselines'}", f"--hostperf-json={tmp_path / name}.json", *LEAN]
 
 
@@ -90,54 +88,17 @@ def _session_leftovers(session: str, engine: Any) -> list[str]:
     return found
 
 
-def _cmdline(process: psutil.Process) -> list[str]:
-    try:
-        return list(process.cmdline())
-    except psutil.Error:
-        return []
-
-
-def _killed_session(tmp_path: Path) -> str:
-    """Start a session, SIGKILL it once its engine VM boots (VMs, NFS servers, a container up)."""
-    log = open(tmp_path / "killed.log", "w")
-    # docker@qemu first: the NFS server of bind-nfs and the engine VM come up soonest.
-    command = [c.replace(f"--hostperf-envs={ENVS}", "--hostperf-envs=native,docker,docker@qemu,qemu")
-               .replace(f"--hostperf-require={ENVS}", "--hostperf-require=docker@qemu")
-               for c in _command(tmp_path, "killed")]
-    controller = subprocess.Popen(command, cwd=EXAMPLE, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 1200
-    session = None
-    try:
-        while time.monotonic() < deadline and controller.poll() is None and session is None:
-            for child in psutil.Process(controller.pid).children(recursive=True):
-                match = re.search(r"-name hostperf-(\S+)-dq,", " ".join(_cmdline(child)))
-                if match and any("ganesha" in p for p in _session_processes(match.group(1))):
-                    session = match.group(1)
-            time.sleep(1)
-        assert session, "the killed session never booted its engine VM:\n" + (tmp_path / "killed.log").read_text()
-        controller.send_signal(signal.SIGKILL)
-        controller.wait(30)
-        return session
-    finally:
-        if controller.poll() is None:
-            controller.kill()
-        log.close()
-
-
 def test_every_topology_in_one_session_and_nothing_left(tmp_path: Path, engine: Any) -> None:
-    killed = _killed_session(tmp_path)
-    time.sleep(2)   # PR_SET_PDEATHSIG: the killed session's qemu and NFS servers die with it
-    assert _session_processes(killed) == []
-    # ... while its work dirs, NFS state and container wait for the next session's sweep.
-    assert _session_leftovers(killed, engine), "the SIGKILLed session left nothing to sweep: test its timing"
-
+    # CI time: one session, one file-heavy test (the small-file cache; sqlite is the same
+    # mechanism), one round per item. What a SIGKILLed session leaves is covered by the
+    # pieces' own tests (test_nfs_export: ganesha; test_qemu_plugin: VMs; faults: docker).
     started = time.monotonic()
     done = subprocess.run(_command(tmp_path, "run"), cwd=EXAMPLE, capture_output=True, text=True, timeout=2400,
                           check=False)
     took = time.monotonic() - started
     report = json.loads((tmp_path / "run.json").read_text())
     rows = {r["item"].split("::")[-1]: r for r in report["results"]}
-    assert len(rows) == 20 and all(r["outcome"] == "passed" for r in rows.values()), done.stdout[-6000:]
+    assert len(rows) == 10 and all(r["outcome"] == "passed" for r in rows.values()), done.stdout[-6000:]
     # The one failure allowed is the overhead gate's, a judgement of this host's TCG speed
     # (the example's marker budgets small files on qemu-share at 100x native, which a loaded
     # 2-core CI machine exceeds): the mechanisms below are the subject.
@@ -147,7 +108,7 @@ def test_every_topology_in_one_session_and_nothing_left(tmp_path: Path, engine: 
     assert (done.returncode == 0 and not over_budget) or (
         done.returncode == 1 and failed and int(failed.group(1)) == len(over_budget)), \
         done.stdout[-6000:] + done.stderr[-3000:]
-    for test in ("test_sqlite_load_and_query", "test_small_file_cache"):
+    for test in ("test_small_file_cache",):
         for target, fstype in VM_FILE_SYSTEMS.items():
             row = rows[f"{test}[{target}]"]
             assert row["outcome"] == "passed" and row["median_s"] > 0, (target, row["reason"])
@@ -178,4 +139,3 @@ def test_every_topology_in_one_session_and_nothing_left(tmp_path: Path, engine: 
 
     session = report["session_id"]
     assert _session_leftovers(session, engine) == []
-    assert _session_leftovers(killed, engine) == []   # swept by the session that ran after it

@@ -212,7 +212,12 @@ def test_protocol_looking_lines_on_stdout_are_not_protocol(hostile: Hostile) -> 
     expect(hostile.result, {f"test_protocol_lines[{env}]": "PASSED" for env in BOTH})
     for env in BOTH:   # the forged 1 ns sample never reached the controller
         assert min(hostile.record("test_protocol_lines", env)["samples"]) > 1e-4, env
-    assert "forged by the test body" not in hostile.result.output.split("= hostperf =")[-1]
+    # The forged lines may be quoted verbatim (a crashed agent's "last output" shows what the
+    # bodies printed), but their message is never decoded into a fatal error of its own.
+    summary = hostile.result.output.split("= hostperf =")[-1]
+    decoded = [line for line in summary.splitlines()
+               if "forged by the test body" in line and "@@hostperf@@" not in line]
+    assert decoded == [], decoded
     _contained(hostile)
 
 

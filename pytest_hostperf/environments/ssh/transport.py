@@ -28,7 +28,11 @@ class SshTransport(PipeTransport):
     def send(self, data: bytes) -> None:
         if self._closed:
             raise AgentDied(f"the agent channel to ssh host {self.host!r} is closed")
-        super().send(data)
+        try:
+            super().send(data)
+        except AgentDied as exc:
+            # A dropped connection shows first as a broken pipe when a request is written.
+            raise AgentDied(self._death_message(str(exc))) from None
 
     def read_line(self, deadline: float) -> bytes:
         if self._closed:
