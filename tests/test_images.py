@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import json
 import os
@@ -155,6 +156,37 @@ def test_sweep_removes_leftovers_of_a_killed_build(engine: Any, project_image: i
     assert not engine.containers.list(all=True, filters={"id": container.id})
     # Cached images are the cache: never swept.
     assert engine.images.get(project_image.tag)
+
+
+@pytest.mark.docker
+def test_sweep_removes_a_build_step_container_left_in_created(engine: Any, project_image: images.ImageRef,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # What an interrupted build left here: the engine's own LABEL step, with the image's
+    # labels and no owner. Any age counts as stale for the test; a container that is not a
+    # build step (no "#(nop)") is never touched.
+    from pytest_hostperf.images import project
+
+    step = engine.containers.create(project_image.tag, ["/bin/sh", "-c", "#(nop) ", "LABEL x=y"])
+    other = engine.containers.create(project_image.tag, ["true"])
+    try:
+        monkeypatch.setattr(project, "STALE_STEP_S", -1.0)
+        removed = images.sweep_build_leftovers(engine)
+        assert f"container {step.name}" in removed and f"container {other.name}" not in removed
+        assert not engine.containers.list(all=True, filters={"id": step.id})
+    finally:
+        for container in engine.containers.list(all=True, filters={"id": [step.id, other.id]}):
+            container.remove(force=True)
+
+
+def test_a_build_step_is_stale_only_when_old() -> None:
+    from pytest_hostperf.images.project import _is_stale_build_step
+
+    step = {"Config": {"Cmd": ["/bin/sh", "-c", "#(nop) ", "LABEL a=b"]}}
+    assert _is_stale_build_step({**step, "Created": "2026-01-01T00:00:00.123456789Z"})
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000001Z")
+    assert not _is_stale_build_step({**step, "Created": now})
+    assert not _is_stale_build_step({"Config": {"Cmd": ["true"]}, "Created": "2026-01-01T00:00:00Z"})
+    assert not _is_stale_build_step({**step, "Created": "garbage"})
 
 
 def test_requirements_from_the_projects_ini_files(tmp_path: Path) -> None:

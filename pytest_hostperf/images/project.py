@@ -290,11 +290,39 @@ def sweep_build_leftovers(client: docker.DockerClient) -> list[str]:
         if labels.gone(container.labels):
             _quietly(functools.partial(container.remove, force=True))
             removed.append(f"container {container.name}")
+    # The engine's own last step (the LABELs passed to the build) runs in a container that
+    # carries the image's labels but not the owner's; an interrupted build can leave it in
+    # "created". Such a step lives for milliseconds: one older than STALE_STEP_S is left over.
+    for container in client.containers.list(all=True, filters={"label": LABEL_KIND, "status": "created"}):
+        if _is_stale_build_step(container.attrs):
+            _quietly(functools.partial(container.remove, force=True))
+            removed.append(f"container {container.name}")
     for image in client.images.list(all=True, filters={"label": label, "dangling": True}):
         if labels.gone(image.labels or {}):
             _quietly(functools.partial(client.images.remove, image.id, force=True, noprune=False))
             removed.append(f"image {image.short_id}")
     return removed
+
+
+#: Age after which a "created" build-step container of a hostperf image is a leftover.
+STALE_STEP_S: Final = 600.0
+
+
+def _is_stale_build_step(attrs: dict[str, object]) -> bool:
+    """A legacy builder's step container (``#(nop)`` command) created over STALE_STEP_S ago."""
+    import datetime
+
+    config = attrs.get("Config") or {}
+    command = " ".join(config.get("Cmd") or []) if isinstance(config, dict) else ""
+    if "#(nop)" not in command:
+        return False
+    created = str(attrs.get("Created", ""))
+    try:
+        # The engine gives nanoseconds (2026-12-01T06:01:26.123456789Z); seconds are enough.
+        when = datetime.datetime.fromisoformat(created[:19]).replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return False
+    return (datetime.datetime.now(datetime.timezone.utc) - when).total_seconds() > STALE_STEP_S
 
 
 def _quietly(action: Callable[[], object]) -> None:
