@@ -148,3 +148,22 @@ def test_pairing_stops_when_the_wall_clock_budget_is_spent(tmp_path: Path) -> No
     run.run_test(T1)
     to_native = run.records[f"{T1}[docker]"].ratio_to_native
     assert to_native is not None and to_native.pairs == 60  # 3 s of both sides, one look per pair
+
+
+def test_a_target_too_slow_to_ask_for_pairs_is_measured_on_its_own(tmp_path: Path) -> None:
+    # Each look at the clock 1 s later: a warm half "takes" 1 s on each side, so the least
+    # pairs would take 80 s, over ten budgets (8 s); a TCG VM's requests are like that.
+    budget = PairBudget(side_s=0.4)
+    assert budget.worth_pairing(0.015, 0.02) and not budget.worth_pairing(0.015, 0.5)
+    ticks = itertools.count()
+    w = world(tmp_path, {"native": {T1: [per_call(1e-3)]}, "docker": {T1: [per_call(2e-3)]}})
+    run = SessionRun(plan([T1], ["native", "docker"]), w.pool, w.settings, DEFAULT_MAX_OVERHEAD)
+    run.runner = PlanRunner(run.plan, w.pool, run.judge, w.settings, sleep=lambda s: None,
+                            clock=lambda: float(next(ticks)))
+    run.run_test(T1)
+    docker = run.records[f"{T1}[docker]"]
+    assert docker.outcome is Outcome.PASSED and docker.samples
+    assert docker.ratio_to_native is not None and not docker.ratio_to_native.pairs
+    assert docker.ratio_to_native.method.startswith("bootstrap"), docker.ratio_to_native
+    assert 1.5 < docker.ratio_to_native.ratio < 2.5, docker.ratio_to_native
+    assert not [m for env, m in runs(w)[4:] if (m.get("fixed") or {}).get("iterations", 0) > 1]

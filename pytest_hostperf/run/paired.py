@@ -52,6 +52,14 @@ class PairBudget:
     #: Rounds per half; a half's per-call time is their median. More than one was worse
     #: under load here (a longer half is more often cut by other tasks' time slices).
     rounds: int = 1
+    #: Pairing is skipped for a target whose halves are so slow to ask for (a TCG VM: a
+    #: whole pytest request under emulation, ~0.3-0.5 s) that the least pairs would take
+    #: over this many times the budget; it is measured the interleaved way instead.
+    slow_factor: float = 10.0
+
+    def worth_pairing(self, reference_request_s: float, candidate_request_s: float) -> bool:
+        """Whether :data:`MIN_PAIRS` pairs at these request times fit ``slow_factor`` budgets."""
+        return MIN_PAIRS * (reference_request_s + candidate_request_s) <= self.slow_factor * 2 * self.side_s
 
     def iterations(self, call_s: float) -> int:
         """Calls per half so that a half lasts about ``round_s``."""
@@ -97,10 +105,12 @@ class Side:
     iterations: int
     run: RunOnce         # how this side runs a request (its own agent)
     rounds: int = 1
+    request_s: float = 0.0   # wall time of one warm half, round trip included
 
 
 def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], run: RunOnce,
-              options: Mapping[str, Any], budget: PairBudget) -> Side | None:
+              options: Mapping[str, Any], budget: PairBudget,
+              clock: Callable[[], float] = time.monotonic) -> Side | None:
     """Size one side's half; None (the failure copied into ``attempt``) when the test does not run."""
     probe = scratch()
     run(request, probe, options, {"iterations": 1, "rounds": 1})
@@ -108,13 +118,15 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
         return None
     iterations = budget.iterations(min(probe.samples))
     warm = scratch()
+    started = clock()
     run(request, warm, options, {"iterations": iterations, "rounds": 1})
+    request_s = clock() - started
     if _copy_failure(warm, attempt):
         return None
     attempt.reports, attempt.mount_info = warm.reports, warm.mount_info
     # Sized from the warm half, a real one: a first call can run on a CPU quota's unused
     # share (or before a VM's vCPU is throttled) and would make every later half too long.
-    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds)
+    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds, request_s)
 
 
 def measure_pairs(reference: Side, candidate: Side, options: Mapping[str, Any], budget: PairBudget,

@@ -200,12 +200,14 @@ class PairedToNative:
             return self.fallback.measure(requests, run, options)
         attempts = {r.item_id: Attempt(r) for r in requests}
         sides = {r.item_id: paired.calibrate(r, attempts[r.item_id], functools.partial(Attempt, r), run, options,
-                                             self.budget) for r in requests}
+                                             self.budget, self.clock) for r in requests}
         reference = sides[native.item_id]
         for other in others:
             candidate, attempt = sides[other.item_id], attempts[other.item_id]
             if reference is None or reference.attempt.finished or candidate is None:
                 continue
+            if not self.budget.worth_pairing(reference.request_s, candidate.request_s):
+                continue   # too slow to ask (a TCG VM): measured on its own below, the interleaved way
             estimate = paired.measure_pairs(reference, candidate, options, self.budget,
                                             f"{self.seed}:{other.item_id}", self.confidence, self.clock)
             if estimate is not None:
