@@ -40,6 +40,8 @@ DEFAULT_SIDE_SECONDS = 0.4
 #: the guard off, 1 of 5 A/A comparisons of a file-I/O test here read a false
 #: `improvement` (benchmarks/results/paired-study.log, first run).
 MIN_PAIRS = pairing.DRIFT_BATCHES * pairing.DRIFT_MIN_BATCH
+#: Pairing's overhead may always take this long per comparison (40 pairs of ~0.1 s).
+MIN_CAP_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +54,16 @@ class PairBudget:
     #: Rounds per half; a half's per-call time is their median. More than one was worse
     #: under load here (a longer half is more often cut by other tasks' time slices).
     rounds: int = 1
-    #: Pairing is skipped for a target whose halves are so slow to ask for (a TCG VM: a
-    #: whole pytest request under emulation, ~0.3-0.5 s) that the least pairs would take
-    #: over this many times the budget; it is measured the interleaved way instead.
+    #: Pairing is skipped for a target whose halves cost so much around their timed work
+    #: (a TCG VM: a whole pytest request under emulation, ~0.3-0.5 s) that the least pairs
+    #: would spend over this many budgets (and over MIN_CAP_S) on it; such a target is
+    #: measured on its own instead. Long halves asked for (a CPU quota's) do not count.
     slow_factor: float = 10.0
 
-    def worth_pairing(self, reference_request_s: float, candidate_request_s: float) -> bool:
-        """Whether :data:`MIN_PAIRS` pairs at these request times fit ``slow_factor`` budgets."""
-        return MIN_PAIRS * (reference_request_s + candidate_request_s) <= self.slow_factor * 2 * self.side_s
+    def worth_pairing(self, reference_overhead_s: float, candidate_overhead_s: float) -> bool:
+        """Whether :data:`MIN_PAIRS` pairs with these per-half overheads fit the cap."""
+        cap_s = max(self.slow_factor * 2 * self.side_s, MIN_CAP_S)
+        return MIN_PAIRS * (reference_overhead_s + candidate_overhead_s) <= cap_s
 
     def iterations(self, call_s: float) -> int:
         """Calls per half so that a half lasts about ``round_s``."""
@@ -105,7 +109,7 @@ class Side:
     iterations: int
     run: RunOnce         # how this side runs a request (its own agent)
     rounds: int = 1
-    request_s: float = 0.0   # wall time of one warm half, round trip included
+    overhead_s: float = 0.0   # wall time of one warm half beyond its timed calls (round trip, harness)
 
 
 def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], run: RunOnce,
@@ -126,7 +130,8 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
     attempt.reports, attempt.mount_info = warm.reports, warm.mount_info
     # Sized from the warm half, a real one: a first call can run on a CPU quota's unused
     # share (or before a VM's vCPU is throttled) and would make every later half too long.
-    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds, request_s)
+    overhead_s = max(0.0, request_s - sum(warm.samples) * iterations)
+    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds, overhead_s)
 
 
 def measure_pairs(reference: Side, candidate: Side, options: Mapping[str, Any], budget: PairBudget,

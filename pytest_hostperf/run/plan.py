@@ -206,7 +206,7 @@ class PairedToNative:
             candidate, attempt = sides[other.item_id], attempts[other.item_id]
             if reference is None or reference.attempt.finished or candidate is None:
                 continue
-            if not self.budget.worth_pairing(reference.request_s, candidate.request_s):
+            if not self.budget.worth_pairing(reference.overhead_s, candidate.overhead_s):
                 continue   # too slow to ask (a TCG VM): measured on its own below, the interleaved way
             estimate = paired.measure_pairs(reference, candidate, options, self.budget,
                                             f"{self.seed}:{other.item_id}", self.confidence, self.clock)
