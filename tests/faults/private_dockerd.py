@@ -44,7 +44,11 @@ class PrivateDockerd:
                 f"--exec-root={self.root}/exec", f"--host={self.url}", f"--pidfile={self.root}/docker.pid",
                 "--bridge=none", "--iptables=false", "--ip6tables=false"]
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 90) -> None:
+        # After a SIGKILL of dockerd alone, its containerd can outlive it for a while, and
+        # the next dockerd then times out starting its own ("timeout waiting for containerd
+        # to start", seen once in CI): what is left of this engine goes first.
+        self._end_leftover_processes()
         self.host_links = set(os.listdir("/sys/class/net"))
         with open(self.root / "dockerd.log", "ab") as log:
             self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
@@ -54,6 +58,21 @@ class PrivateDockerd:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the private dockerd did not start: {self.log_tail()}")
             time.sleep(0.2)
+
+    def _end_leftover_processes(self, timeout: float = 20) -> None:
+        import psutil
+
+        mine = str(self.root)
+        leftovers = []
+        for process in psutil.process_iter(["cmdline"]):
+            if any(mine in arg for arg in process.info["cmdline"] or []):
+                leftovers.append(process)
+        for process in leftovers:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(leftovers, timeout=timeout)
 
     def answers(self) -> bool:
         try:
