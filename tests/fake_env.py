@@ -52,6 +52,7 @@ class FakeAgent(Transport):
              "modules": backend.modules})])
         self.dead = False
         self.closed = False
+        self.held: dict[str, Any] | None = None   # the "run" message of the item held now
 
     def send(self, data: bytes) -> None:
         if self.dead or self.closed:
@@ -66,6 +67,16 @@ class FakeAgent(Transport):
             self.backend.log.append(("reference", self.backend.name, message))
             self.lines.append(protocol.encode({"event": "reference", "samples": self.backend.reference()}))
             return
+        if op in ("half", "release"):
+            self._serve_held(op, message)
+            return
+        if message.get("hold") and self.backend.holds:
+            # Held like agent/hold.py: halves come from the script's answer for the item,
+            # logged as "run"s with their fixed work (the same sequence whole requests make).
+            self.held = message
+            self.backend.log.append(("hold", self.backend.name, message))
+            self.lines.append(protocol.encode({"event": "holding", "nodeid": message["nodeid"]}))
+            return
         self.backend.log.append(("run", self.backend.name, message))
         answer = self.backend.answer(message["nodeid"])
         if callable(answer):
@@ -79,6 +90,30 @@ class FakeAgent(Transport):
                      "iterations": 1, "duration_s": 0.0}
             event.update(answer)
             self.lines.append(protocol.encode(event))
+
+    def _serve_held(self, op: str, message: dict[str, Any]) -> None:
+        assert self.held is not None, f"{op} without a held item"
+        nodeid = self.held["nodeid"]
+        if op == "release":
+            self.backend.log.append(("release", self.backend.name, message))
+            self.held = None
+            self.lines.append(protocol.encode({"event": "result", "nodeid": nodeid, "outcome": "passed",
+                                               "reports": [], "iterations": 1, "duration_s": 0.0,
+                                               "samples": [1e-3]}))
+            return
+        fixed = {"iterations": message["iterations"], "rounds": message["rounds"]}
+        half = {**self.held, "fixed": fixed}
+        self.backend.log.append(("run", self.backend.name, half))
+        answer = self.backend.answer(nodeid)
+        answer = answer(half) if callable(answer) else answer
+        if answer == DIE:
+            self.dead = True
+        elif answer.get("outcome", "passed") != "passed":
+            self.held = None
+            self.lines.append(protocol.encode({"event": "result", "nodeid": nodeid, "reports": [],
+                                               "iterations": 1, "duration_s": 0.0, **answer}))
+        else:
+            self.lines.append(protocol.encode({"event": "half", "samples": answer["samples"]}))
 
     def read_line(self, deadline: float) -> bytes:
         if self.lines:
@@ -106,6 +141,7 @@ class FakeBackend(Environment):
         self.starts = 0
         self.stopped = 0
         self.agents: list[FakeAgent] = []
+        self.holds = True   # False: like a test using benchmark.pedantic, never held
 
     def answer(self, test: str) -> Any:
         answers = self.script[test]

@@ -57,7 +57,12 @@ def test_each_side_is_calibrated_then_measured_in_balanced_random_order_pairs(tm
     assert log[0][1]["fixed"] == log[2][1]["fixed"] == {"iterations": 1, "rounds": 1}
     assert log[1][1]["fixed"] == {"iterations": 2, "rounds": 1}   # 2 ms halves of 1 ms calls
     assert log[3][1]["fixed"] == {"iterations": 1, "rounds": 1}
-    pairs = [(log[i][0], log[i + 1][0]) for i in range(4, len(log), 2)]
+    # Then both items are held in their agents: one warm held half each, unmeasured.
+    kinds = [(kind, env) for kind, env, _ in w.log if kind != "reference"]
+    assert kinds[4:6] == [("hold", "native"), ("hold", "docker")]
+    assert kinds[6:8] == [("run", "native"), ("run", "docker")] and log[4][1]["fixed"] == log[1][1]["fixed"]
+    assert kinds[-2:] == [("release", "native"), ("release", "docker")]
+    pairs = [(log[i][0], log[i + 1][0]) for i in range(6, len(log), 2)]
     assert all(set(pair) == {"native", "docker"} for pair in pairs)  # one half of each, every pair
     docker_first = sum(first == "docker" for first, _ in pairs)
     assert abs(2 * docker_first - len(pairs)) <= 1 and pairs[:8] != [pairs[0]] * 8
@@ -168,4 +173,30 @@ def test_a_target_too_slow_to_ask_for_pairs_is_measured_on_its_own(tmp_path: Pat
     assert docker.ratio_to_native is not None and not docker.ratio_to_native.pairs
     assert docker.ratio_to_native.method.startswith("bootstrap"), docker.ratio_to_native
     assert 1.5 < docker.ratio_to_native.ratio < 2.5, docker.ratio_to_native
-    assert not [m for env, m in runs(w)[4:] if (m.get("fixed") or {}).get("iterations", 0) > 1]
+    # After the calibration: one warm held half per side told the cost, then no pairs.
+    assert [env for env, m in runs(w)[4:] if m.get("hold")] == ["native", "docker"]
+    assert not [m for env, m in runs(w)[4:] if not m.get("hold") and (m.get("fixed") or {}).get("iterations", 0) > 1]
+
+
+def test_a_side_that_cannot_be_held_makes_both_sides_use_whole_requests(tmp_path: Path) -> None:
+    # benchmark.pedantic never reaches the calibration a held item stops in: the agent
+    # answers the hold with a result, and both sides' halves are whole requests (alike).
+    w = world(tmp_path, {"native": {T1: [per_call(1e-3)]}, "docker": {T1: [per_call(2e-3)]}})
+    w.backends["docker"].holds = False
+    docker = measured(w, ["native", "docker"]).records[f"{T1}[docker]"]
+    kinds = [(kind, env) for kind, env, _ in w.log if kind != "reference"]
+    assert ("hold", "native") in kinds and ("release", "native") in kinds and ("hold", "docker") not in kinds
+    # docker's hold ran as one whole request (answered at once); no held half was asked.
+    assert [env for env, m in runs(w) if m.get("hold")] == ["docker"]
+    assert docker.ratio_to_native is not None and docker.ratio_to_native.pairs >= MIN_PAIRS
+    assert docker.ratio_to_native.ratio == pytest.approx(2.0)
+
+
+def test_an_agent_that_dies_while_held_fails_its_item_and_is_restarted(tmp_path: Path) -> None:
+    dying = [per_call(1e-3)] * 6 + ["die"]
+    w = world(tmp_path, {"native": {T1: [per_call(1e-3)]}, "docker": {T1: dying}})
+    run = measured(w, ["native", "docker"])
+    docker, native = run.records[f"{T1}[docker]"], run.records[f"{T1}[native]"]
+    assert docker.outcome is Outcome.FAILED and "crashed" in docker.reason and docker.ratio_to_native is None
+    assert native.outcome is Outcome.PASSED and native.samples
+    assert ("release", "native") in [(kind, env) for kind, env, _ in w.log]

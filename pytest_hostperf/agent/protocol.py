@@ -12,6 +12,11 @@ Controller -> agent ("op"):
    (pytest_hostperf.counting.counting_argv): the test runs once more, benchmark(...)
    counts instructions per call instead of timing (agent/count_benchmark.py)
   {"op": "reference", "rounds": int}   time the built-in reference workload (host drift)
+  a "run" with "hold": true (and "fixed") holds the item (agent/hold.py): the agent answers
+  {"event": "holding"} from inside benchmark(...), then serves
+  {"op": "half", "iterations": int, "rounds": int} -> {"event": "half", "samples": [float, ..]}
+  (or {"event": "half-error", "message": str}) until {"op": "release"}; then the "result".
+  A test that is not held (pedantic, failed first) answers "result" at once.
   {"op": "ping"}
   {"op": "shutdown"}
 Agent -> controller ("event"):
@@ -19,7 +24,8 @@ Agent -> controller ("event"):
    "collect_errors": [str, ..], "modules": {top-level name: origin, ..}}   (see agent.origins)
   {"event": "result", "nodeid": str, "outcome": "passed"|"failed"|"skipped"|"error",
    "reports": [serialized TestReport, ..], "samples": [float, ..] | null,
-   "iterations": int|null, "duration_s": float, "modules": {..} (only modules first imported by this run)}
+   "iterations": int|null, "duration_s": float, "modules": {..} (only modules first imported by this run),
+   "held_halves": int (a held run: the halves it served)}
      a "count" result also has "instructions": {"per_call": float, "noise": float,
      "calls_per_block": int, "probe": int, "blocks": [int, int], "noop": int,
      "duration_s": float} | null, "instructions_reason": str (when null), and

@@ -17,6 +17,7 @@ import pytest
 from pytest_hostperf.agent import protocol, reference
 from pytest_hostperf.agent.channel import AgentChannel
 from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
+from pytest_hostperf.agent.hold import HeldItem, hold_fixture
 from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.fixtures import CURRENT_ENV_KEY, HostperfEnv
 from pytest_hostperf.sampling import thin
@@ -42,6 +43,7 @@ class AgentWorker:
         self._reports: list[Any] = []
         self._measurement: dict[str, Any] | None = None
         self._fixed: tuple[int, int] | None = None  # (iterations, rounds) of a fixed-work run
+        self._held: HeldItem | None = None          # a run that serves halves (agent/hold.py)
         self._fingerprint: dict[str, Any] = {}
         self._counting = BenchmarkCounting()  # idle until a "count" request (agent under callgrind)
 
@@ -74,6 +76,8 @@ class AgentWorker:
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
         if self._fixed is not None:
             _fix_work(item, *self._fixed)
+        if self._held is not None:
+            hold_fixture(item, self._held)   # after _fix_work: pedantic keeps its fixed rounds
         self._counting.attach(item)
         try:
             return (yield)
@@ -109,6 +113,8 @@ class AgentWorker:
                 self.channel.send({"event": "reference", "samples": reference.measure(int(request.get("rounds", 30)))})
             elif request.get("op") == "run":
                 self.channel.send(self._run(session, items, request))
+                if self._held is not None and self._held.closing:
+                    break   # shut down while an item was held
             elif request.get("op") == "count":
                 self.channel.send(self._counting.answer(request))
             else:
@@ -121,6 +127,7 @@ class AgentWorker:
 
     def _run(self, session: pytest.Session, items: dict[str, pytest.Item], request: dict[str, Any]) -> dict[str, Any]:
         nodeid = request["nodeid"]
+        self._held = None
         item = items.get(nodeid)
         if item is None:
             return {"event": "result", "nodeid": nodeid, "outcome": "error", "reports": [],
@@ -140,6 +147,7 @@ class AgentWorker:
             self._fixed = _fixed_work(request.get("fixed"))
         except ValueError as exc:
             return {"event": "result", "nodeid": nodeid, "outcome": "error", "reports": [], "message": str(exc)}
+        self._held = HeldItem(self.channel, nodeid, request.get("cpu")) if request.get("hold") else None
         self._counting.arm(request)
         started = time.perf_counter()
         # Higher-scoped fixtures stay set up between requests: tear down only what the
@@ -167,6 +175,8 @@ class AgentWorker:
         result: dict[str, Any] = {"event": "result", "nodeid": nodeid, "outcome": outcome,
                                   "reports": reports, "duration_s": duration}
         result.update(self._measurement or {"samples": None, "iterations": None})
+        if self._held is not None:
+            result["held_halves"] = self._held.halves
         if mounts:
             result["mount_info"] = _inside_fingerprint(mounts).get("mounts", {})
         imported = self.imports.report()  # only modules this run imported for the first time

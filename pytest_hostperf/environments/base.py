@@ -219,11 +219,14 @@ class AgentClient:
             )
         return self.hello
 
-    def request(self, message: dict[str, Any], expect: str, timeout: float, doing: str) -> dict[str, Any]:
+    def request(self, message: dict[str, Any], expect: str | tuple[str, ...], timeout: float,
+                doing: str) -> dict[str, Any]:
+        """Send ``message``; the first answer whose event is (one of) ``expect``."""
         self.transport.send(protocol.encode(message))
         return self._expect(expect, timeout, doing)
 
-    def _expect(self, event: str, timeout: float, doing: str) -> dict[str, Any]:
+    def _expect(self, event: str | tuple[str, ...], timeout: float, doing: str) -> dict[str, Any]:
+        events = (event,) if isinstance(event, str) else event
         deadline = time.monotonic() + timeout
         while True:
             line = self.transport.read_line(deadline)
@@ -233,7 +236,7 @@ class AgentClient:
             if message.get("event") == "fatal":
                 raise EnvironmentFailure(self.env, f"agent failed while {doing}: {message.get('message')}",
                                         log_tail=self.transport.log_tail())
-            if message.get("event") == event:
+            if message.get("event") in events:
                 return message
 
     def shutdown(self, timeout: float = 10.0) -> None:

@@ -65,12 +65,13 @@ class AgainstRevision:
             if rev_attempt.outcome is Outcome.PASSED:
                 failure = "the test does not call the benchmark fixture there"
             return self._without(failure, f"fails at REV {self.short}: {_first_line(failure)}")
-        candidate = paired.Side(request, scratch(), reference.iterations, current, reference.rounds)
+        candidate = paired.Side(request, scratch(), reference.iterations, current, reference.rounds,
+                                hold=paired.hold_of(current))
         if paired.half(candidate, options) is None:  # the working tree's unmeasured half
             return self._without("the working tree's side failed", "the working tree's side failed while pairing")
         candidate.attempt.samples.clear()
-        estimate = paired.measure_pairs(reference, candidate, options, self.budget, f"{self.seed}:{request.item_id}",
-                                        self.confidence)
+        with paired.opened(reference, candidate, options) as halves:
+            estimate = paired.measure_pairs(halves, self.budget, f"{self.seed}:{request.item_id}", self.confidence)
         if estimate is None:
             return self._without("a side failed while pairing", "a side failed while pairing (no comparison)")
         judged = pairing.judge(estimate, tolerance, against=self.short)

@@ -9,13 +9,19 @@ machine's slow phases last longer than a block switch takes):
    unmeasured half of ``N`` calls (warm caches, lazy fixtures) gives it again, warm;
    ``N`` makes a half last about ``round_s`` in that environment (a TCG VM runs ~10x
    slower, so its ``N`` is smaller; per-call times are compared);
-2. **pairs**: for each pair of a :class:`~pytest_hostperf.pairing.PairSchedule`, one
-   half of each side in the schedule's order, strictly one request at a time (two sides
-   measured at once on a 2-core machine would measure each other). A half is a
-   ``fixed`` run: the agent skips pytest-benchmark's calibration and times ``N`` calls
-   in one round with pytest-benchmark's own timer, so the controller's round trip (a
-   qemu serial line alone is ~6 ms) is never part of a timing;
-3. **estimate**: :func:`pytest_hostperf.pairing.estimate` over the per-call times in the
+2. **hold**: both sides' items are held inside their agents (:mod:`pytest_hostperf.agent.hold`),
+   stopped in ``benchmark(...)`` with fixtures set up, and one warm half of each tells
+   what a half costs around its timed calls (the round trip). A side that cannot be held
+   (``benchmark.pedantic``, a plain function as agent in unit tests) makes both sides use
+   whole ``fixed`` requests instead (pytest's runtest protocol around every half: ~10 ms
+   natively, and under load it varies by more than the 2 ms of timed work);
+3. **pairs**: for each pair of a :class:`~pytest_hostperf.pairing.PairSchedule`, one
+   half of each side in the schedule's order, strictly one half at a time (two sides
+   measured at once on a 2-core machine would measure each other). A half times ``N``
+   calls in one round with pytest-benchmark's own runner and timer, inside the agent,
+   so the controller's round trip (a qemu serial line alone is ~6 ms) is never part of
+   a timing;
+4. **estimate**: :func:`pytest_hostperf.pairing.estimate` over the per-call times in the
    order measured (Hodges-Lehmann ratio, Wilcoxon interval, drift guard).
 
 The halves are also the samples of each side's record (what baselines keep), so a
@@ -24,11 +30,12 @@ paired test costs about ``2 * side_s`` per comparison and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import statistics
 import time
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from pytest_hostperf import pairing
 from pytest_hostperf.model import RatioEstimate
@@ -100,6 +107,26 @@ class Measured(Protocol):
 RunOnce = Callable[[Any, Any, Mapping[str, Any], Mapping[str, int] | None], None]
 
 
+class HeldItem(Protocol):
+    """An item held in its agent (:class:`pytest_hostperf.run.roundtrip.Held`)."""
+
+    cpu: int | None   # the CPU it is pinned to, if it is
+
+    def half(self, iterations: int, rounds: int = 1) -> list[float] | None: ...
+
+    def release(self) -> None: ...
+
+
+#: Holds an item for halves: ``hold(request, attempt, options, fixed)``; None: it answered at once.
+HoldOpen = Callable[[Any, Any, Mapping[str, Any], Mapping[str, int]], HeldItem | None]
+
+
+def hold_of(run: RunOnce) -> HoldOpen | None:
+    """How ``run``'s agents hold an item (:meth:`RoundTrips.hold`); None for a plain function."""
+    hold = getattr(run, "hold", None)
+    return hold if callable(hold) else None
+
+
 @dataclasses.dataclass
 class Side:
     """One side of a paired comparison: its request, where its halves go, its half's size."""
@@ -110,6 +137,78 @@ class Side:
     run: RunOnce         # how this side runs a request (its own agent)
     rounds: int = 1
     overhead_s: float = 0.0   # wall time of one warm half beyond its timed calls (round trip, harness)
+    hold: HoldOpen | None = None
+
+    @property
+    def fixed(self) -> dict[str, int]:
+        return {"iterations": self.iterations, "rounds": self.rounds}
+
+
+@dataclasses.dataclass
+class Halves:
+    """Asks one side for halves: from its held item, else as whole requests."""
+
+    side: Side
+    options: Mapping[str, Any]
+    held: HeldItem | None = None
+
+    def __call__(self) -> float | None:
+        """One half's per-call time (the median of its rounds); None when the side failed."""
+        if self.held is None:
+            return half(self.side, self.options)
+        samples = self.held.half(self.side.iterations, self.side.rounds)
+        return statistics.median(samples) if samples else None
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None
+
+    def how(self) -> str:
+        """How this side's halves are asked, for the record's method."""
+        if self.held is None:
+            return "whole requests"
+        return f"held items on CPU {self.held.cpu}" if self.held.cpu is not None else "held items, not pinned"
+
+
+@contextlib.contextmanager
+def opened(reference: Side, candidate: Side, options: Mapping[str, Any],
+           clock: Callable[[], float] = time.monotonic) -> Iterator[tuple[Halves, Halves]]:
+    """Both sides' halves, held when both can be; released (the tests finish) at the end.
+
+    Held, each side's ``overhead_s`` becomes what one warm held half costs beyond its
+    timed calls (the round trip), which decides whether pairing is worth it.
+    """
+    halves = (Halves(reference, options), Halves(candidate, options))
+    try:
+        if reference.hold is not None and candidate.hold is not None:
+            for side_halves in halves:
+                side = side_halves.side
+                side_halves.held = side.hold(side.request, side.attempt, options, side.fixed) if side.hold else None
+                if side_halves.held is None:
+                    break
+            if any(h.held is None for h in halves):
+                for side_halves in halves:  # both sides alike, or neither
+                    side_halves.release()
+            else:
+                for side_halves in halves:
+                    _time_warm_half(side_halves, clock)
+        yield halves
+    finally:
+        for side_halves in halves:
+            side_halves.release()
+
+
+def _time_warm_half(halves: Halves, clock: Callable[[], float]) -> None:
+    """One unmeasured held half: its cost around the timed calls becomes the side's overhead."""
+    side = halves.side
+    before = len(side.attempt.samples)
+    started = clock()
+    per_call = halves()
+    wall_s = clock() - started
+    del side.attempt.samples[before:]
+    if per_call is not None:
+        side.overhead_s = max(0.0, wall_s - per_call * side.iterations * side.rounds)
 
 
 def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], run: RunOnce,
@@ -131,11 +230,11 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
     # Sized from the warm half, a real one: a first call can run on a CPU quota's unused
     # share (or before a VM's vCPU is throttled) and would make every later half too long.
     overhead_s = max(0.0, request_s - sum(warm.samples) * iterations)
-    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds, overhead_s)
+    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds, overhead_s,
+                hold_of(run))
 
 
-def measure_pairs(reference: Side, candidate: Side, options: Mapping[str, Any], budget: PairBudget,
-                  seed: str, confidence: float,
+def measure_pairs(halves: tuple[Halves, Halves], budget: PairBudget, seed: str, confidence: float,
                   clock: Callable[[], float] = time.monotonic) -> pairing.PairedEstimate | None:
     """Pairs of halves in the schedule's order until the budget is spent; None when a side failed.
 
@@ -145,17 +244,21 @@ def measure_pairs(reference: Side, candidate: Side, options: Mapping[str, Any], 
     is nearly balanced).
     """
     times: dict[str, list[float]] = {"reference": [], "candidate": []}
-    sides = {"reference": reference, "candidate": candidate}
+    ask = {"reference": halves[0], "candidate": halves[1]}
+    if any(h.side.attempt.finished for h in halves):
+        return None
     started = clock()
     for done, order in enumerate(pairing.PairSchedule(budget.max_pairs, seed), start=1):
         for name in order:
-            per_call = half(sides[name], options)
+            per_call = ask[name]()
             if per_call is None:
                 return None
             times[name].append(per_call)
         if budget.enough(done, clock() - started, confidence):
             break
-    return pairing.estimate(times["reference"], times["candidate"], confidence)
+    estimate = pairing.estimate(times["reference"], times["candidate"], confidence)
+    how = " / ".join(dict.fromkeys(h.how() for h in halves))
+    return dataclasses.replace(estimate, method=f"{estimate.method}; halves from {how}")
 
 
 def half(side: Side, options: Mapping[str, Any]) -> float | None:

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Se
 from pytest_hostperf.agent.protocol import ProtocolError
 from pytest_hostperf.baselines import BaselineError
 from pytest_hostperf.environments.base import AgentDied, AgentTimeout, EnvironmentFailure
-from pytest_hostperf.environments.process import tail_lines
 from pytest_hostperf.model import Against, Outcome, RatioEstimate, Record, SessionSummary, Verdict
 from pytest_hostperf.run import paired
-from pytest_hostperf.run.answers import MalformedAnswer, parse_run_answer, timings
+from pytest_hostperf.run.answers import MalformedAnswer, timings
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState
+from pytest_hostperf.run.roundtrip import RoundTrips
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.stats import summarize
 from pytest_hostperf.targets import Target
@@ -206,10 +206,11 @@ class PairedToNative:
             candidate, attempt = sides[other.item_id], attempts[other.item_id]
             if reference is None or reference.attempt.finished or candidate is None:
                 continue
-            if not self.budget.worth_pairing(reference.overhead_s, candidate.overhead_s):
-                continue   # too slow to ask (a TCG VM): measured on its own below, the interleaved way
-            estimate = paired.measure_pairs(reference, candidate, options, self.budget,
-                                            f"{self.seed}:{other.item_id}", self.confidence, self.clock)
+            with paired.opened(reference, candidate, options, self.clock) as halves:
+                if not self.budget.worth_pairing(reference.overhead_s, candidate.overhead_s):
+                    continue   # too slow to ask (a TCG VM): measured on its own below, the interleaved way
+                estimate = paired.measure_pairs(halves, self.budget, f"{self.seed}:{other.item_id}",
+                                                self.confidence, self.clock)
             if estimate is not None:
                 attempt.to_native = paired.as_ratio(estimate)
         for request in requests:  # a side left without a partner is measured on its own
@@ -245,6 +246,8 @@ class PlanRunner:
             paired.PairBudget(settings.pair_budget_s, settings.pair_round_s),
             Policy(settings.tolerance, settings.alpha, plan.comparisons).confidence,
             pool.context.session_id, blocks, clock))
+        self.trips = RoundTrips(pool, plan.agent_args, settings, pool.code)
+        self._rev_trips = RoundTrips(against.pool, against.args, settings, pool.code) if against else None
         self._sleep = sleep
         self._clock = clock
         self._last_reference: dict[str, tuple[float, SessionSummary]] = {}
@@ -254,7 +257,7 @@ class PlanRunner:
         requests = self.plan.group(test)
         self.pool.wait_for_prestarts()  # measure nothing while an environment still boots
         before = self._time_references(requests, reuse=True)
-        attempts = self.strategy.measure(requests, self._run_once, self.plan.benchmark_options)
+        attempts = self.strategy.measure(requests, self.trips, self.plan.benchmark_options)
         after = self._time_references(requests)
         for attempt in attempts.values():
             env = attempt.request.target.env
@@ -276,12 +279,11 @@ class PlanRunner:
             request = attempt.request
             if attempt.outcome is not Outcome.PASSED or not attempt.samples:
                 continue  # a failing working tree is an ordinary failure: nothing to pair
-            rev_pool = against.pool
-            rev_pool.wait_for_prestarts()
+            against.pool.wait_for_prestarts()
             attempt.against = against.compare(
                 request, request.tolerance if request.tolerance is not None else self.settings.tolerance,
-                self._run_once, functools.partial(self._run_in, rev_pool, against.args),
-                functools.partial(Attempt, request), self.plan.benchmark_options)
+                self.trips, self._rev_trips or self.trips, functools.partial(Attempt, request),
+                self.plan.benchmark_options)
 
     # -- judging and confirming ---------------------------------------------------------------
 
@@ -306,7 +308,7 @@ class PlanRunner:
             retry = Attempt(request)
             env = request.target.env
             retry.reference_before = self._time_references([request]).get(env)
-            self._run_once(request, retry, self.plan.benchmark_options)
+            self.trips(request, retry, self.plan.benchmark_options)
             if retry.outcome is not Outcome.PASSED or not retry.samples:
                 break  # the first attempt's verdict stands; a flaky re-run is not evidence
             retry.reference_after = self._time_references([request]).get(env)
@@ -325,83 +327,6 @@ class PlanRunner:
             attempt.fail(Outcome.ERROR, f"hostperf: the gate is off for this item: {exc}")
             return False
         return attempt.judgement is not None
-
-    # -- one round trip ---------------------------------------------------------------------
-
-    def _run_once(self, request: Request, attempt: Attempt, options: Mapping[str, Any],
-                  fixed: Mapping[str, int] | None = None) -> None:
-        """Run the test once in its environment and add what came back to ``attempt``."""
-        self._run_in(self.pool, self.plan.agent_args, request, attempt, options, fixed)
-
-    def _run_in(self, pool: EnvironmentPool, args: AgentArgs, request: Request, attempt: Attempt,
-                options: Mapping[str, Any], fixed: Mapping[str, int] | None = None) -> None:
-        """:meth:`_run_once` with the agents of ``pool`` (REV's, for --hostperf-against)."""
-        env = request.target.env
-        try:
-            client = pool.agent(env, args)
-        except EnvironmentFailure as exc:
-            attempt.fail(Outcome.ERROR if self._required(env) else Outcome.SKIPPED, str(exc))
-            return
-        state = pool.state(env)
-        mismatch = pool.code.reason(env)  # known at ready: numbers of other code are not worth taking
-        if mismatch:
-            attempt.fail(Outcome.FAILED, mismatch)
-            return
-        problem = state.backend.mount_problem(request.target.mount) if request.target.mount else None
-        if problem:
-            attempt.fail(Outcome.ERROR if self._required(env) else Outcome.SKIPPED,
-                         f"environment {env!r}: mount {request.target.mount!r} is not available here: {problem}")
-            return
-        message = {"op": "run", "nodeid": request.test, "mount": request.target.mount or "",
-                   "mount_path": state.mount_path(request.target.mount), "benchmark_options": dict(options)}
-        if fixed is not None:
-            message["fixed"] = dict(fixed)
-        started = time.perf_counter()
-        try:
-            answer = parse_run_answer(client.request(message, "result", self.settings.timeout_s,
-                                                     f"running {request.test}"))
-        except AgentTimeout:
-            pool.restart(env)
-            attempt.fail(Outcome.FAILED, f"environment {env!r}: {request.test} did not finish within "
-                                         f"{self.settings.timeout_s:.0f} s (--hostperf-timeout); the agent was "
-                                         "stopped and will be restarted for the next test")
-            return
-        except (AgentDied, EnvironmentFailure) as exc:
-            tail = client.transport.log_tail()
-            pool.restart(env)
-            attempt.fail(Outcome.FAILED, f"environment {env!r}: the agent crashed while running {request.test} "
-                                         f"({exc})" + _indented_tail(tail, str(exc)))
-            return
-        except (ProtocolError, MalformedAnswer) as exc:
-            # The channel may be out of step after a garbled answer: start afresh.
-            pool.restart(env)
-            attempt.fail(Outcome.FAILED, f"environment {env!r}: malformed answer from the agent while running "
-                                         f"{request.test}: {exc}; the agent will be restarted for the next test")
-            return
-        attempt.orchestration_s.append(max(0.0, time.perf_counter() - started - answer.duration_s))
-        self.pool.code.ran(env, answer.modules)
-        mismatch = self.pool.code.reason(env)
-        if mismatch:  # the cause, also when the body failed there (its reports would hide it)
-            attempt.fail(Outcome.FAILED, mismatch + (f"\n{answer.message}" if answer.message else ""))
-            return
-        attempt.reports = list(answer.reports)
-        if answer.mount_info:
-            outside = dict(state.backend.mount_facts(request.target.mount)) if request.target.mount else {}
-            attempt.mount_info = {name: {**info, "outside": outside} if outside and isinstance(info, dict) else info
-                                  for name, info in answer.mount_info.items()}
-        if answer.outcome is not Outcome.PASSED:
-            attempt.fail(answer.outcome, answer.message)
-            return
-        attempt.outcome = Outcome.PASSED
-        if answer.samples:
-            attempt.samples.extend(answer.samples)
-            attempt.iterations = answer.iterations
-        else:
-            attempt.message = "the test ran but did not call the benchmark fixture; nothing was measured"
-
-    def _required(self, env: str) -> bool:
-        """Whether --hostperf-require names this environment's kind (then a missing one is an error)."""
-        return env.split(":")[0] in {e.split(":")[0] for e in self.settings.require}
 
     def _time_references(self, requests: Sequence[Request], reuse: bool = False) -> dict[str, SessionSummary]:
         """Time the reference workload in each environment of ``requests``, now.
@@ -441,9 +366,3 @@ def _fastest_trusted(attempts: Sequence[Attempt]) -> Attempt:
 def _worth_re_measuring(attempt: Attempt) -> bool:
     judgement = attempt.judgement
     return judgement is not None and (judgement.verdict is Verdict.REGRESSION or judgement.blamed_on_host)
-
-
-def _indented_tail(tail: str, message: str = "") -> str:
-    if not tail or "last output:" in message:   # the backend's message already carries it
-        return ""
-    return "\n  last output:\n" + "\n".join("    " + line for line in tail_lines(tail, 15).splitlines())
