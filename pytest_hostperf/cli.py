@@ -171,10 +171,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- compare ----------------------------------------------------------------------------------
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pytest_hostperf.compare import CompareError, compare_files, render
+    from pytest_hostperf.compare import CompareError, compare_against, compare_files, render, render_against
 
     try:
-        rows = compare_files(Path(args.current), Path(args.baseline), tolerance=args.tolerance, alpha=args.alpha)
+        if args.baseline is None:
+            paired_rows = compare_against(Path(args.current), tolerance=args.tolerance)
+            for line in render_against(paired_rows):
+                print(line)
+            return 1 if any(row.fails for row in paired_rows) else 0
+        tolerance = args.tolerance if args.tolerance is not None else 0.05
+        rows = compare_files(Path(args.current), Path(args.baseline), tolerance=tolerance, alpha=args.alpha)
     except CompareError as exc:
         print(f"hostperf compare: {exc}", file=sys.stderr)
         return 2
@@ -368,12 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="probe instruction counting for real in each environment (valgrind, ~20 s each)")
     doctor.set_defaults(func=cmd_doctor)
 
-    compare = sub.add_parser("compare", help="compare a JSON report or baseline file against a baseline, offline",
-                             description="Exit code 1 when any comparison is a regression. Example: "
-                                         "hostperf compare report.json baselines/native-1a2b3c4d5e6f.json")
+    compare = sub.add_parser("compare", help="compare a JSON report or baseline file against a baseline, offline, "
+                                             "or judge a report's comparisons with a git revision again",
+                             description="Exit code 1 when any comparison is a regression. Examples: "
+                                         "hostperf compare report.json baselines/native-1a2b3c4d5e6f.json; "
+                                         "hostperf compare report.json --tolerance=2%% (a report made with "
+                                         "--hostperf-against=REV: its paired comparisons, judged at 2%%)")
     compare.add_argument("current", help="a JSON report (--hostperf-json) or a baseline file")
-    compare.add_argument("baseline", help="a baseline file from baselines/")
-    compare.add_argument("--tolerance", type=parse_fraction, default=0.05, help="default 5%%")
+    compare.add_argument("baseline", nargs="?", default=None,
+                         help="a baseline file from baselines/; without it, the report's --hostperf-against pairs")
+    compare.add_argument("--tolerance", type=parse_fraction, default=None,
+                         help="default 5%% (with a baseline), each item's own (the report's pairs)")
     compare.add_argument("--alpha", type=parse_alpha, default=0.01, help="default 0.01")
     compare.set_defaults(func=cmd_compare)
 

@@ -1,14 +1,17 @@
-"""Offline comparison (``hostperf compare``): a report or baseline against a baseline. Pure."""
+"""Offline comparison (``hostperf compare``): a report or baseline against a baseline, or a
+report's own paired comparisons with a git revision (``--hostperf-against``). Pure."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Iterable
 
+from pytest_hostperf import pairing
 from pytest_hostperf.baselines import BaselineError, BaselineFile, read_baseline
-from pytest_hostperf.model import Record, Verdict
+from pytest_hostperf.model import Against, Record, Verdict
 from pytest_hostperf.report.json import ReportError, read_records
 from pytest_hostperf.stats import SessionSummary, summarize
 from pytest_hostperf.verdict import Judgement, Policy, judge
@@ -102,10 +105,88 @@ def render(rows: Iterable[Row]) -> list[str]:
     return lines
 
 
+@dataclasses.dataclass(frozen=True)
+class PairedRow:
+    """One record's paired comparison with REV, judged (again) at a tolerance."""
+
+    test: str
+    env: str
+    mount: str
+    rev: str
+    judgement: pairing.PairedJudgement | None   # None: no comparison was made (``reason`` says why)
+    reason: str = ""
+
+    @property
+    def fails(self) -> bool:
+        return self.judgement is not None and Verdict(self.judgement.verdict).fails
+
+
+def compare_against(current: Path, tolerance: float | None = None) -> list[PairedRow]:
+    """The comparisons with REV that a ``--hostperf-against`` report carries, judged at ``tolerance``.
+
+    The pairs' interval does not depend on the tolerance, so a report can be judged
+    again at another one (None: each item's own, as the session judged it).
+    """
+    try:
+        records = read_records(current)
+    except ReportError as exc:
+        raise CompareError(str(exc)) from exc
+    compared = [r for r in records if r.against is not None]
+    if not compared:
+        raise CompareError(f"{current} has no comparison with a git revision: make it with "
+                           "pytest --hostperf --hostperf-against=REV --hostperf-json=PATH, or give a baseline "
+                           "file to compare with (hostperf compare REPORT BASELINE)")
+    rows = []
+    for record in compared:
+        against = record.against
+        assert against is not None
+        estimate = _paired_estimate(against)
+        judged = None
+        if estimate is not None:
+            item_tolerance = tolerance if tolerance is not None else (record.tolerance or 0.05)
+            judged = pairing.judge(estimate, item_tolerance, against=against.rev[:12])
+        rows.append(PairedRow(record.test, record.env, record.mount_key, against.rev, judged,
+                              against.reason if judged is None else ""))
+    return rows
+
+
+def _paired_estimate(against: Against) -> pairing.PairedEstimate | None:
+    """The stored paired estimate, as the judge takes it; None when no comparison was made."""
+    if against.ratio is None or against.ci is None or against.confidence is None:
+        return None
+    low, high = against.ci
+    reached = low > 0 and math.isfinite(high)   # an interval is stored only when the confidence was reached
+    p_slower = against.p_value if against.p_value is not None else 0.5
+    return pairing.PairedEstimate(
+        against.ratio, low, high, against.confidence, against.confidence if reached else 0.0, p_slower,
+        against.p_faster if against.p_faster is not None else 1 - p_slower, against.pairs,
+        against.spread or 0.0, "stored", against.drift_p, against.batch_ratios)
+
+
+def render_against(rows: Iterable[PairedRow]) -> list[str]:
+    lines = []
+    counts: dict[str, int] = {}
+    for row in rows:
+        mount = "" if row.mount == "-" else f" ({row.mount})"
+        verdict = row.judgement.verdict if row.judgement else "no-baseline"
+        counts[verdict] = counts.get(verdict, 0) + 1
+        if row.judgement is None:
+            lines.append(f"{verdict:<12} {row.test}{mount} [{row.env}] {row.reason}")
+            continue
+        e = row.judgement.estimate
+        lines.append(f"{verdict:<12} {row.test}{mount} [{row.env}] {e.ratio:.3f}x REV {row.rev[:12]} "
+                     f"[{e.ci_low:.3f}, {e.ci_high:.3f}], {e.pairs} pairs")
+        if verdict != "pass":
+            lines.append(f"             {row.judgement.reason}")
+    lines.append(", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())) or "nothing to compare")
+    return lines
+
+
 def describe_mismatch(a: BaselineFile, b: BaselineFile) -> list[str]:
     from pytest_hostperf.fingerprint import mismatches
 
     return [f"{key}: {x!r} vs {y!r}" for key, x, y in mismatches(a.match, b.match)]
 
 
-__all__ = ["CompareError", "Row", "compare_files", "render", "describe_mismatch"]
+__all__ = ["CompareError", "PairedRow", "Row", "compare_against", "compare_files", "describe_mismatch", "render",
+           "render_against"]

@@ -131,12 +131,13 @@ class Against:
     spread: float | None = None               # robust SD of the per-pair log ratios
     drift_p: float | None = None              # the drift guard's Kruskal-Wallis p
     batch_ratios: tuple[float, ...] = ()      # when the drift guard widened the interval
+    p_faster: float | None = None             # the one-sided p of "not faster"
 
     def to_json(self) -> dict[str, Any]:
         return {"rev": self.rev, "ratio": self.ratio, "ci": list(self.ci) if self.ci else None,
                 "p_value": self.p_value, "pairs": self.pairs, "verdict": self.verdict, "reason": self.reason,
                 "error": self.error, "confidence": self.confidence, "spread": self.spread,
-                "drift_p": self.drift_p, "batch_ratios": list(self.batch_ratios)}
+                "drift_p": self.drift_p, "batch_ratios": list(self.batch_ratios), "p_faster": self.p_faster}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Against:
@@ -145,7 +146,8 @@ class Against:
                    (float(ci[0]), float(ci[1])) if ci else None, _optional_float(data.get("p_value")),
                    int(data.get("pairs") or 0), data.get("verdict"), str(data.get("reason") or ""),
                    data.get("error"), _optional_float(data.get("confidence")), _optional_float(data.get("spread")),
-                   _optional_float(data.get("drift_p")), tuple(float(v) for v in data.get("batch_ratios") or ()))
+                   _optional_float(data.get("drift_p")), tuple(float(v) for v in data.get("batch_ratios") or ()),
+                   _optional_float(data.get("p_faster")))
 
 
 @dataclasses.dataclass(frozen=True)

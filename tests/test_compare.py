@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pytest_hostperf.baselines import BaselineStore
-from pytest_hostperf.compare import CompareError, compare_files, render
+from pytest_hostperf.compare import CompareError, compare_against, compare_files, render
 from pytest_hostperf.model import Record, Verdict
 from pytest_hostperf.stats import summarize
 
@@ -212,3 +212,37 @@ def test_cli_malformed_report_is_a_clear_error_not_a_traceback(tmp_path, baselin
     code, out, err = finish(start_cli(report, baseline))
     assert code == 2 and out == ""
     assert err.startswith(f"hostperf compare: {report}: result #0 is malformed") and "Traceback" not in err
+
+
+def paired(ratio: float, ci: tuple[float, float], **extra) -> dict:
+    """A record of a --hostperf-against session: its comparison with REV, from pairs."""
+    against = {"rev": "ab" * 20, "ratio": ratio, "ci": list(ci), "p_value": 0.001, "pairs": 180,
+               "verdict": "pass", "reason": "", "confidence": 0.99, "spread": 0.03, **extra}
+    return {**record(TEST_A, [1e-3, 1.01e-3]), "against": against, "tolerance": 0.05}
+
+
+def test_a_reports_pairs_are_judged_again_at_another_tolerance(tmp_path):
+    report = make_report(tmp_path / "r.json", [paired(1.04, (1.03, 1.05))])
+    [row] = compare_against(report)                      # the item's own 5%: not beyond it
+    assert row.judgement is not None and row.judgement.verdict == "pass" and not row.fails
+    [row] = compare_against(report, tolerance=0.02)      # the whole interval is beyond 2%
+    assert row.judgement is not None and row.judgement.verdict == "regression" and row.fails
+    assert "tolerance 2%" in row.judgement.reason and "abababababab" in row.judgement.reason
+
+
+def test_a_report_without_pairs_says_how_to_make_one(tmp_path):
+    plain = make_report(tmp_path / "plain.json", [record(TEST_A, [1e-3, 1.1e-3])])
+    with pytest.raises(CompareError, match="--hostperf-against=REV"):
+        compare_against(plain)
+    absent = make_report(tmp_path / "absent.json", [{**record(TEST_A, [1e-3]), "against": {
+        "rev": "cd" * 20, "verdict": "no-baseline", "reason": "not at REV cdcdcdcdcdcd: added since", "error": "absent"}}])
+    [row] = compare_against(absent)
+    assert row.judgement is None and "added since" in row.reason and not row.fails
+
+
+def test_cli_judges_a_reports_pairs_without_a_baseline(tmp_path):
+    report = make_report(tmp_path / "r.json", [paired(1.04, (1.03, 1.05))])
+    code, out, _ = finish(start_cli(report))
+    assert code == 0 and out.startswith("pass") and "1.040x REV abababababab" in out
+    code, out, _ = finish(start_cli(report, "--tolerance=2%"))
+    assert code == 1 and out.startswith("regression") and "tolerance 2%" in out

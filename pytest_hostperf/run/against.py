@@ -77,7 +77,7 @@ class AgainstRevision:
         judged = pairing.judge(estimate, tolerance, against=self.short)
         return Against(self.revision.sha, estimate.ratio, (estimate.ci_low, estimate.ci_high), estimate.p_slower,
                        estimate.pairs, judged.verdict, judged.reason, None, estimate.confidence, estimate.spread,
-                       estimate.drift_p, estimate.batch_ratios)
+                       estimate.drift_p, estimate.batch_ratios, estimate.p_faster)
 
     def _without(self, error: str, reason: str) -> Against:
         return Against(self.revision.sha, verdict="no-baseline", reason=reason, error=error)
