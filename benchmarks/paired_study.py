@@ -2,13 +2,13 @@
 
 Makes a throwaway git repository with CPU-bound and file-I/O workloads whose cost is a
 constant in the code (each scales linearly with it; sorting a reversed range, used
-before 2026-12-01 11:10, did not: timsort finds the run, so +10% input cost ~6%), commits it, then runs whole pytest sessions with
-``--hostperf-against=HEAD``: A/A (the working tree equals REV) and the constant raised
-by each slowdown in the working tree. A condition ``0.05@0.02`` is a 5% slowdown judged
-with ``--hostperf-tolerance=2%``. Counts the paired verdicts per condition, the
-intervals' widths and the pairs; the ratio to native of docker items comes from the same
-sessions when ``--envs`` includes docker. Appends its summary to
-``benchmarks/results/paired-study.log``.
+before 2026-12-01 11:10, did not: timsort finds the run, so +10% input cost ~6%),
+commits it, then runs whole pytest sessions with ``--hostperf-against=HEAD``: A/A (the
+working tree equals REV) and the constant raised by each slowdown in the working tree.
+A condition ``0.05@0.02`` is a 5% slowdown judged with ``--hostperf-tolerance=2%``.
+Counts the paired verdicts per condition, the intervals' widths and the pairs; the
+ratio to native of docker items comes from the same sessions when ``--envs`` includes
+docker. Appends its summary to ``benchmarks/results/paired-study.log``.
 
 With ``--gates``, each round also runs, on the same tree in the same minutes, the two
 gates people use without a paired comparison: the stored-baseline gate (a session

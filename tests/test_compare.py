@@ -234,8 +234,9 @@ def test_a_report_without_pairs_says_how_to_make_one(tmp_path):
     plain = make_report(tmp_path / "plain.json", [record(TEST_A, [1e-3, 1.1e-3])])
     with pytest.raises(CompareError, match="--hostperf-against=REV"):
         compare_against(plain)
-    absent = make_report(tmp_path / "absent.json", [{**record(TEST_A, [1e-3]), "against": {
-        "rev": "cd" * 20, "verdict": "no-baseline", "reason": "not at REV cdcdcdcdcdcd: added since", "error": "absent"}}])
+    none = {"rev": "cd" * 20, "verdict": "no-baseline", "reason": "not at REV cdcdcdcdcdcd: added since",
+            "error": "absent"}
+    absent = make_report(tmp_path / "absent.json", [{**record(TEST_A, [1e-3]), "against": none}])
     [row] = compare_against(absent)
     assert row.judgement is None and "added since" in row.reason and not row.fails
 

@@ -92,6 +92,27 @@ def test_vm_items_accelerator_ratio_and_mounts(pytester: pytest.Pytester) -> Non
     assert our_vms() == []
 
 
+def test_a_session_against_a_revision_boots_reves_own_vm(pytester: pytest.Pytester) -> None:
+    # --hostperf-against in a VM: REV's tree gets its own VM and agent, the pairs come from
+    # two held items under the same accelerator, the working tree's 3x faster code reads
+    # as an improvement there too, and both VMs are gone at the end.
+    from test_against import git, make_repo
+
+    make_repo(pytester.path, src_layout=False, rev_cost=9000, tree_cost=3000)
+    report = pytester.path / "r.json"
+    result = pytester.runpytest_subprocess(*FAST, "--hostperf", "--hostperf-envs=qemu", "--hostperf-require=qemu",
+                                           "--hostperf-against=HEAD", "-k", "changed or new",
+                                           f"--hostperf-json={report}", timeout=900)
+    assert result.ret == 0, result.stdout.str()
+    rows = {r["item"].split("::")[-1]: r for r in json.loads(report.read_text())["results"]}
+    changed = rows["test_changed[qemu]"]
+    assert changed["verdict"] == "improvement", changed["against"]
+    assert changed["against"]["rev"] == git(pytester.path, "rev-parse", "HEAD") and changed["against"]["pairs"] >= 40
+    assert changed["against"]["ratio"] < 0.7
+    assert rows["test_new[qemu]"]["against"]["error"] == "absent"
+    assert our_vms() == []
+
+
 def test_no_vm_left_after_x_abort(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x="def test_a(benchmark):\n    assert False\n\ndef test_b(benchmark):\n"
                                "    benchmark(sum, [1])\n")

@@ -562,3 +562,27 @@ def test_copies_left_by_killed_sessions_are_removed_at_the_next_ship(sshd: SshSe
         orphan.wait()
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(foreign, ignore_errors=True)
+
+
+def test_a_session_against_a_revision_pairs_two_remote_agents(sshd: SshServer, pytester: pytest.Pytester) -> None:
+    # ``--hostperf-against`` on an existing machine: REV's tree is shipped beside the
+    # working tree's, each gets its own remote agent, and the working tree's 3x faster code
+    # reads as an improvement there; both copies and agents are gone at the end.
+    from test_against import git, make_repo
+
+    make_repo(pytester.path, src_layout=False, rev_cost=9000, tree_cost=3000)
+    report = pytester.path / "r.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--benchmark-max-time=0.05", "--benchmark-min-rounds=5", "--hostperf",
+        f"--hostperf-envs=ssh:{HOST}", f"--hostperf-ssh-config={sshd.client_config}",
+        f"--hostperf-ssh-python={PYTHON}", "--hostperf-against=HEAD", "-k", "changed or new",
+        f"--hostperf-json={report}", timeout=600)
+    assert result.ret == 0, result.stdout.str()
+    rows = {r["item"].split("::")[-1]: r for r in json.loads(report.read_text())["results"]}
+    changed = rows[f"test_changed[ssh:{HOST}]"]
+    assert changed["verdict"] == "improvement", changed["against"]
+    assert changed["against"]["rev"] == git(pytester.path, "rev-parse", "HEAD") and changed["against"]["pairs"] >= 40
+    assert 0.15 < changed["against"]["ratio"] < 0.7
+    assert rows[f"test_new[ssh:{HOST}]"]["against"]["error"] == "absent"
+    session = json.loads(report.read_text())["session_id"]
+    assert not _processes_mentioning(session), "a remote agent outlived the session"
