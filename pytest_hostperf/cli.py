@@ -64,8 +64,7 @@ def _check_qemu() -> tuple[bool, str]:
     binary = shutil.which("qemu-system-x86_64")
     if binary is None:
         return False, "qemu-system-x86_64 not found (apt-get install qemu-system-x86 qemu-utils)"
-    kvm = "/dev/kvm present (hostperf tries KVM first, falls back to TCG if it fails)" if os.path.exists(
-        "/dev/kvm") else "no /dev/kvm: software emulation (TCG), CPU work ~10x slower"
+    kvm = _kvm_text(binary)
     try:
         from pytest_hostperf.vm import find_host_kernel
 
@@ -74,6 +73,29 @@ def _check_qemu() -> tuple[bool, str]:
     except Exception as exc:  # noqa: BLE001
         return False, f"{binary}; {kvm}; no usable guest kernel: {exc}"
     return True, f"{binary}; {kvm}; {kernel_text}; shares: {_share_axis()}"
+
+
+def _kvm_text(binary: str) -> str:
+    """What accelerator a VM will get: what KVM did since this machine booted, else what /dev/kvm says."""
+    from pytest_hostperf.environments.qemu import kvm_memo
+
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm: software emulation (TCG), CPU work ~10x slower"
+    known = kvm_memo.recall(binary)
+    if known is None:
+        return "/dev/kvm present, not yet tried since this machine booted (a VM tries KVM first, TCG if it fails)"
+    if known.works:
+        return f"KVM works (a VM booted with it at {known.at})"
+    return (f"KVM failed at {known.at} ({known.reason}): VMs use software emulation (TCG), CPU work ~10x slower, "
+            "until this machine reboots")
+
+
+def _kvm_works() -> bool:
+    from pytest_hostperf.environments.qemu import boot, kvm_memo
+
+    binary = boot.find_qemu()
+    known = kvm_memo.recall(binary) if binary else None
+    return os.path.exists("/dev/kvm") and (known is None or known.works)
 
 
 def _share_axis() -> str:
@@ -119,7 +141,7 @@ def _instructions_line(probe: bool) -> tuple[bool, str]:
     """Where --hostperf-measure=time,instructions counts: cheap checks, or real probes (``probe``)."""
     from pytest_hostperf import counting, images
 
-    kvm = os.path.exists("/dev/kvm")
+    kvm = _kvm_works()
     if probe:
         client = None
         try:

@@ -33,7 +33,7 @@ from pytest_hostperf.environments.base import (
     package_parent,
 )
 from pytest_hostperf.environments.process import process_alive
-from pytest_hostperf.environments.qemu import QemuEnvironment, session_root, sweep_stale
+from pytest_hostperf.environments.qemu import QemuEnvironment, kvm_memo, session_root, sweep_stale
 from pytest_hostperf.progress import Reporter
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -182,6 +182,9 @@ def test_accelerator_is_recorded(vm) -> None:
             # KVM was tried first and failed (nested KVM does not work on our machines).
             assert "kvm" in (info["fallback_reason"] or "").lower(), info
             assert any("falling back to TCG" in line for line in progress), progress
+            # Remembered until the machine reboots: later VMs skip the probe, the doctor says so.
+            known = kvm_memo.recall(qemu_mod.find_qemu() or "")
+            assert known is not None and not known.works and known.reason, known
     else:
         assert info["fallback_reason"] is None
         assert signature == "KVMKVMKVM"

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from pytest_hostperf.agent import protocol
 from pytest_hostperf.environments.base import EnvironmentFailure
 from pytest_hostperf.environments.process import stop_process
-from pytest_hostperf.environments.qemu import boot
+from pytest_hostperf.environments.qemu import boot, kvm_memo
 from pytest_hostperf.environments.qemu import workdir as workdirs
 from pytest_hostperf.environments.qemu.cmdline import ExtraDisk, QemuCommand, ShareDevice
 from pytest_hostperf.progress import SILENT, Reporter
@@ -95,7 +95,16 @@ class Machine:
         accels, kvm_unusable = boot.accelerators(self.spec.accel, sys.platform)
         if kvm_unusable:
             self.info["kvm_unusable"] = kvm_unusable
-        reasons = []
+        reasons: list[str] = []
+        binary = boot.find_qemu(self.spec.qemu_binary) or self.spec.qemu_binary
+        probing_kvm = accels[:-1].count("kvm") == 1   # tried first, with a fallback
+        known = kvm_memo.recall(binary) if probing_kvm else None
+        if known is not None and not known.works:
+            accels = [a for a in accels if a != "kvm"]
+            reasons.append(f"kvm: {known.reason} (learned at {known.at} since this machine booted; not tried again)")
+            self.reporter.warn(f"KVM did not work earlier since this machine booted ({known.reason}); falling back "
+                               f"to {accels[0].upper()} without trying again, expect ~10x slower CPU")
+            probing_kvm = False
         for index, accel in enumerate(accels):
             probe = index < len(accels) - 1
             try:
@@ -107,6 +116,9 @@ class Machine:
                 continue
             self.info["accelerator"] = accel
             self.info["fallback_reason"] = "; ".join(reasons) or None
+            if probing_kvm:
+                kvm_reason = next((r.split(": ", 1)[1] for r in reasons if r.startswith("kvm: ")), "")
+                kvm_memo.remember(binary, kvm_memo.KvmOutcome(accel == "kvm", kvm_reason))
             return result
         raise EnvironmentFailure(boot.ENV_NAME, "no accelerator worked: " + "; ".join(reasons))  # pragma: no cover
 
