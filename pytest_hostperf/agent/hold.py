@@ -12,7 +12,7 @@ wrapped function, its timer, its GC setting) for the asked number of loops, unti
 pytest-benchmark's statistics are not empty) and the ordinary ``result`` follows.
 
 Both agents of a comparison are pinned to the same CPU while held (the controller names
-it; an agent that may not use it takes its highest allowed one). Left to the scheduler,
+it, one per session; an agent that may not use it takes its highest allowed one). Left to the scheduler,
 each agent kept to a CPU of its own for a while, and on a VM-hosted 2-core machine one
 CPU ran up to 20% slower than the other for stretches of ~100 ms (a busy hyperthread
 sibling, steal time): consecutive batches of A/A pairs read 0.80x to 1.12x and the

@@ -31,7 +31,7 @@ from pytest_hostperf.model import Against, Outcome, RatioEstimate, Record, Sessi
 from pytest_hostperf.run import paired
 from pytest_hostperf.run.answers import MalformedAnswer, timings
 from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState
-from pytest_hostperf.run.roundtrip import RoundTrips
+from pytest_hostperf.run.roundtrip import RoundTrips, pair_cpu
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.stats import summarize
 from pytest_hostperf.targets import Target
@@ -246,8 +246,9 @@ class PlanRunner:
             paired.PairBudget(settings.pair_budget_s, settings.pair_round_s),
             Policy(settings.tolerance, settings.alpha, plan.comparisons).confidence,
             pool.context.session_id, blocks, clock))
-        self.trips = RoundTrips(pool, plan.agent_args, settings, pool.code)
-        self._rev_trips = RoundTrips(against.pool, against.args, settings, pool.code) if against else None
+        cpu = pair_cpu(pool.context.session_id)
+        self.trips = RoundTrips(pool, plan.agent_args, settings, pool.code, cpu=cpu)
+        self._rev_trips = RoundTrips(against.pool, against.args, settings, pool.code, cpu=cpu) if against else None
         self._sleep = sleep
         self._clock = clock
         self._last_reference: dict[str, tuple[float, SessionSummary]] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pytest_hostperf.agent.protocol import ProtocolError
@@ -41,7 +42,7 @@ class RoundTrips:
     #: Environments whose agent holds an item now: an agent can hold one at a time.
     holding: set[str] = dataclasses.field(default_factory=set)
     #: The CPU held items are pinned to (agent/hold.py): both sides of a pair on the same one.
-    cpu: int = dataclasses.field(default_factory=lambda: pair_cpu())
+    cpu: int = dataclasses.field(default_factory=lambda: pair_cpu(""))
 
     def __call__(self, request: Request, attempt: Attempt, options: Mapping[str, Any],
                  fixed: Mapping[str, int] | None = None) -> None:
@@ -242,9 +243,15 @@ class Held:
         self.trips.holding.discard(self.request.target.env)
 
 
-def pair_cpu() -> int:
-    """The CPU for held items: the controller's highest allowed one (the same for every pool)."""
-    return max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+def pair_cpu(session_id: str) -> int:
+    """The CPU for a session's held items: one of the controller's, chosen by the session id.
+
+    The same for every pool of the session (both sides of a pair must share it), and
+    different for sessions that run side by side on one machine (parallel CI jobs) as far
+    as the CPUs go: a fixed choice would put them all on one CPU.
+    """
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    return allowed[zlib.crc32(session_id.encode()) % len(allowed)]
 
 
 def _indented_tail(tail: str, message: str = "") -> str:
