@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import studylog
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROJECT = ROOT / "example_project"
@@ -68,10 +70,7 @@ def main() -> int:
     parser.add_argument("--quota-sessions", type=int, default=5)
     parser.add_argument("--log", type=Path, default=HERE / "results" / "overhead-truth.log")
     args = parser.parse_args()
-    header = [f"# overhead truth, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-              f"# command: python3 benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}",
-              f"# load before: {os.getloadavg()[0]:.1f}"]
-    print("\n".join(header), flush=True)
+    header = studylog.header("overhead truth", __file__)
     out = list(header)
     for label, extra, count, (low, high) in (
             ("no quota", [], args.sessions, (0.95, 1.05)),
@@ -86,11 +85,7 @@ def main() -> int:
             ratios = [f"{r['ratio_to_native']['ratio']:.3f}" for r in found if r.get("ratio_to_native")]
             print(f"{label} session {number + 1}: {' '.join(ratios) or failure} ({wall:.0f} s)", flush=True)
         out.extend(summary(label, rows, walls, low, high))
-    out.append(f"# load after: {os.getloadavg()[0]:.1f}")
-    print("\n".join(out[len(header):]))
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    with args.log.open("a") as log:
-        log.write("\n".join(out) + "\n\n")
+    studylog.finish(out, len(header), args.log)
     return 0
 
 

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import studylog
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -181,10 +183,7 @@ def main() -> int:
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options, e.g. --hostperf-pair-budget=1")
     args = parser.parse_args()
     conditions = args.slowdowns.split(",")
-    header = [f"# paired study, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-              f"# command: python3 benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}",
-              f"# load before: {os.getloadavg()[0]:.1f}"]
-    print("\n".join(header), flush=True)
+    header = studylog.header("paired study", __file__)
     out = list(header)
     with tempfile.TemporaryDirectory(prefix="hostperf-study-") as temp:
         repo = Path(temp)
@@ -220,11 +219,7 @@ def main() -> int:
                 print(f"session {number + 1} {label(text)}: {len(rows)} records in {wall:.1f} s{note}", flush=True)
         for text in conditions:
             out.extend(summarize(label(text), *results[text]))
-    out.append(f"# load after: {os.getloadavg()[0]:.1f}")
-    print("\n".join(out[len(header):]))
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    with args.log.open("a") as log:
-        log.write("\n".join(out) + "\n\n")
+    studylog.finish(out, len(header), args.log)
     return 0
 
 
