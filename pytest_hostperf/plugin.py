@@ -75,8 +75,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str | None, str], ..
      "against native, in random-order pairs of short fixed-work halves); 0 = interleaved blocks instead "
      "(default 0.4)"),
     ("--hostperf-pair-round", "hostperf_pair_round", lambda s: opt.parse_seconds(s, "pair round"), "0.002",
-     "length of one half of a pair in seconds (default 0.002; longer than 0.1 to see a CPU quota's "
-     "100 ms period)"),
+     "length of one half of a pair in seconds (default 0.002; a target with a CPU quota native does not "
+     "have is measured on its own in sustained rounds instead)"),
     ("--hostperf-against", "hostperf_against", str, None,
      "compare the working tree with a git revision of the project in the same session: REV's tree is "
      "written to a temporary directory and every test runs there too, in random-order pairs with the "

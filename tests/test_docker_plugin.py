@@ -149,18 +149,18 @@ def test_cpu_bound_body_reads_about_one_from_pairs(project: pytest.Pytester, eng
     assert ratio["ci_low"] <= 1.05 and ratio["ci_high"] >= 0.95 and 0.67 <= ratio["ratio"] <= 1.5, ratio
 
 
-def test_cpu_quota_raises_the_paired_ratio_and_fails_the_overhead_budget(project: pytest.Pytester,
-                                                                        engine: Any) -> None:
-    # Halves of 0.15 s, longer than the CFS period (100 ms): the quota throttles each one.
-    # The mechanism, not a speed: clearly above 1 and an overhead failure at 1.05. A tenth
-    # of a CPU, because a quota only binds when the container could get more: on this
-    # 2-core machine at load ~9, native gets ~0.2 of a core too, and half a CPU read
-    # 1.08 [0.92, 1.40] (a quarter 1.31 [0.97, 1.88]); a tenth read 2.79 [1.89, 4.32].
+def test_cpu_quota_raises_the_ratio_and_fails_the_overhead_budget(project: pytest.Pytester, engine: Any) -> None:
+    # A quota binds a sustained load only: in pairs, the container idles during native's
+    # half and the quota refunds it (0.1 CPU read 1.05x in held pairs of 10 ms halves), so
+    # a target with a quota native does not have is measured on its own, in sustained
+    # rounds. The mechanism, not a speed: clearly above 1 and an overhead failure at 1.05.
+    # A tenth of a CPU, because a quota only binds when the container could get more: on
+    # this 2-core machine at load ~9, native gets ~0.2 of a core too.
     result, row = paired_ratio(project, "test_plain_spin", "--hostperf-docker-cpus=0.1",
-                               "--hostperf-pair-round=0.15", "--hostperf-max-overhead=docker=1.05")
+                               "--hostperf-max-overhead=docker=1.05")
     assert row["fingerprint"]["cpu_quota"] == 0.1
     ratio = row["ratio_to_native"]
-    assert ratio["pairs"] >= 40 and ratio["ci_low"] > 1.2, ratio
+    assert not ratio["pairs"] and ratio["method"].startswith("bootstrap") and ratio["ci_low"] > 1.2, ratio
     assert result.ret == 1
     result.stdout.fnmatch_lines(["hostperf overhead [[]docker[]]: overhead *x native (CI *) exceeds budget 1.05x",
                                  "FAILED test_work.py::test_plain_spin[[]docker[]] - hostperf overhead*"])

@@ -200,3 +200,14 @@ def test_an_agent_that_dies_while_held_fails_its_item_and_is_restarted(tmp_path:
     assert docker.outcome is Outcome.FAILED and "crashed" in docker.reason and docker.ratio_to_native is None
     assert native.outcome is Outcome.PASSED and native.samples
     assert ("release", "native") in [(kind, env) for kind, env, _ in w.log]
+
+
+def test_a_target_with_a_cpu_quota_is_measured_on_its_own_in_sustained_rounds(tmp_path: Path) -> None:
+    # Pairs give the container idle time (native's halves) that its quota refunds.
+    w = world(tmp_path, {"native": {T1: [per_call(1e-3)]}, "docker": {T1: [per_call(2e-3)]}})
+    w.backends["docker"].fingerprint["cpu_quota"] = 0.5
+    docker = measured(w, ["native", "docker"]).records[f"{T1}[docker]"]
+    assert docker.ratio_to_native is not None and not docker.ratio_to_native.pairs
+    assert docker.ratio_to_native.method.startswith("bootstrap"), docker.ratio_to_native
+    assert not [kind for kind, _, _ in w.log if kind == "hold"]
+    assert [m.get("fixed") for env, m in runs(w)][-2:] == [None, None]   # each side's own sustained rounds
