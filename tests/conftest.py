@@ -28,6 +28,14 @@ PROJECT_DEPENDENCIES = {"wellkept": ("msgpack==1.1.0",)}
 ProjectVenvs = Callable[[str], "tuple[Path, Path]"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytester gives every test its own HOME, so each pytest session a test starts built its
+    # own VM disk (~11 s), guest kernel, and probed KVM again (~5 s a VM) under ~/.cache.
+    # The suite's sessions share the user's cache as one user's sessions do; the tests of
+    # a cache itself (tests/test_vmimage.py, the prune test, the HTML cache) use their own.
+    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+
+
 @pytest.fixture(scope="session")
 def engine() -> Any:
     """The Docker engine; skipped without one unless HOSTPERF_REQUIRE_DOCKER (CI) is set."""
