@@ -129,6 +129,7 @@ def test_a_regression_since_rev_fails_and_rev_imports_its_own_src_layout(pyteste
     assert result.ret == 1, result.stdout.str()
     changed = rows["test_changed[native]"]
     assert changed["verdict"] == "regression" and 1.5 < changed["against"]["ratio"] < 6, changed["against"]
+    assert "repeated by fresh agents: " in changed["reason"]   # a proven change is measured again
     result.stdout.fnmatch_lines(["*hostperf regression*vs * (gates, --hostperf-against)*"])
 
 
@@ -144,3 +145,22 @@ def test_no_git_repository_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(*FAST, "--hostperf", "--hostperf-against=HEAD", timeout=120)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*is not a git repository*", "*fix: *git init*"])
+
+
+def test_a_change_that_fresh_agents_do_not_repeat_is_inconclusive() -> None:
+    from pytest_hostperf import pairing
+    from pytest_hostperf.run.against import _repeated
+
+    def estimate(ratio: float, low: float, high: float) -> pairing.PairedEstimate:
+        return pairing.PairedEstimate(ratio, low, high, 0.99, 0.99, 1e-9, 1.0, 180, 0.03, "test")
+
+    first = pairing.judge(estimate(0.908, 0.899, 0.919), 0.05, against="abc")
+    assert first.verdict == "improvement"
+    gone = _repeated(first, estimate(1.002, 0.99, 1.01), 0.05, "abc")
+    assert gone.verdict == "inconclusive" and "0.908x abc" in gone.reason and "1.002x" in gone.reason
+    assert "came with the processes" in gone.reason
+    kept = _repeated(first, estimate(0.95, 0.94, 0.96), 0.05, "abc")   # beyond half the tolerance: it repeats
+    assert kept.verdict == "improvement" and "repeated by fresh agents: 0.950x" in kept.reason
+    slower = pairing.judge(estimate(1.10, 1.08, 1.12), 0.05, against="abc")
+    assert _repeated(slower, estimate(1.02, 1.0, 1.04), 0.05, "abc").verdict == "inconclusive"
+    assert _repeated(slower, estimate(1.09, 1.07, 1.11), 0.05, "abc").verdict == "regression"

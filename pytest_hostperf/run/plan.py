@@ -30,7 +30,7 @@ from pytest_hostperf.environments.base import AgentDied, AgentTimeout, Environme
 from pytest_hostperf.model import Against, Outcome, RatioEstimate, Record, SessionSummary, Verdict
 from pytest_hostperf.run import paired
 from pytest_hostperf.run.answers import MalformedAnswer, timings
-from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState
+from pytest_hostperf.run.pool import AgentArgs, EnvironmentPool, EnvironmentState, boots_a_vm
 from pytest_hostperf.run.roundtrip import RoundTrips, pair_cpu
 from pytest_hostperf.settings import Settings
 from pytest_hostperf.stats import summarize
@@ -293,7 +293,15 @@ class PlanRunner:
             attempt.against = against.compare(
                 request, request.tolerance if request.tolerance is not None else self.settings.tolerance,
                 self.trips, self._rev_trips or self.trips, functools.partial(Attempt, request),
-                self.plan.benchmark_options)
+                self.plan.benchmark_options, functools.partial(self._fresh_agents, against, request.target.env))
+
+    def _fresh_agents(self, against: AgainstRevision, env: str) -> bool:
+        """Restart both agents of ``env`` (the next request starts new ones); False for a VM (a boot)."""
+        if boots_a_vm(env):
+            return False
+        self.pool.restart(env)
+        against.pool.restart(env)
+        return True
 
     # -- judging and confirming ---------------------------------------------------------------
 

@@ -145,7 +145,7 @@ class EnvironmentPool:
         self._prestarted.update(envs)
         # VMs boot for a minute or more under TCG: each gets its own thread, started once
         # the others (which may build the project image the VMs are made from) are up.
-        vms = [env for env in envs if _boots_a_vm(env)]
+        vms = [env for env in envs if boots_a_vm(env)]
 
         def start(names: Sequence[str]) -> None:
             for env in names:
@@ -307,7 +307,7 @@ class _Unavailable(Environment):
         return None
 
 
-def _boots_a_vm(env: str) -> bool:
+def boots_a_vm(env: str) -> bool:
     """``qemu``, ``docker@qemu``: environments whose start-up is a VM boot."""
     from pytest_hostperf.options import BUILTIN
 
