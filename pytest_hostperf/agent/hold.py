@@ -18,6 +18,12 @@ CPU ran up to 20% slower than the other for stretches of ~100 ms (a busy hyperth
 sibling, steal time): consecutive batches of A/A pairs read 0.80x to 1.12x and the
 intervals were 30-100% wide; pinned, 2-4% (benchmarks/results/paired-study.log).
 
+The wire: a ``run`` request with ``"hold": true`` (and ``"cpu": N``) is answered
+``{"event": "holding", "cpu": N or null}`` from inside ``benchmark(...)``; then
+``{"op": "half", "iterations": n, "rounds": r}`` gets ``{"event": "half", "samples":
+[seconds per call, ..]}`` (or ``{"event": "half-error", "message": ...}``), and
+``{"op": "release"}`` lets the test finish: the ordinary ``result`` follows.
+
 A test that never reaches the calibration (``benchmark.pedantic``, a failure before
 the call, no benchmark fixture) answers ``result`` at once; the controller then uses
 whole requests for its halves.

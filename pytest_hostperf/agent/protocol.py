@@ -12,11 +12,7 @@ Controller -> agent ("op"):
    (pytest_hostperf.counting.counting_argv): the test runs once more, benchmark(...)
    counts instructions per call instead of timing (agent/count_benchmark.py)
   {"op": "reference", "rounds": int}   time the built-in reference workload (host drift)
-  a "run" with "hold": true (and "fixed") holds the item (agent/hold.py): the agent answers
-  {"event": "holding"} from inside benchmark(...), then serves
-  {"op": "half", "iterations": int, "rounds": int} -> {"event": "half", "samples": [float, ..]}
-  (or {"event": "half-error", "message": str}) until {"op": "release"}; then the "result".
-  A test that is not held (pedantic, failed first) answers "result" at once.
+  a "run" with "hold": true holds the item: "holding", then "half" ops until "release" (agent/hold.py)
   {"op": "ping"}
   {"op": "shutdown"}
 Agent -> controller ("event"):
