@@ -49,6 +49,10 @@ DEFAULT_SIDE_SECONDS = 0.4
 MIN_PAIRS = pairing.DRIFT_BATCHES * pairing.DRIFT_MIN_BATCH
 #: Pairing's overhead may always take this long per comparison (40 pairs of ~0.1 s).
 MIN_CAP_S = 10.0
+#: A target with a CPU quota is timed in rounds of this much native CPU work, this many
+#: (:func:`sustained_work`): at half a CPU that is 5 rounds of ~0.5 s.
+SUSTAINED_ROUND_S = 0.25
+SUSTAINED_ROUNDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +142,7 @@ class Side:
     rounds: int = 1
     overhead_s: float = 0.0   # wall time of one warm half beyond its timed calls (round trip, harness)
     hold: HoldOpen | None = None
+    call_s: float = 0.0       # one call's time in the warm calibration half
 
     @property
     def fixed(self) -> dict[str, int]:
@@ -230,8 +235,20 @@ def calibrate(request: Any, attempt: Measured, scratch: Callable[[], Measured], 
     # Sized from the warm half, a real one: a first call can run on a CPU quota's unused
     # share (or before a VM's vCPU is throttled) and would make every later half too long.
     overhead_s = max(0.0, request_s - sum(warm.samples) * iterations)
-    return Side(request, attempt, budget.iterations(statistics.fmean(warm.samples)), run, budget.rounds, overhead_s,
-                hold_of(run))
+    call_s = statistics.fmean(warm.samples)
+    return Side(request, attempt, budget.iterations(call_s), run, budget.rounds, overhead_s, hold_of(run), call_s)
+
+
+def sustained_work(reference: Side) -> dict[str, int]:
+    """Fixed work for a target with a CPU quota: rounds of ~:data:`SUSTAINED_ROUND_S` of native's calls.
+
+    A quota binds only a load that lasts longer than its period (100 ms): the pause it
+    imposes must fall inside the timed rounds, not between them. Rounds of a few ms,
+    back to back, mostly fit one period's share and read as unthrottled (half a CPU
+    read ~1.0x at the median); rounds of 0.25 s of CPU work span several periods.
+    """
+    call_s = reference.call_s if reference.call_s > 0 else SUSTAINED_ROUND_S
+    return {"iterations": max(1, math.ceil(SUSTAINED_ROUND_S / call_s)), "rounds": SUSTAINED_ROUNDS}
 
 
 def measure_pairs(halves: tuple[Halves, Halves], budget: PairBudget, seed: str, confidence: float,

@@ -208,11 +208,13 @@ class PairedToNative:
         sides = {r.item_id: paired.calibrate(r, attempts[r.item_id], functools.partial(Attempt, r), run, options,
                                              self.budget, self.clock) for r in requests}
         reference = sides[native.item_id]
+        sustained: dict[str, dict[str, int]] = {}
         for other in others:
             candidate, attempt = sides[other.item_id], attempts[other.item_id]
             if reference is None or reference.attempt.finished or candidate is None:
                 continue
             if self.quota(other) != self.quota(native):
+                sustained[other.item_id] = paired.sustained_work(reference)
                 continue   # measured on its own below, in sustained rounds
             with paired.opened(reference, candidate, options, self.clock) as halves:
                 if not self.budget.worth_pairing(reference.overhead_s, candidate.overhead_s):
@@ -223,7 +225,7 @@ class PairedToNative:
                 attempt.to_native = paired.as_ratio(estimate)
         for request in requests:  # a side left without a partner is measured on its own
             if sides[request.item_id] is not None and not attempts[request.item_id].samples:
-                run(request, attempts[request.item_id], options)
+                run(request, attempts[request.item_id], options, sustained.get(request.item_id))
         return attempts
 
 
