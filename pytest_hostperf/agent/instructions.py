@@ -10,15 +10,28 @@ instead of 70x); the counter switches instrumentation on only around its own blo
 One measurement (:meth:`InstructionCounter.measure`), all decided by counts, never by a
 clock, so that two sessions do exactly the same thing:
 
-1. one call uninstrumented (imports, caches, first-call work);
+1. one call uninstrumented (imports, caches, first-call work), GC collected, then one
+   more uninstrumented call: the collection hands the allocator free chunks that the
+   next call sorts into its bins, which cost a 20,000-key dict build 6.5% more in the
+   first call after it than in every later one (measured); the second call absorbs it;
 2. a probe: one call counted, which sizes the blocks: ``n = ceil(target / probe)``;
 3. warm-up calls uninstrumented (at least 8, so CPython's specializing interpreter has
    settled);
 4. blocks A and B of ``n`` counted calls, then a no-op block: the same loop and the
    same two toggles around each of ``n`` empty slots (see :meth:`_block`). When one
-   call already fills a block (``n == 1``) the probe serves as block A and step 3 is
-   skipped: a 10 ms function then costs two counted calls and one uninstrumented;
-5. ``per_call = (mean(A, B) - noop) / n``; the noise floor is ``|A - B|`` relative to it.
+   call already fills a block (``n == 1``) step 3 is skipped: a 10 ms function then
+   costs three counted calls and three uninstrumented. The probe is never a block: the
+   first counted call of a count reads 0.3-1.5% above the ones after it in
+   allocation-heavy code (a JSON round trip, string joins; measured, warm-up calls
+   before it do not remove it), which made it a biased block A;
+5. ``per_call = (mean(A, B) - noop) / n``; the noise floor is ``|A - B|`` relative to it;
+6. one last call, uninstrumented, whose result the test gets.
+
+Every counted call drops its result at once, inside the counted region, as
+pytest-benchmark's timing loop does: a result kept alive across the next call makes
+that call allocate fresh memory instead of reusing the freed kind, and so count a
+different path (a JSON round trip's block B read 2% under A when A's result was still
+held, measured).
 
 GC is collected once, uninstrumented, after step 1 and disabled until the last block
 ends. The whole module is stdlib only: it runs inside every environment.
@@ -174,35 +187,33 @@ class InstructionCounter:
         gc.collect()
         gc.disable()
         try:
-            return self._measure_with_gc_off(target, prepare, teardown, started)
+            self._call(target, prepare, teardown)  # settles the allocator after the collection
+            count = self._measure_with_gc_off(target, prepare, teardown, started)
+            result = self._call(target, prepare, teardown)  # 6. the result the test sees
         finally:
             if was_enabled:
                 gc.enable()
+        return result, dataclasses.replace(count, duration_s=time.perf_counter() - started)
 
     def _measure_with_gc_off(self, target: Callable[..., Any], prepare: Prepare,
-                             teardown: Callable[..., Any] | None, started: float) -> tuple[Any, Count]:
+                             teardown: Callable[..., Any] | None, started: float) -> Count:
         with self._instrumented():
-            _, probe = self._block(target, prepare, teardown, 1)  # 2.
+            probe = self._block(target, prepare, teardown, 1)  # 2.
         calls = max(1, min(MAX_CALLS_PER_BLOCK, math.ceil(self.target_instructions / max(probe, 1))))
-        if calls == 1:
-            # A call that fills a block on its own is long enough to have settled inside:
-            # the probe is block A, which keeps a 10 ms call within ~3 counted calls.
-            first = probe
-        else:
+        if calls > 1:
+            # A call that fills a block on its own has settled inside it; cheap ones have not.
             for _ in range(max(calls, MIN_WARMUP_CALLS)):  # 3.
                 self._call(target, prepare, teardown)
         with self._instrumented():
-            if calls > 1:
-                result, first = self._block(target, prepare, teardown, calls)  # 4.
-            result, second = self._block(target, prepare, teardown, calls)
-            _, noop = self._block(None, prepare, teardown, calls)
+            first = self._block(target, prepare, teardown, calls)  # 4.
+            second = self._block(target, prepare, teardown, calls)
+            noop = self._block(None, prepare, teardown, calls)
         counted = (first + second) / 2 - noop
         if counted <= 0:
             raise CountingUnavailable(f"the function counted no more instructions than a no-op ({first}, {second} vs "
                                       f"{noop} in {calls} calls): callgrind is not counting the benchmarked code")
-        count = Count(per_call=counted / calls, noise=abs(first - second) / counted, calls_per_block=calls,
-                      probe=probe, blocks=(first, second), noop=noop, duration_s=time.perf_counter() - started)
-        return result, count
+        return Count(per_call=counted / calls, noise=abs(first - second) / counted, calls_per_block=calls,
+                     probe=probe, blocks=(first, second), noop=noop, duration_s=time.perf_counter() - started)
 
     # -- the counted region -------------------------------------------------------------
 
@@ -216,8 +227,8 @@ class InstructionCounter:
                 teardown(*args, **kwargs)
 
     def _block(self, target: Callable[..., Any] | None, prepare: Prepare, teardown: Callable[..., Any] | None,
-               calls: int) -> tuple[Any, int]:
-        """``calls`` calls with collection on only inside each; returns (last result, total).
+               calls: int) -> int:
+        """``calls`` calls with collection on only inside each; returns the total count.
 
         ``target=None`` is the no-op arm: the same loop and toggles with nothing between
         them, so what it counts (the toggles' own return and call paths) cancels, and
@@ -226,7 +237,6 @@ class InstructionCounter:
         ``time.sleep`` count less than nothing.)
         """
         toggle = self._code.toggle_collect
-        result = None
         # ZERO after START is needed: the first dump after instrumentation is switched on
         # again otherwise reports a garbage total (measured with callgrind 3.19).
         self._code.request(ZERO_STATS)
@@ -239,7 +249,7 @@ class InstructionCounter:
                     toggle()
                 else:
                     toggle()
-                    result = target(*args, **kwargs)
+                    target(*args, **kwargs)  # the result is freed here, counted (see the module doc)
                     toggle()
                 self._collecting = False
                 if teardown is not None:
@@ -249,7 +259,7 @@ class InstructionCounter:
                 toggle()
                 self._collecting = False
         self._code.dump_stats_at(b"hostperf-block")
-        return result, self._dumps.take_latest()
+        return self._dumps.take_latest()
 
     def _instrumented(self) -> _Instrumented:
         return _Instrumented(self._code)
@@ -258,7 +268,7 @@ class InstructionCounter:
         # With --collect-atstart=yes the toggles would invert: everything *but* the calls
         # would be counted. An empty block shows it: it must count nothing.
         with self._instrumented():
-            _, empty = self._block(None, _no_arguments, None, 0)
+            empty = self._block(None, _no_arguments, None, 0)
         if empty != 0:
             raise CountingUnavailable(f"callgrind collected {empty} instructions with no call in the block: start "
                                       "valgrind with --collect-atstart=no (pytest_hostperf.counting.counting_argv)")
