@@ -123,6 +123,12 @@ def _saved_run(repo: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _slim(record: dict) -> dict:
+    """A record without its samples (a session's are ~1 MB): what the summary counts."""
+    return {key: record.get(key) for key in ("test", "env", "mount", "verdict", "reason", "median_s",
+                                              "ratio_to_baseline", "ratio_to_native", "against")}
+
+
 def condition(text: str) -> tuple[float, float | None]:
     """``0.05`` or ``0.05@0.02`` (slowdown, tolerance)."""
     slowdown, _, tolerance = text.partition("@")
@@ -180,6 +186,7 @@ def main() -> int:
     parser.add_argument("--gates", action="store_true",
                         help="also the stored-baseline gate and pytest-benchmark's compare-fail, each round")
     parser.add_argument("--log", type=Path, default=HERE / "results" / "paired-study.log")
+    parser.add_argument("--json", type=Path, help="also write every session's records here (raw, per condition)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options, e.g. --hostperf-pair-budget=1")
     args = parser.parse_args()
     conditions = args.slowdowns.split(",")
@@ -219,6 +226,13 @@ def main() -> int:
                 print(f"session {number + 1} {label(text)}: {len(rows)} records in {wall:.1f} s{note}", flush=True)
         for text in conditions:
             out.extend(summarize(label(text), *results[text]))
+        if args.json:
+            args.json.write_text(json.dumps({
+                "command": header[1] if len(header) > 1 else "", "conditions": {
+                    label(text): {"against": [_slim(r) for r in rows], "walls": walls,
+                                  "stored": [_slim(r) for r in plain], "plain_walls": plain_walls,
+                                  "pytest_benchmark_failed": benchmark}
+                    for text, (rows, walls, plain, plain_walls, benchmark) in results.items()}}, indent=1))
     studylog.finish(out, len(header), args.log)
     return 0
 

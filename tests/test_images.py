@@ -119,6 +119,10 @@ def test_extra_requirements_make_a_new_image_built_offline(engine: Any, project_
         out = engine.containers.run(ref.tag, [ref.python, "-c", "import tomli; print('ok')"], remove=True,
                                     network_mode="none")
         assert out.strip() == b"ok"
+        # Nothing of the build's own steps is left, not even the engine's LABEL step
+        # container that the legacy builder sometimes leaves in "created".
+        digest = engine.images.get(ref.tag).labels[images.LABEL_HASH]
+        assert not engine.containers.list(all=True, filters={"label": f"{images.LABEL_HASH}={digest}"})
     finally:
         engine.images.remove(ref.tag, force=True)
 

@@ -249,7 +249,23 @@ def _docker_build(client: docker.DockerClient, context: Path, tag: str, image_la
                 image_id = str(chunk["aux"]["ID"])
     except docker.errors.APIError as exc:
         raise ImageBuildError("project", str(exc), output="\n".join(tail)) from exc
+    finally:
+        _remove_step_containers(client, image_labels[LABEL_HASH])
     return image_id or str(client.images.get(tag).id)
+
+
+def _remove_step_containers(client: docker.DockerClient, digest: str) -> None:
+    """Remove what the engine left of this build's own steps.
+
+    The legacy builder runs the build's ``LABEL`` step in a container carrying the image's
+    labels; even with ``rm``/``forcerm`` it sometimes leaves that container in "created"
+    after a build that succeeded (seen in a CI run of 2026-12-08: one per ~10 builds).
+    This build's digest makes it ours at once, without waiting for the sweep's age rule.
+    """
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_HASH}={digest}",
+                                                                "status": "created"}):
+        if "#(nop)" in " ".join(container.attrs.get("Config", {}).get("Cmd") or []):
+            _quietly(functools.partial(container.remove, force=True))
 
 
 def ensure_image(client: docker.DockerClient, project_dir: Path, user_image: str | None = None,
