@@ -2,7 +2,7 @@
 
 Issue #12 asks for <= 3 s per test for a benchmarked call of <= 10 ms once the agent
 is up. A throwaway project has tests whose benchmarked call costs ~0.1, ~1 and ~10 ms
-natively (a loop whose length is a constant); a native counting agent (the real
+natively (a loop sized to those times on this machine before the agents start); a native counting agent (the real
 interpreter under callgrind, as the plugin starts it) counts each of them ``--repeat``
 times. Each count's wall time is taken around the request, the CPU time from /proc
 (agent, zygote and its reaped children), and the load is logged, because on a shared
@@ -19,27 +19,40 @@ import statistics
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
+from typing import Any
 
 import studylog
 from counting_agent import CountingAgent
 
-TESTS = """
+SPIN = """
 def spin(count):
     total = 0
     for i in range(count):
         total += i % 7
     return total
-
-def test_call_0_1ms(benchmark):
-    benchmark(spin, 2_000)
-
-def test_call_1ms(benchmark):
-    benchmark(spin, 20_000)
-
-def test_call_10ms(benchmark):
-    benchmark(spin, 200_000)
 """
+#: (test name, native call time the loop is sized to on this machine)
+SIZES = (("test_call_0_1ms", 0.0001), ("test_call_1ms", 0.001), ("test_call_10ms", 0.010))
+
+
+def sized_tests(scale: dict[str, float] | None = None) -> str:
+    """The test file, each loop sized to its call time on this machine (this process's speed,
+    times ``scale[name]``: the correction a timing agent's first reading gives)."""
+    namespace: dict[str, Any] = {}
+    exec(SPIN, namespace)  # noqa: S102 - our own constant source
+    spin = namespace["spin"]
+    per_iteration = statistics.median(timeit.repeat(lambda: spin(200_000), number=1, repeat=7)) / 200_000
+    factor = scale or {}
+    tests = [f"def {name}(benchmark):\n    benchmark(spin, {round(seconds / per_iteration * factor.get(name, 1))})\n"
+             for name, seconds in SIZES]
+    return SPIN + "\n\n" + "\n\n".join(tests)
+
+
+def native_call_times(project: Path) -> dict[str, float]:
+    with CountingAgent.native(project, ["test_cost.py"], valgrind=False) as timing:
+        return {test: statistics.median(timing.run(f"test_cost.py::{test}")["samples"]) for test, _ in SIZES}
 
 
 def main() -> int:
@@ -51,12 +64,11 @@ def main() -> int:
     printed = len(out)
     with tempfile.TemporaryDirectory(prefix="hostperf-count-cost-") as temp:
         project = Path(temp)
-        (project / "test_cost.py").write_text(TESTS)
         (project / "conftest.py").write_text("")
-        timing = CountingAgent.native(project, ["test_cost.py"], valgrind=False)
-        with timing:
-            timed = {test: statistics.median(timing.run(f"test_cost.py::{test}")["samples"])
-                     for test in ("test_call_0_1ms", "test_call_1ms", "test_call_10ms")}
+        (project / "test_cost.py").write_text(sized_tests())
+        first = native_call_times(project)   # as the agent times them: resize once to the target
+        (project / "test_cost.py").write_text(sized_tests({name: seconds / first[name] for name, seconds in SIZES}))
+        timed = native_call_times(project)
         with CountingAgent.native(project, ["test_cost.py"]) as agent:
             out.append(f"counting agent start (native, under callgrind): {agent.start_s:.1f} s")
             for test, call_s in timed.items():

@@ -24,6 +24,7 @@ from pytest_hostperf.agent.client_requests import MachineCode, isa_level, unsupp
 from pytest_hostperf.agent.count_benchmark import BenchmarkCounting
 from pytest_hostperf.agent.instructions import CallgrindDumps, CountingUnavailable, InstructionCounter, read_dump_total
 from pytest_hostperf.agent.isolation import Zygote
+from pytest_hostperf.agent.origins import ImportTracker
 from pytest_hostperf.counting import PROBE_LABEL, probe_docker, probe_native
 from pytest_hostperf.images.requirements import ImageDependencies
 
@@ -135,6 +136,19 @@ def test_every_request_runs_in_a_fresh_copy_of_the_same_state(zygote_state: list
     assert {p.name for p in tmp_path.iterdir()} == {f"after-{first['pid']}", f"after-{second['pid']}"}
     with pytest.raises(ChildProcessError):
         os.waitpid(zygote.pid, os.WNOHANG)
+
+
+def test_the_zygote_setup_is_what_children_start_from_and_the_agent_never_sees() -> None:
+    # The counting agent's import tracker is marked in the zygote only: children then
+    # report only what their own run imports, while the agent's "ready" has everything.
+    tracker = ImportTracker(".")
+    zygote = Zygote(lambda request: {"modules": sorted(tracker.report())}, lambda: None, tracker.mark_seen)
+    try:
+        child = zygote.call({"nodeid": "t::x"})
+    finally:
+        zygote.close()
+    assert child["modules"] == []
+    assert "pytest" in tracker.report()  # the agent's own tracker was left alone
 
 
 def test_a_child_that_dies_or_raises_becomes_an_error_result_and_the_zygote_lives_on() -> None:

@@ -48,7 +48,8 @@ class BenchmarkCounting:
         self._patched: Any = None
         self._zygote: Zygote | None = None
 
-    def start(self, serve: Callable[[dict[str, Any]], dict[str, Any]], after: Callable[[], Any]) -> None:
+    def start(self, serve: Callable[[dict[str, Any]], dict[str, Any]], after: Callable[[], Any],
+              in_zygote: Callable[[], Any] | None = None) -> None:
         """Become a counting agent if started as one (by ``counting_argv``), else do nothing.
 
         Called once, after collection and before the agent announces itself: opens the
@@ -70,7 +71,7 @@ class BenchmarkCounting:
         # permanent generation: the collection before each count then scans only what the
         # test made, not the agent's whole heap at valgrind's speed (~0.3 s a count).
         gc.freeze()
-        self._zygote = Zygote(serve, after)
+        self._zygote = Zygote(serve, after, in_zygote)
         # Reaped before the agent exits, so its exit (and callgrind's last dump into the
         # dump directory) is over when the controller removes that directory.
         atexit.register(self._zygote.close)

@@ -23,11 +23,12 @@ import sys
 from typing import Any, Final, Iterable
 
 from pytest_hostperf.agent.client_requests import MachineCode, isa_level
+from pytest_hostperf.agent.instructions import METHOD
 
 FINGERPRINT_SCHEMA: Final = 1
 #: Keys that must be equal for two counts to be compared (``packages`` as its digest).
 MATCH_KEYS: Final = ("machine", "isa_level", "python", "interpreter", "libc", "libraries", "packages_digest",
-                     "valgrind", "allocator", "hash_seed", "env_kind")
+                     "valgrind", "allocator", "hash_seed", "env_kind", "method")
 #: Shared objects of the running process whose bytes decide the instructions executed.
 _LIBRARY_PREFIXES: Final = ("libpython", "libc.so", "libc-", "libm.so", "libm-")
 
@@ -113,6 +114,7 @@ def software_fingerprint(code: MachineCode | None) -> dict[str, Any]:
         "allocator": os.environ.get("PYTHONMALLOC") or "pymalloc",
         "hash_seed": os.environ.get("PYTHONHASHSEED"),
         "env_kind": _env_kind(),
+        "method": METHOD,
     }
     fingerprint["id"] = fingerprint_id(fingerprint)
     return fingerprint

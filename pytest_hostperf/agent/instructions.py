@@ -14,16 +14,18 @@ clock, so that two sessions do exactly the same thing:
    more uninstrumented call: the collection hands the allocator free chunks that the
    next call sorts into its bins, which cost a 20,000-key dict build 6.5% more in the
    first call after it than in every later one (measured); the second call absorbs it;
-2. a probe: one call counted, which sizes the blocks: ``n = ceil(target / probe)``;
-3. warm-up calls uninstrumented (at least 8, so CPython's specializing interpreter has
-   settled);
+2. a counted no-op block, thrown away, then a probe: one call counted, which sizes the
+   blocks: ``n = ceil(target / probe)``. The first counted call after uncounted ones
+   reads 0.3-1.5% high in allocation-heavy code (a JSON round trip, string joins;
+   measured, warm-up calls before it do not change that), unless a counted block of
+   any kind ran in between: the no-op block, whose cost is a few thousand
+   instructions, absorbs it;
+3. for cheap functions (``n > 1``): warm-up calls uninstrumented (at least 8, so
+   CPython's specializing interpreter has settled), then a thrown-away no-op block again;
 4. blocks A and B of ``n`` counted calls, then a no-op block: the same loop and the
    same two toggles around each of ``n`` empty slots (see :meth:`_block`). When one
-   call already fills a block (``n == 1``) step 3 is skipped: a 10 ms function then
-   costs three counted calls and three uninstrumented. The probe is never a block: the
-   first counted call of a count reads 0.3-1.5% above the ones after it in
-   allocation-heavy code (a JSON round trip, string joins; measured, warm-up calls
-   before it do not remove it), which made it a biased block A;
+   call already fills a block (``n == 1``) the probe is block A and step 3 is skipped:
+   a 10 ms function costs two counted calls and three uninstrumented;
 5. ``per_call = (mean(A, B) - noop) / n``; the noise floor is ``|A - B|`` relative to it;
 6. one last call, uninstrumented, whose result the test gets.
 
@@ -59,6 +61,10 @@ from pytest_hostperf.agent.client_requests import (
 DUMP_DIR_VARIABLE: Final = "HOSTPERF_CALLGRIND_DIR"
 DUMP_FILE_NAME: Final = "callgrind.out"
 
+#: What a count includes and how it is taken (see the module doc). Counts are compared
+#: only within one method: it is part of the software fingerprint's match keys. 2: the
+#: probe is never biased block A, results are freed inside the count (2026-12-08).
+METHOD: Final = 2
 #: Counted instructions per block. Callgrind runs ~70 M instructions/s on this machine,
 #: so a block of a cheap function costs ~0.1-0.2 s; a call larger than this is counted
 #: once per block.
@@ -198,16 +204,22 @@ class InstructionCounter:
     def _measure_with_gc_off(self, target: Callable[..., Any], prepare: Prepare,
                              teardown: Callable[..., Any] | None, started: float) -> Count:
         with self._instrumented():
-            probe = self._block(target, prepare, teardown, 1)  # 2.
-        calls = max(1, min(MAX_CALLS_PER_BLOCK, math.ceil(self.target_instructions / max(probe, 1))))
+            self._block(None, prepare, teardown, 1)  # 2. absorbs the first counted block's excess
+            probe = self._block(target, prepare, teardown, 1)
+            calls = max(1, min(MAX_CALLS_PER_BLOCK, math.ceil(self.target_instructions / max(probe, 1))))
+            if calls == 1:
+                # A call that fills a block on its own has settled inside it: the probe is A.
+                first = probe
+                second = self._block(target, prepare, teardown, calls)  # 4.
+                noop = self._block(None, prepare, teardown, calls)
         if calls > 1:
-            # A call that fills a block on its own has settled inside it; cheap ones have not.
             for _ in range(max(calls, MIN_WARMUP_CALLS)):  # 3.
                 self._call(target, prepare, teardown)
-        with self._instrumented():
-            first = self._block(target, prepare, teardown, calls)  # 4.
-            second = self._block(target, prepare, teardown, calls)
-            noop = self._block(None, prepare, teardown, calls)
+            with self._instrumented():
+                self._block(None, prepare, teardown, 1)
+                first = self._block(target, prepare, teardown, calls)  # 4.
+                second = self._block(target, prepare, teardown, calls)
+                noop = self._block(None, prepare, teardown, calls)
         counted = (first + second) / 2 - noop
         if counted <= 0:
             raise CountingUnavailable(f"the function counted no more instructions than a no-op ({first}, {second} vs "

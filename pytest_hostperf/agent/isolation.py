@@ -37,8 +37,12 @@ Serve = Callable[[dict[str, Any]], dict[str, Any]]
 class Zygote:
     """A forked, idle copy of the calling process that runs each request in a fresh fork."""
 
-    def __init__(self, serve: Serve, after: Callable[[], Any]) -> None:
-        """Fork now; ``serve(request)`` and then ``after()`` will run in one child per request."""
+    def __init__(self, serve: Serve, after: Callable[[], Any], setup: Callable[[], Any] | None = None) -> None:
+        """Fork now; ``serve(request)`` and then ``after()`` will run in one child per request.
+
+        ``setup()`` runs once in the zygote, after the fork: state every child should
+        start from but the calling process must not take on.
+        """
         request_r, self._request_w = os.pipe()
         self._answer_r, answer_w = os.pipe()
         go_r, self._go_w = os.pipe()
@@ -46,7 +50,7 @@ class Zygote:
         if self.pid == 0:  # pragma: no cover - runs in the zygote, whose coverage is not collected
             for fd in (self._request_w, self._answer_r, self._go_w):
                 os.close(fd)
-            _zygote_loop(go_r, request_r, answer_w, serve, after)
+            _zygote_loop(go_r, request_r, answer_w, serve, after, setup)
         for fd in (request_r, answer_w, go_r):
             os.close(fd)
         # One empty round trip: the zygote's first cycle leaves its heap a little
@@ -87,9 +91,11 @@ class Zygote:
             pass
 
 
-def _zygote_loop(go_r: int, request_r: int, answer_w: int, serve: Serve,
-                 after: Callable[[], Any]) -> None:  # pragma: no cover - runs in the zygote
+def _zygote_loop(go_r: int, request_r: int, answer_w: int, serve: Serve, after: Callable[[], Any],
+                 setup: Callable[[], Any] | None) -> None:  # pragma: no cover - runs in the zygote
     try:
+        if setup is not None:
+            setup()
         while os.read(go_r, 1):
             child = os.fork()
             if child == 0:

@@ -46,6 +46,10 @@ class ImportTracker:
         """Call when collection starts: what is imported by now is pytest and its plugins."""
         self.harness = frozenset(_top_level(sys.modules))
 
+    def mark_seen(self) -> None:
+        """Take every module imported by now as reported: the next report has only newer ones."""
+        self._seen = set(sys.modules)
+
     def report(self) -> dict[str, ModuleEntry]:
         """Entries for the top-level modules that are new, or grew submodules, since the last call."""
         names = set(sys.modules)
