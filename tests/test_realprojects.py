@@ -99,3 +99,37 @@ def test_the_projects_own_code_runs_in_every_environment(project_venv: Callable[
         assert "msgpack._cmsgpack" in msgpack["compiled"], (env, msgpack)  # the wheel's C extension
     # The dependency version the tests import is part of every environment's fingerprint.
     assert {r["fingerprint"]["modules"]["msgpack"] for r in records} == {"msgpack==1.1.0"}
+
+
+def test_against_rev_runs_revs_own_code_of_an_editable_src_layout(
+        project_venv: Callable[[str], tuple[Path, Path]], clean_environ: dict[str, str], tmp_path: Path) -> None:
+    """``--hostperf-against=HEAD`` in the developers' venv, where ``pip install -e`` maps
+    ``hp_wellkept`` to the working tree's ``src/``: REV's agent must import REV's.
+
+    The working tree's ``checksum`` does 4x REV's work. Had REV's side run the working
+    tree's code, the pair would read ~1x; and the project's own test asserts, on each side,
+    that the module is the file of the tree it runs in (so it would fail at REV)."""
+    python, project = project_venv("wellkept")
+    module = project / "src" / "hp_wellkept" / "__init__.py"
+    original = module.read_text()
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    try:
+        for args in (["init", "-q", "."], ["add", "-A"], ["commit", "-qm", "REV"]):
+            subprocess.run([*git, *args], cwd=project, check=True, capture_output=True)
+        module.write_text(original.replace("for i in range(count))", "for i in range(4 * count))"))
+        report = tmp_path / "against.json"
+        argv = [str(python), "-X", "dev", "-m", "pytest", *BRIEF, "-W", "error::ResourceWarning", "--hostperf",
+                "--hostperf-envs=native", "--hostperf-against=HEAD", f"--hostperf-json={report}",
+                "tests/test_srclayout.py", "-rA"]
+        done = subprocess.run(argv, cwd=project, capture_output=True, text=True, env=clean_environ, timeout=600,
+                              check=False)
+    finally:
+        module.write_text(original)
+        shutil.rmtree(project / ".git", ignore_errors=True)
+    output = done.stdout + done.stderr
+    assert report.exists(), output
+    [record] = [r for r in json.loads(report.read_text())["results"] if r["test"].endswith("::test_checksum")]
+    against = record["against"]
+    assert against and against.get("error") is None, (against, output)
+    assert against["verdict"] == "regression" and 3.0 < against["ratio"] < 5.5, (against, output)
+    assert done.returncode == 1, output  # the regression fails the session
