@@ -128,8 +128,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --hostperf-save: accept the regressions/overheads of matching items into the "
                          "baseline instead of failing them; needs --hostperf-accept-reason. Repeatable. "
                          "Example: --hostperf-accept='tests/test_io.py::*' (ini hostperf_accept, one per line)")
+    group.addoption("--hostperf-keep-aslr", action="store_true", default=None,
+                    help="start native agents with address-space randomisation as usual; by default they start "
+                         "without it (setarch -R, where the host allows it), because processes at random "
+                         "addresses run the same loop up to ~17%% apart (ini hostperf_keep_aslr = true)")
     parser.addini("hostperf_strict", type="bool", default=False,
                   help="an item without a baseline fails (like --hostperf-strict)")
+    parser.addini("hostperf_keep_aslr", type="bool", default=False,
+                  help="native agents keep address-space randomisation (like --hostperf-keep-aslr)")
     parser.addini("hostperf_accept", type="linelist", default=[],
                   help="node-id globs whose failing verdicts --hostperf-save accepts (like --hostperf-accept)")
     parser.addini("hostperf_requirements", type="linelist", default=[],
@@ -242,6 +248,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
         raise pytest.UsageError("--hostperf-accept needs a reason stored beside the saved session: add "
                                 "--hostperf-accept-reason='TEXT' (for example the change or issue that explains it)")
     strict = config.getoption("hostperf_strict")
+    keep_aslr = config.getoption("hostperf_keep_aslr")
     if values["hostperf_html"] and importlib.util.find_spec("plotly") is None:
         raise pytest.UsageError("--hostperf-html draws its charts with plotly, which is not installed: "
                                 "pip install 'pytest-hostperf[html]' (or drop --hostperf-html)")
@@ -254,6 +261,7 @@ def _settings(config: pytest.Config, kinds: opt.Kinds = opt.BUILTIN) -> Settings
     return Settings(
         project_dir=root, envs=envs, baselines_dir=baselines, save=save,
         strict=bool(strict if strict is not None else config.getini("hostperf_strict")),
+        keep_aslr=bool(keep_aslr if keep_aslr is not None else config.getini("hostperf_keep_aslr")),
         accept=accept, accept_reason=accept_reason,
         tolerance=values["hostperf_tolerance"], alpha=values["hostperf_alpha"], require=require,
         max_overhead=values["hostperf_max_overhead"] or {}, timeout_s=values["hostperf_timeout"],

@@ -28,6 +28,7 @@ class Settings:
     blocks: int
     confirm: int = 2          # re-measurements of a regression before it is reported
     strict: bool = False      # an item without a baseline fails instead of passing ungated
+    keep_aslr: bool = False   # native agents keep address-space randomisation (default: setarch -R)
     #: --hostperf-accept: node-id globs whose failing verdicts are accepted into the baseline
     accept: tuple[str, ...] = ()
     accept_reason: str | None = None

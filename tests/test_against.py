@@ -125,7 +125,9 @@ def test_a_regression_since_rev_fails_and_rev_imports_its_own_src_layout(pyteste
     # The working tree's src/ is on PYTHONPATH, as an installed (pip install -e) project
     # would be: REV's agent must still import REV's code (its own roots come first).
     package = make_repo(pytester.path, src_layout=True, rev_cost=3000, tree_cost=9000)
-    result, rows = run(pytester, env={"PYTHONPATH": os.pathsep.join(
+    # With ASLR kept, a proven change is measured again by fresh agents (as in docker and
+    # over ssh); without it (the native default) fresh agents would land where these did.
+    result, rows = run(pytester, "--hostperf-keep-aslr", env={"PYTHONPATH": os.pathsep.join(
         [str(package.parent), os.environ.get("PYTHONPATH", "")])})
     assert result.ret == 1, result.stdout.str()
     changed = rows["test_changed[native]"]

@@ -144,6 +144,30 @@ def test_body(benchmark, payload, tmp_path, hostperf_dir, hostperf_env, factor):
     assert result.ret == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/personality").exists(), reason="Linux only")
+def test_native_agents_start_without_address_randomisation_unless_kept(pytester: pytest.Pytester,
+                                                                        tmp_path: Path) -> None:
+    from pytest_hostperf.environments.process import no_aslr_prefix
+
+    if not no_aslr_prefix():
+        pytest.skip("setarch -R does not work on this host (agents keep ASLR; the report says so)")
+    # ADDR_NO_RANDOMIZE is 0x0040000 in the process's personality; the test body sees it.
+    pytester.makepyfile(test_x="""
+def test_layout(benchmark):
+    flags = int(open("/proc/self/personality").read(), 16)
+    print("PERSONALITY", flags & 0x0040000)
+    benchmark(sum, [1, 2])
+""")
+    for args, expected, aslr in (((), "262144", "off"), (("--hostperf-keep-aslr",), "0", "on")):
+        report = tmp_path / f"{aslr}.json"
+        result = run(pytester, "--hostperf", f"--hostperf-json={report}", "-rA", *args)
+        assert result.ret == 0, result.stdout.str()
+        [record] = json.loads(report.read_text())["results"]
+        assert record["outcome"] == "passed"
+        assert f"PERSONALITY {expected}" in result.stdout.str()  # the body's captured output (-rA)
+        assert record["fingerprint"]["outside"]["aslr"] == aslr  # the report says which it was
+
+
 def test_failure_inside_the_agent_is_an_ordinary_failed_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x="""
 def helper():

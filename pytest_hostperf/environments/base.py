@@ -180,6 +180,12 @@ class Environment(abc.ABC):
         """Outside facts that must match for a baseline to apply (engine kind, accelerator)."""
         return {}
 
+    @property
+    def fixed_layout(self) -> bool:
+        """True when this environment's agents start without address-space randomisation,
+        so a fresh agent of the same code lands exactly where the last one did."""
+        return False
+
     def launch_for(self, project_dir: Path, test_files: tuple[str, ...], pytest_args: tuple[str, ...]) -> AgentLaunch:
         """The agent launch in this environment's own paths; the default is the host's."""
         import sys

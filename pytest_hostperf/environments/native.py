@@ -15,14 +15,18 @@ from typing import Any, Mapping, Sequence
 from pytest_hostperf import counting
 from pytest_hostperf.environments.base import AgentLaunch, Environment, EnvironmentFailure, Mount, Transport
 from pytest_hostperf.environments.pipe import PipeTransport, spawn_piped
+from pytest_hostperf.environments.process import no_aslr_prefix
 
 
 class NativeEnvironment(Environment):
     name = "native"
 
-    def __init__(self, work_dir: Path, python: str | None = None) -> None:
+    def __init__(self, work_dir: Path, python: str | None = None, keep_aslr: bool = False) -> None:
         self.work_dir = work_dir
         self.python = python or sys.executable
+        #: Agents start without address-space randomisation where the host allows it
+        #: (see :func:`no_aslr_prefix`), unless the user keeps it (--hostperf-keep-aslr).
+        self._layout_prefix = () if keep_aslr else no_aslr_prefix()
         self._transport: PipeTransport | None = None
         self._log: Any = None
         self._counting: PipeTransport | None = None
@@ -41,7 +45,8 @@ class NativeEnvironment(Environment):
         argv = launch.argv()
         argv[0] = self.python
         self._log = open(self.work_dir / "native-agent.log", "w", encoding="utf-8")  # noqa: SIM115
-        self._transport = PipeTransport(spawn_piped(argv, self._environ(launch), cwd=launch.project_dir), self._log)
+        self._transport = PipeTransport(spawn_piped([*self._layout_prefix, *argv], self._environ(launch),
+                                                    cwd=launch.project_dir), self._log)
         return self._transport
 
     def start_counting_agent(self, launch: AgentLaunch) -> Transport:
@@ -61,7 +66,7 @@ class NativeEnvironment(Environment):
         dump_dir = self._dumps.__enter__()
         argv = launch.argv()
         argv[0] = self.python
-        argv = counting.counting_argv(argv, dump_dir, disable_aslr=shutil.which("setarch") is not None)
+        argv = counting.counting_argv(argv, dump_dir, disable_aslr=bool(no_aslr_prefix()))
         environ = {**self._environ(launch), **counting.counting_environ(dump_dir)}
         self._counting_log = open(self.work_dir / "native-counting-agent.log", "w", encoding="utf-8")  # noqa: SIM115
         self._counting = PipeTransport(spawn_piped(argv, environ, cwd=launch.project_dir), self._counting_log)
@@ -96,5 +101,15 @@ class NativeEnvironment(Environment):
             env["PYTHONPATH"] = launch.pythonpath + os.pathsep + existing
         return env
 
+    @property
+    def fixed_layout(self) -> bool:
+        return bool(self._layout_prefix)
+
     def describe(self) -> Mapping[str, Any]:
-        return {"python": self.python}
+        return {"python": self.python, "aslr": "off" if self._layout_prefix else "on"}
+
+    def match_facts(self) -> Mapping[str, Any]:
+        # A test's speed depends on where its process landed: with ASLR off every session
+        # lands the same way, with it on each lands anew. Sessions of one kind only are
+        # compared with each other.
+        return {"aslr": "off" if self._layout_prefix else "on"}

@@ -9,7 +9,10 @@ Linux); stopping one means SIGTERM to its group, a grace period, then SIGKILL.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +48,28 @@ def spawn(argv: Sequence[str], *, stdin: int | IO[bytes] | None = subprocess.DEV
     return subprocess.Popen(  # noqa: S603 - argv list, never a shell
         list(argv), stdin=stdin, stdout=stdout, stderr=stderr, env=dict(env) if env is not None else None,
         cwd=cwd, start_new_session=True, preexec_fn=preexec, bufsize=0)
+
+
+@functools.cache
+def no_aslr_prefix(machine: str | None = None) -> tuple[str, ...]:
+    """``setarch <machine> -R``: the prefix that starts a command without address-space
+    randomisation, or ``()`` where that does not work here (no ``setarch``, or a seccomp
+    profile that refuses the personality, as Docker's default one does). Probed once.
+
+    Why: two processes of the same code at different random addresses run a tight Python
+    loop at different speeds, for their whole life. Interleaved pairs of two identical
+    processes read 0.950-1.051x with ASLR and 0.995-1.003x without it (10 process pairs
+    each, 150 pairs of rounds, this 2-core machine); an environment larger by 1-4000
+    bytes moves them by at most 1.3% (``benchmarks/aslr_pairs.py``, results/aslr-pairs.log).
+    """
+    prefix = ("setarch", machine or platform.machine(), "-R")
+    if shutil.which("setarch") is None:
+        return ()
+    try:
+        done = subprocess.run([*prefix, "true"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return prefix if done.returncode == 0 else ()
 
 
 def spawn_piped(argv: Sequence[str], env: Mapping[str, str], cwd: str | None = None) -> subprocess.Popen[bytes]:

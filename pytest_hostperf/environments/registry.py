@@ -24,7 +24,7 @@ def create_backend(name: str, context: EnvironmentContext) -> Environment:
     if kind == "native":
         from pytest_hostperf.environments.native import NativeEnvironment
 
-        return NativeEnvironment(context.work_dir)
+        return NativeEnvironment(context.work_dir, keep_aslr=settings.keep_aslr)
     if kind in ("docker", "docker@qemu"):
         try:
             from pytest_hostperf.environments.docker import DockerEnvironment

@@ -298,8 +298,13 @@ class PlanRunner:
                 self.plan.benchmark_options, functools.partial(self._fresh_agents, against, request.target.env))
 
     def _fresh_agents(self, against: AgainstRevision, env: str) -> bool:
-        """Restart both agents of ``env`` (the next request starts new ones); False for a VM (a boot)."""
-        if boots_a_vm(env):
+        """Restart both agents of ``env`` (the next request starts new ones).
+
+        False for a VM (a boot), and where agents start without address-space
+        randomisation on both sides (native): fresh agents would land where these did.
+        """
+        if boots_a_vm(env) or (self.pool.state(env).backend.fixed_layout
+                               and against.pool.state(env).backend.fixed_layout):
             return False
         self.pool.restart(env)
         against.pool.restart(env)
