@@ -94,14 +94,17 @@ def counting_environ(dump_dir: str, allocator: str | None = DEFAULT_ALLOCATOR) -
 
 
 class DumpDirectory:
-    """A dump directory whose path is the same in every session: ``<base>/slot-<n>``.
+    """A dump directory whose path is the same in every session: ``<base>/slot-<nn>``.
 
     Callgrind keeps the ``--callgrind-out-file`` path in its own memory, which shares the
     address space with the program; with a random directory name (``mkdtemp``), 2 of 8
     sessions counted a JSON round trip 0.05-0.4% differently, with a fixed one 18 of 18
     agreed (benchmarks/results/instructions-methods.log). So the native counting agent
     takes the lowest free slot (``flock`` on the directory, held for the session; slot 0
-    unless sessions run at the same time) and empties it on the way in and out.
+    unless sessions run at the same time) and empties it on the way in and out. Slots
+    are named with two digits, so that all have one length: the characters of the path
+    do not move counts (slot-7, -8 and -9 counted a JSON round trip exactly alike,
+    measured), but the sizes of what the process starts with move its heap.
     ``with DumpDirectory() as path:``.
     """
 
@@ -114,7 +117,7 @@ class DumpDirectory:
     def __enter__(self) -> str:
         os.makedirs(self.base, mode=0o700, exist_ok=True)
         for slot in range(self.slots):
-            path = os.path.join(self.base, f"slot-{slot}")
+            path = os.path.join(self.base, f"slot-{slot:02d}")
             os.makedirs(path, mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -150,7 +150,7 @@ def test_dump_directory_gives_the_same_path_each_session_and_another_to_a_concur
     with counting.DumpDirectory(base) as first:
         Path(first, "callgrind.out.1").write_text("summary: 1\n")
         with counting.DumpDirectory(base) as second:
-            assert first.endswith("slot-0") and second.endswith("slot-1")
+            assert first.endswith("slot-00") and second.endswith("slot-01")
         assert not os.path.exists(second)
     assert not os.path.exists(first)  # emptied and removed
     with counting.DumpDirectory(base) as again:

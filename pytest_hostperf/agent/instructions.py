@@ -194,7 +194,7 @@ class InstructionCounter:
         gc.disable()
         try:
             self._call(target, prepare, teardown)  # settles the allocator after the collection
-            count = self._measure_with_gc_off(target, prepare, teardown, started)
+            count = self._measure_with_gc_off(target, prepare, teardown)
             result = self._call(target, prepare, teardown)  # 6. the result the test sees
         finally:
             if was_enabled:
@@ -202,30 +202,31 @@ class InstructionCounter:
         return result, dataclasses.replace(count, duration_s=time.perf_counter() - started)
 
     def _measure_with_gc_off(self, target: Callable[..., Any], prepare: Prepare,
-                             teardown: Callable[..., Any] | None, started: float) -> Count:
+                             teardown: Callable[..., Any] | None) -> Count:
         with self._instrumented():
             self._block(None, prepare, teardown, 1)  # 2. absorbs the first counted block's excess
             probe = self._block(target, prepare, teardown, 1)
             calls = max(1, min(MAX_CALLS_PER_BLOCK, math.ceil(self.target_instructions / max(probe, 1))))
             if calls == 1:
                 # A call that fills a block on its own has settled inside it: the probe is A.
-                first = probe
-                second = self._block(target, prepare, teardown, calls)  # 4.
-                noop = self._block(None, prepare, teardown, calls)
-        if calls > 1:
-            for _ in range(max(calls, MIN_WARMUP_CALLS)):  # 3.
-                self._call(target, prepare, teardown)
-            with self._instrumented():
-                self._block(None, prepare, teardown, 1)
-                first = self._block(target, prepare, teardown, calls)  # 4.
-                second = self._block(target, prepare, teardown, calls)
-                noop = self._block(None, prepare, teardown, calls)
+                return self._count(target, prepare, teardown, calls, probe, probe)
+        for _ in range(max(calls, MIN_WARMUP_CALLS)):  # 3.
+            self._call(target, prepare, teardown)
+        with self._instrumented():
+            self._block(None, prepare, teardown, 1)
+            return self._count(target, prepare, teardown, calls, probe, self._block(target, prepare, teardown, calls))
+
+    def _count(self, target: Callable[..., Any], prepare: Prepare, teardown: Callable[..., Any] | None,
+               calls: int, probe: int, first: int) -> Count:
+        """Steps 4-5 after block A (``first``): block B, the no-op block, the count."""
+        second = self._block(target, prepare, teardown, calls)
+        noop = self._block(None, prepare, teardown, calls)
         counted = (first + second) / 2 - noop
         if counted <= 0:
             raise CountingUnavailable(f"the function counted no more instructions than a no-op ({first}, {second} vs "
                                       f"{noop} in {calls} calls): callgrind is not counting the benchmarked code")
         return Count(per_call=counted / calls, noise=abs(first - second) / counted, calls_per_block=calls,
-                     probe=probe, blocks=(first, second), noop=noop, duration_s=time.perf_counter() - started)
+                     probe=probe, blocks=(first, second), noop=noop, duration_s=0.0)
 
     # -- the counted region -------------------------------------------------------------
 
