@@ -225,9 +225,14 @@ def test_prune_lists_sizes_keeps_what_the_project_uses_and_removes_the_rest(
     from pytest_hostperf.vm.cache import disk_usage
 
     (tmp_path / "ctx").mkdir()
-    (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {images.BASE_TAG}\nLABEL {images.LABEL_KIND}=project\n")
+    # The LABEL step's container carries the mark: the legacy builder sometimes leaves it in
+    # "created" even after a successful build (seen twice in CI runs of 2026-12-08).
+    mark = f"io.hostperf.test-prune={os.getpid()}"
+    (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {images.BASE_TAG}\nLABEL {images.LABEL_KIND}=project {mark}\n")
     stale_tag = f"{images.PROJECT_REPOSITORY}:prunetest-{os.getpid()}"
-    stale, _ = engine.images.build(path=str(tmp_path / "ctx"), tag=stale_tag, network_mode="none")
+    stale, _ = engine.images.build(path=str(tmp_path / "ctx"), tag=stale_tag, network_mode="none", forcerm=True)
+    for step in engine.containers.list(all=True, filters={"label": mark, "status": "created"}):
+        step.remove(force=True)
     cache = tmp_path / "xdg" / "pytest-hostperf" / "vm"
     current_disk = _fake_disk(cache, "current", project_image.id)
     old_disk = _fake_disk(cache, "old", "sha256:an-image-of-last-month")
