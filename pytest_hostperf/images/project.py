@@ -258,9 +258,10 @@ def _remove_step_containers(client: docker.DockerClient, digest: str) -> None:
     """Remove what the engine left of this build's own steps.
 
     The legacy builder runs the build's ``LABEL`` step in a container carrying the image's
-    labels; even with ``rm``/``forcerm`` it sometimes leaves that container in "created"
-    after a build that succeeded (seen in a CI run of 2026-12-08: one per ~10 builds).
-    This build's digest makes it ours at once, without waiting for the sweep's age rule.
+    labels, and sometimes leaves that container in "created" even after a build that
+    succeeded (seen after both CI runs of 2026-12-08, from a test's own one-LABEL build).
+    This build's digest makes such a container ours at once, without waiting for the
+    sweep's age rule.
     """
     for container in client.containers.list(all=True, filters={"label": f"{LABEL_HASH}={digest}",
                                                                 "status": "created"}):
