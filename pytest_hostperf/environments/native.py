@@ -106,10 +106,10 @@ class NativeEnvironment(Environment):
         return bool(self._layout_prefix)
 
     def describe(self) -> Mapping[str, Any]:
-        return {"python": self.python, "aslr": "off" if self._layout_prefix else "on"}
+        return {"python": self.python, **self.match_facts()}
 
     def match_facts(self) -> Mapping[str, Any]:
         # A test's speed depends on where its process landed: with ASLR off every session
         # lands the same way, with it on each lands anew. Sessions of one kind only are
         # compared with each other.
-        return {"aslr": "off" if self._layout_prefix else "on"}
+        return {"aslr": "off" if self.fixed_layout else "on"}
